@@ -1,0 +1,1 @@
+"""Technician and operator tools: the `fengqiao` command line."""
