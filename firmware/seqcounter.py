@@ -1,0 +1,93 @@
+"""Uplink sequence numbers that are never reused, without a flash write per event.
+
+The counter reserves a block of `block` numbers ahead of use and persists only the block's end
+(LoRaWAN 1.0.4 asks the same of frame counters). On boot it skips past the persisted end, so any
+number handed out before a power cut is below every number handed out after it. Gaps (the unused
+rest of a block) are allowed by SPEC section 4.
+
+Failures it survives:
+- power cut during the write of a reservation: two slot files (seq.a, seq.b) are written
+  alternately, each with a generation number and a CRC32; a torn slot fails its CRC and the other
+  slot (the previous reservation) is used, plus one block more in case the damaged slot was a
+  completed reservation that rotted after its numbers were used;
+- both slots unreadable (flash corruption, or first boot): start at 1. After a factory reset this
+  is right (new key); after corruption of both slots it is the one case that can reuse numbers,
+  and only for a key whose slots were destroyed, which flash corruption of the identity would
+  also do;
+- key rotation: a slot belongs to a key id; a different key id starts a new sequence at 1
+  (SPEC: "a new key id starts a new sequence").
+
+Flash writes: one per `block` events and one per boot.
+"""
+
+import struct
+from binascii import crc32
+from micropython import const
+
+_SLOT_FMT = ">BII"  # key_id, reserved end, generation
+_SLOT_LEN = const(13)  # 9 + crc32
+_MAX_SEQ = const(0xFFFFFFFF)
+
+
+class SeqExhausted(Exception):
+    """The 32-bit uplink sequence space of this key is used up: rotate the key."""
+
+
+class SeqCounter:
+    def __init__(self, dir_path, key_id, block=64):
+        self._paths = (dir_path + "/seq.a", dir_path + "/seq.b")
+        self.key_id = key_id
+        self.block = block
+        self.writes = 0
+        end, gen, slot = 0, 0, 1
+        damaged = False
+        for i in (0, 1):
+            got = self._read(self._paths[i])
+            if got is False:
+                damaged = True
+            elif got and got[0] == key_id and got[2] >= gen:
+                end, gen, slot = got[1], got[2], i
+        if damaged and gen:
+            # A torn write never got used, but a slot that rotted after use did: skipping one
+            # more block covers both, and gaps cost nothing.
+            end = min(end + block, _MAX_SEQ)
+        self._gen = gen
+        self._slot = slot
+        self._next = end + 1
+        self._end = end  # nothing reserved yet in this boot: the first next() reserves
+        self._reserve()
+
+    @staticmethod
+    def _read(path):
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(_SLOT_LEN + 1)
+        except OSError:
+            return None
+        if len(raw) != _SLOT_LEN or struct.unpack(">I", raw[9:])[0] != crc32(raw[:9]) & 0xFFFFFFFF:
+            return False  # present but torn or corrupt
+        return struct.unpack(_SLOT_FMT, raw[:9])
+
+    def _reserve(self):
+        end = min(self._next - 1 + self.block, _MAX_SEQ)
+        if end < self._next:
+            raise SeqExhausted(self.key_id)
+        self._gen += 1
+        self._slot ^= 1
+        body = struct.pack(_SLOT_FMT, self.key_id, end, self._gen)
+        with open(self._paths[self._slot], "wb") as f:
+            f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
+        self._end = end
+        self.writes += 1
+
+    def peek(self):
+        """The number the next call to next() returns."""
+        return self._next
+
+    def next(self):
+        """A fresh sequence number (>= 1), reserved on flash before it is returned."""
+        if self._next > self._end:
+            self._reserve()
+        n = self._next
+        self._next += 1
+        return n
