@@ -12,10 +12,10 @@ both implementations.
 `key_lookup(device_id, key_id)` returns the 32-byte device key, or raises (the caller's own
 error, e.g. its UnknownDevice, passes through unchanged; returning None raises UnknownKey).
 
-Order of checks (SPEC section 2, gateway side): length, version, direction, type code, header
-fields; then the body's CBOR syntax (MalformedFrame / NonCanonical), so that malformed input is
-counted by reason before any key lookup; then key lookup, topic (TopicMismatch), MAC (BadMac),
-and last the body's schema (BadBody). Every rejection is a protocol.errors.FrameError; a fuzz
+Order of checks (SPEC section 2, the same on every receiver): length, version, direction, type
+code, header fields; key lookup; topic (TopicMismatch); MAC (BadMac); the body's CBOR syntax
+(MalformedFrame / NonCanonical); its schema (BadBody). So a body error always comes from an
+authenticated sender (a device bug), while forgeries and corruption count as BadMac. Every rejection is a protocol.errors.FrameError; a fuzz
 test and `fengqiao bench fuzz` check that nothing else escapes for any input bytes.
 """
 
@@ -132,8 +132,14 @@ class VerifiedFrame(Unverified):
 
 def parse_unverified(data, downlink=False):
     """Check length, version, direction, type, header fields and the body's CBOR syntax; no MAC.
+    For tools and for classifying a frame that failed verification; never act on the result.
 
     `downlink` False expects an uplink (the gateway), True a downlink, None either."""
+    data, header = _header(data, downlink)
+    return Unverified(*header, _decode_body(data[_HEADER_LEN:-_MAC_LEN]), data)
+
+
+def _header(data, downlink):
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedFrame("frame must be bytes")
     data = bytes(data)
@@ -153,9 +159,7 @@ def parse_unverified(data, downlink=False):
         raise MalformedFrame("device id 0")
     if seq == 0:
         raise MalformedFrame("seq 0")
-    body_bytes = data[_HEADER_LEN : n - _MAC_LEN]
-    body = _decode_body(body_bytes)
-    return Unverified(version, msg_type, TYPES[msg_type][0], device_id, key_id, seq, t or None, body, data)
+    return data, (version, msg_type, TYPES[msg_type][0], device_id, key_id, seq, t or None)
 
 
 def decode_uplink(data, topic, key_lookup):
@@ -169,29 +173,31 @@ def decode_downlink(data, topic, key_lookup):
 
 
 def _verify(data, topic, key_lookup, downlink):
-    u = parse_unverified(data, downlink)
-    key = key_lookup(u.device_id, u.key_id)
+    data, header = _header(data, downlink)
+    version, msg_type, name, device_id, key_id, seq, device_time = header
+    key = key_lookup(device_id, key_id)
     if key is None:
-        raise UnknownKey("no key %d for device %08x" % (u.key_id, u.device_id))
+        raise UnknownKey("no key %d for device %08x" % (key_id, device_id))
     direction = "down" if downlink else "up"
-    expected = "fq/v1/%08x/%s" % (u.device_id, direction)
+    expected = "fq/v1/%08x/%s" % (device_id, direction)
     if isinstance(topic, (bytes, bytearray, memoryview)):
         topic_ok = bytes(topic) == expected.encode()
     else:
         topic_ok = topic == expected
     if not topic_ok:
-        raise TopicMismatch("frame for %08x received on %r" % (u.device_id, topic))
+        raise TopicMismatch("frame for %08x received on %r" % (device_id, topic))
     topic_b = expected.encode()
-    mac = hmac.new(_direction_key(bytes(key), direction), bytes((len(topic_b),)) + topic_b + u.raw[:-_MAC_LEN], hashlib.sha256)
-    if not hmac.compare_digest(mac.digest()[:_MAC_LEN], u.raw[-_MAC_LEN:]):
-        raise BadMac("MAC does not verify for %08x key %d" % (u.device_id, u.key_id))
-    name, fields = TYPES[u.msg_type]
-    if not isinstance(u.body, list) or len(u.body) != len(fields):
+    mac = hmac.new(_direction_key(bytes(key), direction), bytes((len(topic_b),)) + topic_b + data[:-_MAC_LEN], hashlib.sha256)
+    if not hmac.compare_digest(mac.digest()[:_MAC_LEN], data[-_MAC_LEN:]):
+        raise BadMac("MAC does not verify for %08x key %d" % (device_id, key_id))
+    body = _decode_body(data[_HEADER_LEN:-_MAC_LEN])
+    fields = TYPES[msg_type][1]
+    if not isinstance(body, list) or len(body) != len(fields):
         raise BadBody("%s body must be an array of %d elements" % (name, len(fields)))
-    for i, ((field, check), value) in enumerate(zip(fields, u.body)):
+    for i, ((field, check), value) in enumerate(zip(fields, body)):
         if not check(value):
             raise BadBody("%s element %d (%s) out of range: %r" % (name, i, field, value))
-    return VerifiedFrame(u.version, u.msg_type, u.name, u.device_id, u.key_id, u.seq, u.device_time, u.body, u.raw, expected)
+    return VerifiedFrame(*header, body, data, expected)
 
 
 @functools.lru_cache(maxsize=4096)
