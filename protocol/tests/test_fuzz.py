@@ -1,0 +1,79 @@
+"""Fuzzing in `make test`: random and mutated frames; only protocol errors may come out of the
+strict decoder and of the device codec (on CPython). The long run is `fengqiao bench fuzz`."""
+
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import frame, fuzz, strict
+from protocol.errors import FrameError
+from protocol.tests.vectors import frame_vectors
+
+SEEDS = [(bytes.fromhex(v["frame"]), v["topic"], v["receiver"] == "device", bytes.fromhex(v["device_key"]))
+         for v in frame_vectors()]
+
+
+def _only_frame_errors(data, topic, downlink, key):
+    k_up, k_down = frame.derive_keys(key)
+    for fn in (
+        lambda: strict.decode_downlink(data, topic, lambda d, k: key) if downlink else strict.decode_uplink(data, topic, lambda d, k: key),
+        lambda: strict.parse_unverified(data, downlink=None),
+        lambda: frame.decode(k_down if downlink else k_up, topic, data, downlink),
+        lambda: frame.peek(data),
+    ):
+        try:
+            fn()
+        except FrameError:
+            pass
+
+
+@st.composite
+def mutated_vector(draw):
+    data, topic, downlink, key = draw(st.sampled_from(SEEDS))
+    b = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(b)))
+        op = draw(st.integers(0, 3))
+        if op == 0 and i < len(b):
+            b[i] = draw(st.integers(0, 255))
+        elif op == 1:
+            b[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == 2:
+            del b[i : i + draw(st.integers(1, 4))]
+        else:
+            del b[i:]
+    if draw(st.booleans()) and len(b) > 31:  # re-sign so the mutation reaches the body parser
+        k_up, k_down = frame.derive_keys(key)
+        b = bytearray(frame.sign(k_down if downlink else k_up, topic, b[:-16]))
+    return bytes(b), topic, downlink, key
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.booleans())
+def test_random_bytes_raise_only_frame_errors(data, downlink):
+    _only_frame_errors(data, "fq/v1/0000002a/%s" % ("down" if downlink else "up"), downlink, bytes(32))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_vector())
+def test_mutated_vectors_raise_only_frame_errors(case):
+    _only_frame_errors(*case)
+
+
+def test_bench_fuzz_generator_20k_cases_clean():
+    # the same generator as `fengqiao bench fuzz`, a short deterministic run
+    outcomes = set()
+    for data, topic, downlink, _ in fuzz.cases(seed=7, n=20_000):
+        outcomes.add(fuzz.run_case(data, topic, downlink))
+    # the generator reaches every stage of the decoder, including accepted frames
+    assert outcomes >= {"ok", "BadMac", "BadBody", "MalformedFrame", "NonCanonical", "TopicMismatch",
+                        "UnknownKey", "UnknownType", "UnsupportedVersion", "WrongDirection", "Oversize"}
+
+
+def test_non_bytes_input_is_a_named_error():
+    for bad in (None, "text", 12, [1, 2]):
+        try:
+            strict.decode_uplink(bad, "fq/v1/0000002a/up", lambda d, k: bytes(32))
+        except FrameError:
+            continue
+        raise AssertionError("accepted %r" % (bad,))
