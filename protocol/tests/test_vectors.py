@@ -107,3 +107,23 @@ def test_every_vector_on_micropython():
     assert passed == expected
     summary = re.search(r"SUMMARY pass=(\d+) fail=0", proc.stdout)
     assert summary and int(summary.group(1)) == len(expected)
+
+
+def test_spec_worked_example_matches_the_vector_and_the_codec():
+    import os
+
+    with open(os.path.join(os.path.dirname(VECTORS_DIR), "SPEC.md")) as f:
+        spec = f.read()
+    example = spec[spec.index("### Worked example"):spec.index("## 3. Message types")]
+    values = {}
+    for line in example.splitlines():
+        if "=" in line:
+            name, _, rest = line.strip().partition("=")
+            values[name.strip()] = rest.split("(")[0].replace(" ", "")
+    key = bytes.fromhex(values["device_key"])
+    k_up, k_down = frame.derive_keys(key)
+    assert values["K_up"] == k_up.hex() and values["K_down"] == k_down.hex()
+    assert values["mqtt_password"] == frame.mqtt_password(key)
+    vector = next(v for v in FRAMES if v["id"] == "alarm-fire")
+    assert values["frame"] == vector["frame"] and vector["device_key"] == key.hex()
+    assert frame.encode(k_up, "fq/v1/0000002a/up", frame.UP_ALARM, 0x2A, 1, 101, 1763780000, [1]).hex() == values["frame"]
