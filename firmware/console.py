@@ -1,0 +1,207 @@
+# The provisioning console: a line-framed JSON request/response protocol on the serial console,
+# driven by `fengqiao provision`. Specification: CONSOLE.md (this file implements it).
+#
+#     FQ1 {"id": 7, "cmd": "identify"} 1c291ca3\n        request
+#     FQ1 {"id": 7, "ok": true, ...} 5e0b4c1d\n          reply
+#
+# Failures it survives: line noise, boot/log output or a person typing on the same stream (no
+# "FQ1 " prefix, bad CRC, bad JSON: an error reply, the console carries on), a line longer than
+# the buffer (discarded to the next newline, one error reply), a request that makes a handler
+# raise (an `internal` error reply, logged), a power cut during a write (identity.save is atomic).
+# It never writes an identity over an existing one: factory_reset with confirmation comes first.
+
+import binascii
+import json
+
+import identity
+
+PREFIX = b"FQ1 "
+MAX_LINE = 4096  # a config with a 2 KB CA certificate in JSON fits with room to spare
+PROTO = 1
+FW_DEFAULT = 10000  # 1.0.0 unless the application passes its own version
+
+
+class ConsoleError(Exception):
+    # args: (code, detail); the codes are listed in CONSOLE.md.
+    pass
+
+
+def crc_hex(data):
+    return "%08x" % (binascii.crc32(data) & 0xFFFFFFFF)
+
+
+def encode(obj):
+    body = json.dumps(obj).encode()
+    return PREFIX + body + b" " + crc_hex(body).encode() + b"\n"
+
+
+def decode(line):
+    """The request dict of one line (without the newline); raises ConsoleError."""
+    if not line.startswith(PREFIX):
+        raise ConsoleError("bad_frame", "a frame starts with 'FQ1 '")
+    rest = line[len(PREFIX):].rstrip(b"\r ")
+    sp = rest.rfind(b" ")
+    if sp < 0 or len(rest) - sp - 1 != 8:
+        raise ConsoleError("bad_frame", "a frame ends with ' ' and 8 hex digits of CRC-32")
+    body = rest[:sp]
+    if crc_hex(body).encode() != rest[sp + 1:].lower():
+        raise ConsoleError("bad_crc", "CRC-32 does not match")
+    try:
+        req = json.loads(body)
+    except ValueError:
+        raise ConsoleError("bad_json", "not JSON")
+    if type(req) is not dict:
+        raise ConsoleError("bad_request", "a request is a JSON object")
+    return req
+
+
+class Console:
+    def __init__(self, board, root=None, fw=FW_DEFAULT, log=None, selftest=None):
+        self.board = board
+        self.root = root or board.flash_root
+        self.fw = fw
+        self.log = log or (lambda msg: None)
+        self._selftest = selftest
+        self._buf = bytearray()
+        self._skipping = False  # inside an overlong line: drop bytes up to the next newline
+        self.changed = False  # an identity was written or erased since boot (reboot to apply)
+        self.requests = 0
+        self.errors = 0
+
+    # -- stream ---------------------------------------------------------------------------------
+    def poll(self):
+        """Read what is waiting, answer complete lines. Never blocks, never raises."""
+        try:
+            data = self.board.console.read(256)
+        except OSError:
+            data = None
+        if not data:
+            return False
+        for b in data:
+            if b == 0x0A:
+                if self._skipping:
+                    self._skipping = False
+                    self._send({"id": None, "ok": False, "error": "too_long",
+                                "detail": "line longer than %d bytes" % MAX_LINE})
+                elif self._buf:
+                    line = bytes(self._buf)
+                    self._buf = bytearray()
+                    self.handle_line(line)
+            elif not self._skipping:
+                if len(self._buf) >= MAX_LINE:
+                    self._buf = bytearray()
+                    self._skipping = True
+                else:
+                    self._buf.append(b)
+        return True
+
+    def _send(self, obj):
+        try:
+            self.board.console.write(encode(obj))
+        except (OSError, ValueError, TypeError) as e:
+            self.log("console: reply not sent: %r" % e)
+
+    def handle_line(self, line):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            return
+        self.requests += 1
+        rid = None
+        try:
+            req = decode(line)
+            rid = req.get("id")
+            if rid is not None and (type(rid) is not int or rid < 0 or rid > 0x7FFFFFFF):
+                rid = None
+                raise ConsoleError("bad_request", "id must be an integer 0..2^31-1")
+            cmd = req.get("cmd")
+            handler = getattr(self, "_cmd_" + cmd, None) if type(cmd) is str else None
+            if handler is None:
+                raise ConsoleError("unknown_cmd", "unknown command %r" % (cmd,))
+            out = handler(req)
+            reply = {"id": rid, "ok": True}
+            if out:
+                reply.update(out)
+        except ConsoleError as e:
+            self.errors += 1
+            reply = {"id": rid, "ok": False, "error": e.args[0], "detail": e.args[1]}
+        except Exception as e:  # a bug in a handler must not take the unit down
+            self.errors += 1
+            self.log("console: internal error: %r" % e)
+            reply = {"id": rid, "ok": False, "error": "internal", "detail": repr(e)[:80]}
+        self._send(reply)
+
+    # -- commands ---------------------------------------------------------------------------------
+    def _cmd_identify(self, req):
+        out = {"product": "fengqiao", "proto": PROTO, "board": self.board.name,
+               "hwid": self.board.hardware_id(), "fw": self.fw,
+               "provisioned": identity.is_provisioned(self.root), "pending_reboot": self.changed}
+        if out["provisioned"]:
+            try:
+                cfg = identity.load(self.root)
+                out["device_id"] = cfg["device_id"]
+                out["role"] = cfg["role"]
+            except identity.IdentityError:
+                out["corrupt"] = True
+        return out
+
+    def _cmd_write_config(self, req):
+        if identity.is_provisioned(self.root):
+            raise ConsoleError("already_provisioned",
+                               "this unit has an identity; factory_reset it first")
+        cfg = req.get("cfg")
+        try:
+            fp = identity.save(self.root, cfg)
+        except identity.InvalidConfig as e:
+            raise ConsoleError("invalid_config", "%s: %s" % (e.args[0], e.args[1]))
+        except OSError as e:
+            raise ConsoleError("storage_error", "flash write failed: %r" % e)
+        self.changed = True
+        return {"key_fingerprint": fp}
+
+    def _cmd_read_config(self, req):
+        try:
+            cfg = identity.load(self.root)
+        except identity.NotProvisioned:
+            raise ConsoleError("not_provisioned", "no identity on this unit")
+        except identity.CorruptConfig as e:
+            raise ConsoleError("corrupt_config", str(e.args[0]) if e.args else "corrupt")
+        key = cfg.pop("key")
+        cfg["key_fingerprint"] = identity.fingerprint(key)
+        return {"cfg": cfg}
+
+    def _cmd_factory_reset(self, req):
+        hwid = self.board.hardware_id()
+        if req.get("confirm") != hwid:
+            raise ConsoleError("confirm_required",
+                               "send confirm: <hardware id> (identify gives it) to erase this unit")
+        try:
+            identity.factory_reset(self.root)
+        except OSError as e:
+            raise ConsoleError("storage_error", "erase failed: %r" % e)
+        self.changed = True
+        return {"erased": True}
+
+    def _cmd_selftest(self, req):
+        run = self._selftest
+        if run is None:
+            import selftest
+            run = selftest.run
+        return run(self.board)
+
+    def _cmd_reboot(self, req):
+        reboot = getattr(self.board, "reboot", None)
+        if reboot is None:
+            raise ConsoleError("bad_request", "this board cannot reboot itself")
+        # Answer first: the reset takes the serial line with it.
+        self._send({"id": req.get("id"), "ok": True, "rebooting": True})
+        reboot()
+
+
+def serve(board, root=None, fw=FW_DEFAULT, idle_ms=10):
+    """Console-only loop for an unprovisioned unit (main.py may poll Console itself instead)."""
+    c = Console(board, root, fw)
+    while True:
+        c.poll()
+        board.poll()
+        if hasattr(board, "idle_ms"):
+            board.idle_ms(idle_ms)

