@@ -1,0 +1,1 @@
+# The application layer shared by both roles: app.uplink (events -> outbox -> link, downlinks).

@@ -1,0 +1,136 @@
+"""The patrol check-in-point role: a card tapped on the reader becomes a `checkin` event.
+
+- A card is counted when it enters the field (it must leave the field for `_GONE_POLLS` reads
+  before the same card can be counted again), and the same card at most once per
+  settings["checkin_repeat_s"] (default 600 s): a patrol member who taps twice, or leaves the
+  card on the reader, makes one event. A repeat within the interval gets the "stored" beep again
+  (the card was read) but no new event.
+- Beeps "stored" (and LED amber) as soon as the event is on flash, even with no network, and
+  "confirmed" (two beeps, LED green) when the gateway's ack for that event arrives.
+- The event carries the device time of the tap; if the clock is not known yet the outbox keeps
+  the tap's ticks and the frame is stamped when the clock becomes known (app/uplink.py), so
+  check-ins made offline are placed correctly later.
+- A reader that locks up and cannot be re-initialised (drivers.mfrc522.ReaderError): LED "error"
+  while it lasts, logged once per fault, retried every poll; no event is made from it.
+LED otherwise: "idle" (off) when the link is up or nothing is waiting, "failing" (red double
+flash) when check-ins are waiting and the link is down.
+"""
+
+import asyncio
+from time import ticks_diff, ticks_ms
+
+from drivers.buzzer import Buzzer
+from drivers.led import Led
+from drivers.mfrc522 import ReaderError
+from outbox import PRIO_NORMAL, OutboxFull
+from protocol import frame
+
+_GONE_POLLS = 3
+_MAX_SEEN = 32
+_POLL_MS = 100
+
+
+class CheckinPoint:
+    def __init__(self, board, uplink, settings, checkpoint_id, log=print):
+        self.board = board
+        self.uplink = uplink
+        self.settings = settings
+        self.checkpoint_id = checkpoint_id
+        self.log = log
+        self.reader = board.rfid()
+        self.led = Led(board.led)
+        self.buzzer = Buzzer(board.buzzer)
+        self.seen = {}  # uid -> ticks_ms when last counted
+        self.pending = {}  # seq -> uid, waiting for the gateway's ack
+        self.present = None
+        self.absent = 0
+        self.fault = False
+        self.counted = 0
+        self.repeats = 0
+        uplink.listeners.append(self)
+
+    def _forget_old(self, now, repeat_ms):
+        for uid in [u for u, t in self.seen.items() if ticks_diff(now, t) >= repeat_ms]:
+            del self.seen[uid]
+        while len(self.seen) >= _MAX_SEEN:  # bounded: forget the oldest
+            oldest = None
+            for u, t in self.seen.items():
+                if oldest is None or ticks_diff(t, self.seen[oldest]) < 0:
+                    oldest = u
+            del self.seen[oldest]
+
+    def card(self, uid):
+        """A card entered the field. Returns the event's seq, or None (repeat / refused)."""
+        now = ticks_ms()
+        repeat_ms = self.settings.get("checkin_repeat_s", 600) * 1000
+        self._forget_old(now, repeat_ms)
+        if uid in self.seen:
+            self.repeats += 1
+            self.buzzer.beep("stored")
+            self.led.flash("checkin_stored")
+            return None
+        try:
+            seq = self.uplink.emit(frame.UP_CHECKIN, [self.checkpoint_id, uid], PRIO_NORMAL)
+        except OutboxFull:
+            self.buzzer.beep("error")
+            return None
+        self.seen[uid] = now
+        self.counted += 1
+        if len(self.pending) < _MAX_SEEN:
+            self.pending[seq] = uid
+        self.buzzer.beep("stored")
+        self.led.flash("checkin_stored")
+        return seq
+
+    def on_ack(self, seq, stage):
+        if self.pending.pop(seq, None) is not None:
+            self.buzzer.beep("confirmed")
+            self.led.flash("checkin_confirmed")
+
+    def on_siren(self, on, pattern, duration_s):
+        self.buzzer.siren(on, pattern, duration_s)
+
+    def on_config(self, changed):
+        pass  # checkin_repeat_s is read from settings at every card
+
+    def step(self):
+        uid = None
+        if self.reader is not None:
+            try:
+                uid = self.reader.read_uid()
+                if self.fault:
+                    self.log("checkin: reader recovered")
+                self.fault = False
+            except ReaderError as e:
+                if not self.fault:
+                    self.log("checkin: %s" % e)
+                self.fault = True
+        if uid is not None:
+            uid = bytes(uid)
+            self.absent = 0
+            if uid != self.present:
+                self.present = uid
+                self.card(uid)
+        elif self.present is not None:
+            self.absent += 1
+            if self.absent >= _GONE_POLLS:
+                self.present = None
+        link = self.uplink.link
+        if self.fault:
+            self.led.set("error")
+        elif len(self.uplink.outbox) and (link is None or not link.up):
+            self.led.set("failing")
+        else:
+            self.led.set("idle")
+
+    async def run(self, alive=None):
+        t = ticks_ms()
+        while True:
+            if alive:
+                alive("role")
+            if ticks_diff(ticks_ms(), t) >= _POLL_MS:
+                t = ticks_ms()
+                self.step()
+            self.led.poll()
+            self.buzzer.poll()
+            await asyncio.sleep_ms(10)

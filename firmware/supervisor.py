@@ -1,0 +1,75 @@
+"""Health: restart failing tasks, feed the hardware watchdog only while every task is alive.
+
+Failures it survives:
+- a task raises (a bug, a driver error, MemoryError): the exception is logged with its task name
+  and the task is started again after `restart_delay_ms`; restarts are counted;
+- a task hangs (a loop that stops yielding cannot be seen by asyncio, but one that stops making
+  progress can): every task calls `alive(name)` in its loop; the watchdog is fed only when all
+  tasks checked in within `stall_ms`, so a stuck task ends in a watchdog reset (a clean reboot,
+  from which the outbox resends) rather than a device that looks on but does nothing;
+- a board without a hardware watchdog (host board): the same accounting runs, a stalled task is
+  logged, and the board's watchdog() may return None.
+"""
+
+import asyncio
+import sys
+from time import ticks_diff, ticks_ms
+
+
+class Supervisor:
+    def __init__(self, board, log=print, watchdog_ms=8000, stall_ms=30000, restart_delay_ms=1000):
+        self.board = board
+        self.log = log
+        self.stall_ms = stall_ms
+        self.restart_delay_ms = restart_delay_ms
+        self.restarts = {}
+        self._seen = {}
+        self.wdt = None
+        try:
+            self.wdt = board.watchdog(watchdog_ms)
+        except (AttributeError, OSError, ValueError) as e:
+            log("supervisor: no watchdog: %r" % (e,))
+        self.stalled = None
+
+    def alive(self, name):
+        self._seen[name] = ticks_ms()
+
+    def spawn(self, name, factory, watch=True):
+        """Run `factory()` (a coroutine function) as a task that is restarted whenever it fails.
+        watch=False for a task that cannot check in regularly (the link sleeps through backoff)
+        but has a deadline on every await instead."""
+        self.restarts[name] = 0
+        if watch:
+            self._seen[name] = ticks_ms()
+        return asyncio.create_task(self._guard(name, factory))
+
+    async def _guard(self, name, factory):
+        while True:
+            try:
+                await factory()
+                self.log("supervisor: task %s returned; restarting" % name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
+                self.log("supervisor: task %s failed: %r" % (name, e))
+                sys.print_exception(e)
+            self.restarts[name] += 1
+            if name in self._seen:
+                self._seen[name] = ticks_ms()
+            await asyncio.sleep_ms(self.restart_delay_ms)
+
+    async def watch(self):
+        """The watchdog task: feed only while every task checked in recently."""
+        while True:
+            now = ticks_ms()
+            stalled = None
+            for name, t in self._seen.items():
+                if ticks_diff(now, t) > self.stall_ms:
+                    stalled = name
+            if stalled is None:
+                if self.wdt is not None:
+                    self.wdt.feed()
+            elif stalled != self.stalled:
+                self.log("supervisor: task %s stalled; watchdog not fed" % stalled)
+            self.stalled = stalled
+            await asyncio.sleep_ms(500)
