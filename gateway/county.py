@@ -1,0 +1,148 @@
+"""A tiny county receiver: subscribe to the upstream topic, append each new envelope to a file.
+
+    rec = CountyRecorder("127.0.0.1", port, "fq/v1/county/#", "envelopes.jsonl").start()
+    rec.wait_count(100, timeout_s=30); rec.ids; rec.duplicates; rec.stop()
+
+    python -m gateway.county --broker 127.0.0.1:1884 --topic 'fq/v1/county/#' --out envelopes.jsonl
+
+The file is what `fengqiao verify FILE` checks: one envelope per line, in the order received. An
+envelope whose id was already recorded (a redelivery after a lost PUBACK) is counted in
+`duplicates` and not written again -- that is the idempotence envelope ids give a receiver.
+
+A county receiver must not miss what its broker accepted while it was away: it uses a persistent
+MQTT session (clean_session=False, a fixed client id) at QoS 1, so the broker queues envelopes for
+it while it is disconnected (the broker needs `persistence true` to keep them across its own restart).
+"""
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("fengqiao.county")
+
+
+class CountyRecorder:
+    def __init__(self, host, port, topic, path, client_id="fq-county-recorder", dedup=True,
+                 username=None, password=None, cafile=None):
+        self.host, self.port, self.topic, self.path = host, int(port), topic, str(path)
+        self.dedup = dedup
+        self.ids = []            # envelope ids in the order first received
+        self.duplicates = 0
+        self.malformed = 0
+        self.messages = 0
+        self._seen = set()
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self._file = open(self.path, "a", encoding="utf-8")
+        c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      clean_session=False, protocol=mqtt.MQTTv311)
+        if username:
+            c.username_pw_set(username, password)
+        if cafile:
+            c.tls_set(ca_certs=cafile)
+        c.reconnect_delay_set(0.1, 1)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+
+    def start(self, timeout_s=10):
+        self.client.connect(self.host, self.port, keepalive=15)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            raise TimeoutError("county recorder not subscribed to %s within %.0f s" % (self.topic, timeout_s))
+        return self
+
+    def stop(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+        with self._cond:
+            self._file.close()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("county recorder refused: %s", reason_code)
+            return
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        self._subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        log.info("county recorder disconnected: %s", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            text = msg.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = msg.payload.decode("utf-8", "replace")
+        with self._cond:
+            self.messages += 1
+            for line in text.split("\n"):
+                if not line.strip():
+                    continue
+                try:
+                    env_id = json.loads(line).get("id")
+                except (ValueError, AttributeError):
+                    env_id = None
+                    self.malformed += 1
+                if env_id is not None and self.dedup:
+                    if env_id in self._seen:
+                        self.duplicates += 1
+                        continue
+                    self._seen.add(env_id)
+                if env_id is not None:
+                    self.ids.append(env_id)
+                self._file.write(line + "\n")
+            self._file.flush()
+            self._cond.notify_all()
+
+    def count(self):
+        with self._cond:
+            return len(self.ids)
+
+    def wait_count(self, n, timeout_s):
+        """Block until n distinct envelopes were recorded; True if in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while len(self.ids) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gateway.county", description=__doc__.split("\n")[0])
+    p.add_argument("--broker", required=True, help="HOST:PORT of the county broker")
+    p.add_argument("--topic", required=True, help="upstream topic or filter, e.g. 'fq/v1/county/#'")
+    p.add_argument("--out", required=True, help="file to append envelopes to (one per line)")
+    p.add_argument("--client-id", default="fq-county-recorder")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--cafile")
+    args = p.parse_args(argv)
+    host, _, port = args.broker.rpartition(":")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rec = CountyRecorder(host or "127.0.0.1", int(port), args.topic, args.out, client_id=args.client_id,
+                         username=args.username, password=args.password, cafile=args.cafile).start()
+    print("recording %s from %s into %s (Ctrl-C to stop)" % (args.topic, args.broker, args.out), flush=True)
+    try:
+        while True:
+            time.sleep(5)
+            print("%d envelope(s), %d duplicate(s) ignored" % (rec.count(), rec.duplicates), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rec.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

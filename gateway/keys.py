@@ -1,0 +1,164 @@
+"""The gateway's Ed25519 signing key (upstream envelopes, SPEC section 9).
+
+    key = SigningKey.load_or_create(path)     # created on first run, file mode 0600 (PKCS#8 PEM)
+    key.sign(message) -> 64 bytes; key.key_id -> 16 hex chars; key.public_pem() -> str
+    pub = load_public_key(text_or_path)       # PEM SubjectPublicKeyInfo or 64 hex characters
+    pub.verify(signature, message)            # raises cryptography's InvalidSignature
+
+`key_id` = the first 8 bytes of SHA-256(raw 32-byte public key), in hex: it names the key in every
+signed envelope, so a county that holds several gateways' keys (or a rotated one) picks the right one.
+
+Failures the key file survives or reports:
+- missing file: a new key is generated and written atomically (temporary file + rename) with mode 0600;
+- a file readable by group or others: refused (KeyFileError), like ssh does, rather than silently used;
+- a file that is not an unencrypted Ed25519 PKCS#8 PEM: KeyFileError naming the file.
+
+`fengqiao gateway pubkey --key FILE` prints the public key: `add_arguments`/`run` below are the
+command's implementation, for the gateway command table.
+"""
+
+import hashlib
+import os
+import stat
+import sys
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+DEFAULT_KEY_FILE = "gateway_signing_key.pem"
+
+
+class KeyFileError(RuntimeError):
+    """The signing or public key file is unusable (permissions, format); the message says which file."""
+
+
+def key_id_of(public_raw):
+    """16 hex characters naming a public key: SHA-256(raw 32 bytes)[0:8]."""
+    return hashlib.sha256(public_raw).digest()[:8].hex()
+
+
+class PublicKey:
+    """An Ed25519 public key with its key id."""
+
+    def __init__(self, key):
+        self._key = key
+        self.raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.key_id = key_id_of(self.raw)
+
+    def verify(self, signature, message):
+        """Raises cryptography.exceptions.InvalidSignature when the signature does not verify."""
+        self._key.verify(signature, message)
+
+    def pem(self):
+        return self._key.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+class SigningKey:
+    """The gateway's private key; `public` is its PublicKey."""
+
+    def __init__(self, private_key, path=None):
+        self._key = private_key
+        self.path = path
+        self.public = PublicKey(private_key.public_key())
+        self.key_id = self.public.key_id
+
+    @classmethod
+    def generate(cls):
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path):
+        path = str(path)
+        if not os.path.exists(path):
+            _write_new_key(path)
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError("signing key %s is readable by others (mode %o); run: chmod 600 %s"
+                               % (path, stat.S_IMODE(st.st_mode), path))
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError("signing key %s is not an unencrypted PEM private key: %s" % (path, exc)) from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError("signing key %s is not an Ed25519 key" % path)
+        return cls(key, path)
+
+    def sign(self, message):
+        return self._key.sign(message)
+
+    def public_pem(self):
+        return self.public.pem()
+
+
+def _write_new_key(path):
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            if hasattr(os, "fsync"):
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_public_key(text_or_path):
+    """A PublicKey from PEM text, 64 hex characters, or a file holding either."""
+    text = text_or_path
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if "BEGIN" not in text and not _is_hex64(text.strip()):
+        try:
+            with open(text) as f:
+                text = f.read()
+        except OSError as exc:
+            raise KeyFileError("cannot read public key %s: %s" % (text_or_path, exc)) from exc
+    text = text.strip()
+    try:
+        if _is_hex64(text):
+            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+        else:
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError("not an Ed25519 public key (PEM or 64 hex characters): %s" % exc) from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError("the public key is not an Ed25519 key")
+    return PublicKey(key)
+
+
+def _is_hex64(s):
+    return len(s) == 64 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+# -- `fengqiao gateway pubkey` -------------------------------------------------------------------
+
+HELP = "print the gateway's Ed25519 public key (for `fengqiao verify --pubkey`)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--key", default=DEFAULT_KEY_FILE,
+                        help="signing key file (created with mode 0600 if missing; default %(default)s)")
+    parser.add_argument("--hex", action="store_true", help="print the raw key as 64 hex characters, not PEM")
+
+
+def run(args):
+    from tools.errors import CliError
+
+    try:
+        key = SigningKey.load_or_create(args.key)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from exc
+    print(key.public.raw.hex() if args.hex else key.public_pem().rstrip("\n"))
+    print("key id %s (%s)" % (key.key_id, key.path), file=sys.stderr)
+    return 0

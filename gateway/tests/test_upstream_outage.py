@@ -1,0 +1,196 @@
+"""Upstream forwarding against a real county Mosquitto: outages, restarts, kill -9, order, once."""
+
+import os
+import pwd
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from gateway import envelope
+from gateway.clock import ManualClock, SystemClock
+from gateway.county import CountyRecorder
+from gateway.events import NewDeviceEvent
+from gateway.keys import SigningKey
+from gateway.store import EventStore
+from gateway.upstream import Upstream, UpstreamError
+from protocol import frame as pframe
+from tools.testing.mosquitto import MosquittoProcess
+from tools.testing.procs import REPO_ROOT, wait_for
+
+# The county broker keeps the recorder's persistent session across its own restart. `user` = us:
+# as root Mosquitto would switch to user "mosquitto" and fail to save its database in our tmp dir.
+COUNTY_CONF = ("listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+               "persistence_location {workdir}/\nmax_queued_messages 0\nuser %s\n"
+               % pwd.getpwuid(os.getuid()).pw_name)
+TOPIC = "fq/v1/county/tw1"
+DEVICE_KEY = bytes(range(32))
+K_UP, _ = pframe.derive_keys(DEVICE_KEY)
+
+
+def alarm(seq, device_id=0x2A):
+    topic = pframe.uplink_topic(device_id)
+    data = pframe.encode(K_UP, topic, pframe.UP_HEARTBEAT, device_id, 1, seq, 1_767_225_600, [3300, seq, 0, None, 10203])
+    return NewDeviceEvent("heartbeat", device_id, 1, seq, [3300, seq, 0, None, 10203], data, topic, 1_767_225_600,
+                          "v1-h1")
+
+
+@pytest.fixture
+def county(tmp_path):
+    broker = MosquittoProcess(tmp_path / "county", COUNTY_CONF).start()
+    rec = CountyRecorder("127.0.0.1", broker.port, "fq/v1/county/#", tmp_path / "county.jsonl",
+                         client_id="county-%s" % os.urandom(3).hex()).start()
+    yield broker, rec
+    rec.stop()
+    broker.stop()
+
+
+def _upstream(store, key, broker, **kw):
+    kw.setdefault("reconnect_max_s", 0.5)
+    return Upstream(store, key, "tw1", "127.0.0.1", broker.port, TOPIC, **kw)
+
+
+def _persisted_cursor(db_path):
+    with sqlite3.connect(db_path) as db:
+        row = db.execute("SELECT event_id FROM upstream_cursor WHERE name = 'county'").fetchone()
+    return row[0] if row else 0
+
+
+def _check_dump(tmp_path, rec, key, n):
+    assert rec.wait_count(n, 30), "county got %d of %d envelopes" % (rec.count(), n)
+    assert rec.ids == ["tw1:%d" % i for i in range(1, n + 1)]  # all, in order, each once
+    with open(tmp_path / "county.jsonl") as f:
+        lines = f.read().splitlines()
+    report = envelope.verify_envelopes(lines, key.public, {0x2A: DEVICE_KEY}, first_event=1)
+    assert report.ok, report.problems
+    assert report.envelopes == n and report.macs_checked > 0
+
+
+@pytest.mark.timeout(90)
+def test_county_down_for_a_while_then_back(tmp_path, county):
+    broker, rec = county
+    key = SigningKey.load_or_create(tmp_path / "gw.pem")
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    up = _upstream(store, key, broker).start()
+    store.append_device_events([alarm(s) for s in range(1, 21)])
+    assert up.wait_forwarded(20, 20)
+    wait_for(lambda: _persisted_cursor(tmp_path / "g.db") == 20, 10, "cursor 20 on disk")
+
+    broker.stop()
+    wait_for(lambda: not up.stats()["connected"], 10, "the forwarder to notice the outage")
+    seq = 21
+    for i in range(30):  # 300 device events and 30 gateway events while the county is away
+        store.append_device_events([alarm(s) for s in range(seq, seq + 10)])
+        seq += 10
+        store.append_gateway_event("device_offline", {"i": i}, device_id=0x2A, place_id="v1-h1")
+    total = store.head()[0]
+    assert total == 350
+    wait_for(lambda: up.stats().get("connect_failures", 0) >= 2, 20, "reconnect attempts during the outage")
+    assert up.stats()["queue_depth"] == total - 20 and up.cursor()[0] == 20
+
+    broker.start()  # same port, like the county coming back
+    assert up.wait_forwarded(total, 60), up.stats()
+    _check_dump(tmp_path, rec, key, total)
+    assert rec.duplicates == 0
+    stats = up.stats()
+    assert stats["queue_depth"] == 0 and stats["disconnects"] == 1
+    assert stats["published_messages"] < total  # batched after the outage: one signature per batch
+    up.close()
+    assert _persisted_cursor(tmp_path / "g.db") == total
+    store.close()
+
+
+@pytest.mark.timeout(90)
+def test_outage_in_the_middle_of_a_burst(tmp_path, county):
+    broker, rec = county
+    key = SigningKey.load_or_create(tmp_path / "gw.pem")
+    store = EventStore(tmp_path / "g.db", SystemClock(), synchronous="NORMAL")
+    up = _upstream(store, key, broker, window=4, batch_max=20).start()
+    n = 1500
+
+    def burst():
+        for s in range(1, n + 1):
+            store.append_device_events([alarm(s)])
+            if s % 50 == 0:
+                time.sleep(0.02)
+
+    t = threading.Thread(target=burst)
+    t.start()
+    wait_for(lambda: up.cursor()[0] >= 100, 30, "forwarding under way")
+    broker.stop()
+    time.sleep(1.0)
+    broker.start()
+    t.join(60)
+    assert up.wait_forwarded(n, 60), up.stats()
+    _check_dump(tmp_path, rec, key, n)  # a redelivered envelope (lost PUBACK) is recorded once
+    assert up.stats()["disconnects"] >= 1
+    up.close()
+    store.close()
+
+
+SCRIPT = r"""
+import sys, time
+sys.path.insert(0, %(root)r)
+from gateway.clock import SystemClock
+from gateway.keys import SigningKey
+from gateway.store import EventStore
+from gateway.upstream import Upstream
+from gateway.tests.test_upstream_outage import alarm
+store = EventStore(%(db)r, SystemClock(), synchronous="NORMAL")
+up = Upstream(store, SigningKey.load_or_create(%(key)r), "tw1", "127.0.0.1", %(port)d, %(topic)r,
+              batch_max=5, window=2, cursor_every_s=0.05).start()
+seq = store.head()[0]
+print("ready", flush=True)
+while True:
+    seq += 1
+    store.append_device_events([alarm(seq)])
+    time.sleep(0.002)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_of_the_gateway_resumes_from_the_persisted_cursor(tmp_path, county):
+    broker, rec = county
+    db, keyfile = str(tmp_path / "g.db"), str(tmp_path / "gw.pem")
+    SigningKey.load_or_create(keyfile)
+    code = SCRIPT % dict(root=REPO_ROOT, db=db, key=keyfile, port=broker.port, topic=TOPIC)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        wait_for(lambda: rec.count() >= 300, 40, "300 envelopes forwarded by the first gateway process")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+    key = SigningKey.load_or_create(keyfile)
+    store = EventStore(db, SystemClock())
+    head = store.head()[0]
+    cursor = _persisted_cursor(db)
+    assert 0 < cursor <= head
+    up = _upstream(store, key, broker).start()  # the restarted gateway
+    store.append_device_events([alarm(head + 1)])
+    assert up.wait_forwarded(head + 1, 30), up.stats()
+    _check_dump(tmp_path, rec, key, head + 1)
+    up.close()
+    store.close()
+
+
+def test_configuration_errors_are_named(tmp_path):
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    key = SigningKey.generate()
+    with pytest.raises(UpstreamError, match="gateway id"):
+        Upstream(store, key, "a:b", "127.0.0.1", 1, TOPIC)
+    with pytest.raises(UpstreamError, match="plain topic"):
+        Upstream(store, key, "tw1", "127.0.0.1", 1, "fq/#")
+    with pytest.raises(UpstreamError, match="unknown"):
+        Upstream.from_config({"host": "h", "port": 1, "topic": "t", "colour": "red"}, store, key, "tw1")
+    with pytest.raises(UpstreamError, match="needs 'topic'"):
+        Upstream.from_config({"host": "h", "port": 1}, store, key, "tw1")
+    up = Upstream.from_config({"host": "h", "port": 1883, "topic": "t", "window": 2}, store, key, "tw1")
+    assert up.window == 2 and up.port == 1883
+    up.close()
+    store.close()
