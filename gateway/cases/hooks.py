@@ -1,0 +1,100 @@
+"""Plugging cases and patrols into the running gateway (G-core's plugin hook `attach(app)`).
+
+    plugin = attach(app)      # app: gateway.cli.GatewayApp (service, store, registry, clock, config)
+    plugin.stop()
+
+What it registers:
+- an event handler: alarms and cancels -> CaseService, check-ins and heartbeats -> PatrolService,
+  then the queued effects are performed at once (sirens within the same handler call as the alarm);
+- a timer (`[cases] tick_s`, default 1 s): catch up on device events a handler may have missed
+  (gateway stopped between commit and handler), escalation deadlines, patrol rounds, and the
+  effects of actions taken from the CLI in another process (`fengqiao case ack` -> button LED);
+- the stage lookup, so a resent alarm frame is re-acknowledged with its case's current stage.
+
+Catch-up uses a cursor in `case_meta`: every device event after it is offered to the services
+(which ignore what they already recorded), so nothing committed is left without its case even if
+the process died right after the commit. A fresh database starts the cursor at the log's head.
+"""
+
+import logging
+
+from gateway.cases.service import CaseService
+from gateway.patrol.service import PatrolService
+from gateway.village.db import open_db
+
+log = logging.getLogger("fengqiao.cases")
+
+_KINDS = ("alarm", "alarm_cancel", "checkin", "heartbeat")
+
+
+class CasesPlugin:
+    def __init__(self, db_path, clock, store, registry=None):
+        self.cases = CaseService(open_db(db_path), clock, registry)
+        self.patrol = PatrolService(open_db(db_path), clock, registry)
+        self.store = store
+        if store is not None and self.cases.cursor("events") == 0:
+            with self.cases._lock:
+                self.cases.set_cursor("events", store.head()[0])
+
+    def install(self, service, tick_s=1.0):
+        service.add_event_handler(self.on_event)
+        service.add_timer(self.on_tick, tick_s)
+        if hasattr(service, "set_stage_lookup"):
+            service.set_stage_lookup(self.stage_of)
+        return self
+
+    def on_event(self, ev, ctx):
+        if ev.source != "device" or ev.kind not in _KINDS:
+            return
+        if ev.kind in ("alarm", "alarm_cancel"):
+            self.cases.on_event(ev)
+            self.cases.flush(ctx)
+        else:
+            self.patrol.on_event(ev)
+            self.patrol.flush(ctx)
+
+    def on_tick(self, ctx):
+        self.catch_up()
+        self.cases.check_deadlines()
+        self.cases.flush(ctx)
+        self.patrol.tick()
+        self.patrol.flush(ctx)
+
+    def catch_up(self, batch=500):
+        if self.store is None:
+            return 0
+        n = 0
+        while True:
+            after = self.cases.cursor("events")
+            events = self.store.events_after(after, batch)
+            if not events:
+                return n
+            for ev in events:
+                if ev.source == "device" and ev.kind in ("alarm", "alarm_cancel"):
+                    self.cases.on_event(ev)
+                elif ev.source == "device" and ev.kind in ("checkin", "heartbeat"):
+                    self.patrol.on_event(ev)
+                n += 1
+            with self.cases._lock:
+                self.cases.set_cursor("events", events[-1].event_id)
+
+    def stage_of(self, ev):
+        if ev.kind != "alarm":
+            return 0
+        stage = self.cases.current_stage(ev.device_id, ev.key_id, ev.seq)
+        return 0 if stage is None else stage
+
+    def stop(self):
+        for svc in (self.cases, self.patrol):
+            try:
+                svc.db.close()
+            except Exception:  # noqa: BLE001 - closing at shutdown, nothing to recover
+                log.exception("closing the cases database failed")
+
+
+def attach(app):
+    """G-core's plugin entry point (gateway.cli.GatewayApp)."""
+    section = app.config.section("cases") if getattr(app, "config", None) else {}
+    tick_s = float(section.get("tick_s", 1.0))
+    plugin = CasesPlugin(app.store.path, app.clock, app.store, app.registry)
+    return plugin.install(app.service, tick_s)
