@@ -142,6 +142,8 @@ def peek(data, downlink=None):
     """Unpack the header after checking length, version, direction (when `downlink` is given),
     type code, and non-zero device id and seq (SPEC section 2 step 1). The MAC is NOT checked:
     use this only to find the key."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedFrame("frame must be bytes")
     n = len(data)
     if n < MIN_FRAME:
         raise MalformedFrame("frame shorter than 32 bytes")
@@ -162,9 +164,14 @@ def peek(data, downlink=None):
 
 
 def _topic_bytes(topic):
-    if isinstance(topic, str):
-        return topic.encode("utf-8")
-    return bytes(topic)
+    try:
+        if isinstance(topic, str):
+            return topic.encode("utf-8")
+        if isinstance(topic, (bytes, bytearray, memoryview)):
+            return bytes(topic)
+    except UnicodeError:  # CPython: a str with lone surrogates
+        pass
+    raise TopicMismatch("topic must be text or bytes")
 
 
 def _mac(k_dir, topic_b, signed):

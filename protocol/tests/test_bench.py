@@ -42,3 +42,22 @@ def test_bench_fuzz_reports_a_crash_with_its_reproducer(capsys, monkeypatch):
     first = result["reproducers"][0]
     assert set(first) == {"case", "error", "frame", "topic", "downlink"} and "simulated decoder bug" in first["error"]
     bytes.fromhex(first["frame"])  # the reproducer is the frame in hex
+
+
+def test_spec_sizes_table_matches_the_bench():
+    import os
+
+    from protocol import bench_frames
+
+    sizes = bench_frames.measure()
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "SPEC.md")) as f:
+        spec = f.read()
+    table = spec[spec.index("## 7. Sizes"):spec.index("## 8. Errors")]
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in table.splitlines() if line.startswith("| `")}
+    assert rows["`alarm`, `tamper`"] == "%d" % sizes["alarm"] == "%d" % sizes["tamper"]
+    checkin = next(v for k, v in rows.items() if k.startswith("`checkin`"))
+    assert checkin == "%d / %d / %d" % (sizes["checkin_uid4"], sizes["checkin_uid7"], sizes["checkin_uid10"])
+    assert next(v for k, v in rows.items() if k.startswith("`heartbeat` worst")) == "%d" % sizes["heartbeat_worst"]
+    assert next(v for k, v in rows.items() if k.startswith("`heartbeat` typical")) == "%d" % sizes["heartbeat_typical"]
+    assert rows["`ack` / `siren` (worst)"] == "%d / %d" % (sizes["ack"], sizes["siren"])
+    assert next(v for k, v in rows.items() if k.startswith("`config`")) == "%d" % sizes["config_4_settings"]

@@ -2,11 +2,12 @@
 strict decoder and of the device codec (on CPython). The long run is `fengqiao bench fuzz`."""
 
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import frame, fuzz, strict
-from protocol.errors import FrameError
+from protocol.errors import FrameError, MalformedFrame, TopicMismatch
 from protocol.tests.vectors import frame_vectors
 
 SEEDS = [(bytes.fromhex(v["frame"]), v["topic"], v["receiver"] == "device", bytes.fromhex(v["device_key"]))
@@ -61,7 +62,7 @@ def test_random_bytes_raise_only_frame_errors(data, downlink):
     _only_frame_errors(data, "fq/v1/0000002a/%s" % ("down" if downlink else "up"), downlink, bytes(32))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_vector())
 def test_mutated_vectors_raise_only_frame_errors(case):
     _only_frame_errors(*case)
@@ -77,10 +78,18 @@ def test_bench_fuzz_generator_20k_cases_clean():
                         "UnknownKey", "UnknownType", "UnsupportedVersion", "WrongDirection", "Oversize"}
 
 
-def test_non_bytes_input_is_a_named_error():
-    for bad in (None, "text", 12, [1, 2]):
-        try:
-            strict.decode_uplink(bad, "fq/v1/0000002a/up", lambda d, k: bytes(32))
-        except FrameError:
-            continue
-        raise AssertionError("accepted %r" % (bad,))
+@pytest.mark.parametrize("bad", [None, "text", 12, [1, 2]])
+def test_non_bytes_frame_is_a_named_error(bad):
+    with pytest.raises(MalformedFrame):
+        strict.decode_uplink(bad, "fq/v1/0000002a/up", lambda d, k: bytes(32))
+    with pytest.raises(MalformedFrame):
+        frame.decode(bytes(32), "fq/v1/0000002a/up", bad, downlink=False)
+
+
+@pytest.mark.parametrize("topic", [None, 42, "fq/v1/0000002a/up\ud800", b"\xff"])
+def test_odd_topic_is_a_named_error(topic):
+    data = bytes.fromhex(next(v for v in frame_vectors() if v["id"] == "alarm-fire")["frame"])
+    with pytest.raises(TopicMismatch):
+        strict.decode_uplink(data, topic, lambda d, k: bytes(32))
+    with pytest.raises(TopicMismatch):
+        frame.decode(bytes(32), topic, data, downlink=False)
