@@ -52,6 +52,7 @@ pattern read fq/v1/%u/down
 user gateway
 topic read fq/v1/+/up
 topic write fq/v1/+/down
+topic read $SYS/broker/clients/connected
 """
 
 CONF_TEMPLATE = """\

@@ -1,0 +1,90 @@
+"""Gateway configuration: one TOML file (see gateway/gateway.sample.toml for every key).
+
+    cfg = load_config(path)     # -> Config; raises ConfigError naming the bad key
+    cfg.section("upstream")     # the raw dict of a section owned by a plugin (upstream, cases, ...)
+
+Relative paths are resolved against `gateway.data_dir`, which itself is relative to the config
+file's directory. Unknown keys in the core sections are errors (a typo must not silently fall
+back to a default); sections the core does not know are kept for plugins.
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable, or has a bad or unknown key."""
+
+
+DEFAULTS = {
+    "gateway": {"data_dir": ".", "database": "gateway.db", "master_key": "master.key",
+                "plugins": None},
+    "broker": {"manage": True, "workdir": "broker", "host": "127.0.0.1", "port": 1884, "tls_port": 8883,
+               "bind": "0.0.0.0", "hostnames": ["localhost"], "use_tls": False, "client_id": "fengqiao-gateway"},
+    "pipeline": {"max_batch": 2000, "device_rate_per_s": 20.0, "device_burst": 100, "mqtt_inflight": 1000,
+                 "synchronous": "FULL", "log_per_reason_per_min": 10},
+    "supervision": {"default_heartbeat_interval_s": 30, "offline_factor": 2.5, "check_interval_s": 5.0,
+                    "low_battery_mv": 3300, "battery_ok_mv": 3500},
+    "metrics": {"enabled": True, "host": "127.0.0.1", "port": 9108},
+    "log": {"level": "info", "format": "json"},
+}
+DEFAULT_PLUGINS = ("gateway.upstream", "gateway.cases")
+
+
+@dataclass
+class Config:
+    path: str
+    base_dir: str
+    values: dict = field(default_factory=dict)
+
+    def __getitem__(self, section):
+        return self.values[section]
+
+    def section(self, name):
+        return self.values.get(name, {})
+
+    def path_of(self, value):
+        """A path from the config, absolute (relative ones are under gateway.data_dir)."""
+        return value if os.path.isabs(value) else os.path.join(self.data_dir, value)
+
+    @property
+    def data_dir(self):
+        d = self.values["gateway"]["data_dir"]
+        return d if os.path.isabs(d) else os.path.normpath(os.path.join(self.base_dir, d))
+
+
+def load_config(path):
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError("no config file %s (start from gateway/gateway.sample.toml)" % path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("%s: %s" % (path, exc)) from exc
+    return from_dict(raw, path)
+
+
+def from_dict(raw, path="<dict>"):
+    values = {}
+    for name, defaults in DEFAULTS.items():
+        given = raw.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError("[%s] must be a table" % name)
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ConfigError("unknown key(s) in [%s]: %s" % (name, ", ".join(sorted(unknown))))
+        merged = dict(defaults)
+        for k, v in given.items():
+            d = defaults[k]
+            if d is not None and not isinstance(v, type(d)) and not (isinstance(d, float) and isinstance(v, int)):
+                raise ConfigError("[%s] %s must be a %s, not %r" % (name, k, type(d).__name__, v))
+            merged[k] = v
+        values[name] = merged
+    for name, v in raw.items():
+        if name not in DEFAULTS:
+            values[name] = v
+    if values["pipeline"]["synchronous"] not in ("FULL", "NORMAL"):
+        raise ConfigError("[pipeline] synchronous must be FULL or NORMAL")
+    base = os.path.dirname(os.path.abspath(path)) if path != "<dict>" else os.getcwd()
+    return Config(str(path), base, values)

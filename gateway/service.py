@@ -1,0 +1,375 @@
+"""The gateway's MQTT edge: receive uplinks, verify in batches, commit, then acknowledge.
+
+    svc = GatewayService(store, registry, clock, MqttSettings(host, port, username, password))
+    svc.add_event_handler(fn)        # fn(event, ctx) after commit, in the handler thread
+    svc.add_timer(fn, interval_s)    # fn(ctx) every interval_s, in the timer thread
+    svc.set_stage_lookup(fn)         # fn(stored_event) -> current ack stage for a resent uplink
+    svc.start(); svc.wait_connected(10); ...; svc.stop()
+
+Threads and the order that makes "acknowledged" mean "stored":
+
+    paho network thread   on_message: throttle check, append (topic, payload, mid) to a deque
+    pipeline thread       drain the deque (up to max_batch) -> gateway.pipeline.process_batch
+                          -> ONE store transaction (fsync) -> device `ack` frames (stage 0, or the
+                          current stage for a duplicate) -> MQTT PUBACKs (paho manual_ack) ->
+                          supervision -> hand the events to the handler thread
+    handler thread        event handlers (cases, ...): their exceptions are logged and counted
+    timer thread          periodic functions (supervision, escalation deadlines, patrols)
+
+The gateway's MQTT session is persistent (clean_session=False, fixed client id) and PUBACKs are
+sent only after the commit, so a crash at any instant leaves every uncommitted uplink queued in
+Mosquitto for redelivery, and a redelivered uplink that was committed is recognised as a
+duplicate (re-acknowledged, not stored twice). A PUBACK is only sent on the connection the
+message arrived on (message ids restart per connection).
+
+If the store cannot be written, the batch is retried with back-off and nothing is acknowledged.
+Rejected frames are PUBACKed to the broker (so they are not redelivered) but never get a device
+ack; they are counted by reason and logged with rate limiting. A device over its rate is dropped
+the same way ("Throttled") before any verification work, so it cannot delay the others.
+"""
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+from gateway import pipeline
+from gateway.logs import RateLimitedLog
+from gateway.metrics import Metrics
+from gateway.store import StoreError
+
+log = logging.getLogger("fengqiao.service")
+
+UPLINK_FILTER = "fq/v1/+/up"
+SYS_CLIENTS = "$SYS/broker/clients/connected"
+
+
+@dataclass
+class MqttSettings:
+    host: str
+    port: int
+    username: str
+    password: str
+    tls_ca: "str | None" = None
+    client_id: str = "fengqiao-gateway"
+    keepalive_s: int = 30
+
+
+class GatewayContext:
+    """What handlers and timers get: the clock, the store, the registry, and ways to act."""
+
+    def __init__(self, service):
+        self._svc = service
+        self.clock = service.clock
+        self.store = service.store
+        self.registry = service.registry
+        self.metrics = service.metrics
+
+    def send_downlink(self, device_id, msg_type, body):
+        """Build, MAC (current key) and publish a downlink at QoS 1; returns its downlink seq."""
+        dev = self.registry.device(device_id)
+        if dev is None or dev.status != "active":
+            raise ValueError("no active device %08x" % device_id)
+        return self._svc._publish_downlink(msg_type, device_id, dev.key_id, body)
+
+    def send_ack(self, device_id, acked_seq, stage, key_id=None):
+        """An `ack` of uplink `acked_seq` at `stage` (SPEC section 3: 0 stored .. 4 cancelled)."""
+        if key_id is None:
+            key_id = self.registry.device(device_id).key_id
+        now = int(self.clock.now())
+        return self._svc._publish_downlink(pipeline.DOWN_ACK, device_id, key_id, [acked_seq, stage, now])
+
+    def emit(self, kind, body, device_id=None, place_id=None, actor="system"):
+        """Store a gateway event (handlers see it too) and return the StoredEvent."""
+        return self.store.append_gateway_event(kind, body, device_id=device_id, place_id=place_id, actor=actor)
+
+
+class GatewayService:
+    def __init__(self, store, registry, clock, mqtt_settings, metrics=None, max_batch=2000,
+                 device_rate_per_s=20.0, device_burst=100, mqtt_inflight=1000, log_per_reason_per_min=10):
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.settings = mqtt_settings
+        self.metrics = metrics or Metrics()
+        self.max_batch = max_batch
+        self.ctx = GatewayContext(self)
+        self.signer = pipeline.DownlinkSigner(registry.device_key)
+        self.seqs = pipeline.SeqState(store.highest_seqs())
+        self.buckets = pipeline.TokenBuckets(device_rate_per_s, device_burst)
+        self.rejection_log = RateLimitedLog(log, log_per_reason_per_min)
+        self._handlers = []
+        self._timers = []
+        self._observers = []        # fn(outcomes) in the pipeline thread after acks (supervision)
+        self._stage_lookup = None
+        self._incoming = collections.deque()
+        self._wake = threading.Event()
+        self._handler_q = collections.deque()
+        self._handler_wake = threading.Event()
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._gen = 0               # connection generation: PUBACK only on the arrival connection
+        self._downlink_lock = threading.Lock()
+        self._threads = []
+        self.processed = 0
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
+                                   clean_session=False, manual_ack=True)
+        self._client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
+        if mqtt_settings.tls_ca:
+            self._client.tls_set(ca_certs=mqtt_settings.tls_ca)
+        self._client.max_inflight_messages_set(mqtt_inflight)
+        self._client.reconnect_delay_set(0.1, 5)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        store.subscribe(self._on_store_commit)
+        self.metrics.gauge_fn("fengqiao_incoming_queue_depth", lambda: len(self._incoming))
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def add_event_handler(self, fn):
+        """fn(event: StoredEvent, ctx) for every committed event (device and gateway), in order of
+        commit per source; runs in the handler thread, so a slow handler never delays acks."""
+        self._handlers.append(fn)
+
+    def add_timer(self, fn, interval_s):
+        self._timers.append([fn, float(interval_s), time.monotonic() + float(interval_s)])
+
+    def add_observer(self, fn):
+        """fn(outcomes) in the pipeline thread after each batch is acknowledged (keep it cheap)."""
+        self._observers.append(fn)
+
+    def set_stage_lookup(self, fn):
+        """fn(stored_event) -> int: the stage to re-acknowledge a resent uplink with (default 0)."""
+        self._stage_lookup = fn
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self):
+        for name, target in (("pipeline", self._pipeline_loop), ("handlers", self._handler_loop), ("timers", self._timer_loop)):
+            t = threading.Thread(target=target, name="fengqiao-" + name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout_s=10):
+        if not self._connected.wait(timeout_s):
+            raise TimeoutError("gateway did not connect to the broker at %s:%d" % (self.settings.host, self.settings.port))
+
+    @property
+    def connected(self):
+        return self._connected.is_set()
+
+    def stop(self):
+        """Finish the batch in hand, then disconnect (unacknowledged messages stay at the broker)."""
+        self._stopping.set()
+        self._wake.set()
+        self._handler_wake.set()
+        for t in self._threads:
+            t.join(10)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- MQTT callbacks (paho network thread) --------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker refused the gateway", extra={"fields": {"reason": str(reason_code)}})
+            return
+        self._gen += 1
+        client.subscribe([(UPLINK_FILTER, 1), (SYS_CLIENTS, 0)])
+        self._connected.set()
+        log.info("connected to broker", extra={"fields": {"session_present": flags.session_present}})
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("disconnected from broker; reconnecting", extra={"fields": {"reason": str(reason_code)}})
+
+    def _on_message(self, client, userdata, msg):
+        topic = msg.topic
+        if topic[0] == "$":
+            try:
+                self.metrics.set("fengqiao_broker_clients_connected", int(msg.payload))
+            except ValueError:
+                pass
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            return
+        now = time.monotonic()
+        if not self.buckets.allow(topic, now):
+            self.metrics.inc("fengqiao_rejections_total", {"reason": "Throttled"})
+            self.rejection_log.warning("uplink rejected", "Throttled", {"topic": topic})
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            return
+        self._incoming.append(pipeline.Incoming(topic, msg.payload, msg.mid, msg.qos, now))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # -- pipeline thread -------------------------------------------------------------------------------
+
+    def _pipeline_loop(self):
+        dq = self._incoming
+        while not self._stopping.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            while dq and not self._stopping.is_set():
+                gen = self._gen
+                batch = []
+                try:
+                    while len(batch) < self.max_batch:
+                        batch.append(dq.popleft())
+                except IndexError:
+                    pass
+                self.process(batch, gen)
+
+    def _place_of(self, device_id):
+        dev = self.registry.device(device_id)
+        return dev.place_id if dev else None
+
+    def _find_stored(self, device_id, key_id, seq):
+        return self.store.find_device_event(device_id, key_id, seq) is not None
+
+    def process(self, batch, gen):
+        """Verify, store (one transaction), acknowledge; returns the outcomes (for tests/bench)."""
+        if self.registry.refresh_if_changed():
+            self.signer.forget()
+        delay = 0.05
+        while True:
+            outs = pipeline.process_batch(batch, self.registry.device_key, self._place_of, self.seqs,
+                                          self._find_stored, self.clock.now())
+            new = [o.new for o in outs if o.status == pipeline.NEW]
+            try:
+                stored = self.store.append_device_events(new)
+                break
+            except StoreError as exc:
+                log.error("store write failed; nothing acknowledged, retrying",
+                          extra={"fields": {"error": str(exc), "batch": len(batch)}})
+                self.metrics.inc("fengqiao_store_errors_total")
+                self.seqs.highest = self.store.highest_seqs()
+                if self._stopping.wait(delay):
+                    return []
+                delay = min(delay * 2, 5.0)
+        self._acknowledge(outs, stored, gen)
+        return outs
+
+    def _acknowledge(self, outs, stored, gen):
+        client = self._client
+        metrics = self.metrics
+        now_i = int(self.clock.now())
+        it = iter(stored)
+        kinds = collections.Counter()
+        latencies = []
+        skews = []
+        gaps = dups = 0
+        same_conn = gen == self._gen
+        for o in outs:
+            inc = o.incoming
+            if o.status == pipeline.REJECTED:
+                metrics.inc("fengqiao_rejections_total", {"reason": o.reason})
+                self.rejection_log.warning("uplink rejected", o.reason, {
+                    "topic": inc.topic, "device": "%08x" % o.device_id if o.device_id else None,
+                    "seq": o.seq, "detail": o.detail})
+            else:
+                if o.status == pipeline.NEW:
+                    o.stored = next(it)
+                    stage = 0
+                    kinds[o.kind] += 1
+                    gaps += o.gap
+                else:
+                    dups += 1
+                    stage = 0
+                    if self._stage_lookup is not None:
+                        ev = self.store.find_device_event(o.device_id, o.key_id, o.seq)
+                        try:
+                            stage = int(self._stage_lookup(ev)) if ev else 0
+                        except Exception:
+                            metrics.inc("fengqiao_handler_errors_total", {"handler": "stage_lookup"})
+                            log.exception("stage lookup failed")
+                try:
+                    self._publish_downlink(pipeline.DOWN_ACK, o.device_id, o.key_id, [o.seq, stage, now_i], now_i)
+                except Exception:  # e.g. device revoked between verify and ack: the uplink is stored
+                    metrics.inc("fengqiao_ack_errors_total")
+                    log.exception("could not send ack")
+                if o.skew_s is not None:
+                    skews.append(abs(o.skew_s))
+            if inc.qos and same_conn:
+                client.ack(inc.mid, inc.qos)
+            if o.status != pipeline.REJECTED:
+                latencies.append(time.monotonic() - inc.received_mono)
+        for kind, n in kinds.items():
+            metrics.inc("fengqiao_events_total", {"kind": kind}, n)
+        if dups:
+            metrics.inc("fengqiao_duplicates_total", None, dups)
+        if gaps:
+            metrics.inc("fengqiao_seq_gaps_total", None, gaps)
+        metrics.observe_many("fengqiao_verify_to_ack_seconds", latencies)
+        metrics.observe_many("fengqiao_clock_skew_seconds", skews)
+        metrics.observe("fengqiao_batch_size", len(outs))
+        self.processed += len(outs)
+        for fn in self._observers:
+            try:
+                fn(outs)
+            except Exception:
+                metrics.inc("fengqiao_handler_errors_total", {"handler": getattr(fn, "__qualname__", "observer")})
+                log.exception("observer failed")
+        if stored and self._handlers:
+            self._handler_q.extend(stored)
+            self._handler_wake.set()
+
+    def _publish_downlink(self, msg_type, device_id, key_id, body, now_i=None):
+        if now_i is None:
+            now_i = int(self.clock.now())
+        with self._downlink_lock:
+            seq = self.registry.next_downlink_seq(device_id)
+            topic, data = self.signer.build(msg_type, device_id, key_id, seq, now_i, body)
+            self._client.publish(topic, data, qos=1)
+        return seq
+
+    # -- handlers and timers ---------------------------------------------------------------------------
+
+    def _on_store_commit(self, events):
+        # Device events are handed over by the pipeline after their acks; gateway events here.
+        if self._handlers:
+            gw = [e for e in events if e.source == "gateway"]
+            if gw:
+                for e in gw:
+                    self.metrics.inc("fengqiao_gateway_events_total", {"kind": e.kind})
+                self._handler_q.extend(gw)
+                self._handler_wake.set()
+        else:
+            for e in events:
+                if e.source == "gateway":
+                    self.metrics.inc("fengqiao_gateway_events_total", {"kind": e.kind})
+
+    def _handler_loop(self):
+        q = self._handler_q
+        while not self._stopping.is_set():
+            self._handler_wake.wait(0.2)
+            self._handler_wake.clear()
+            while q:
+                ev = q.popleft()
+                for fn in list(self._handlers):
+                    try:
+                        fn(ev, self.ctx)
+                    except Exception:
+                        self.metrics.inc("fengqiao_handler_errors_total", {"handler": getattr(fn, "__qualname__", "handler")})
+                        log.exception("event handler failed", extra={"fields": {"event_id": ev.event_id}})
+
+    def _timer_loop(self):
+        while not self._stopping.wait(0.05):
+            now = time.monotonic()
+            for t in self._timers:
+                if now >= t[2]:
+                    t[2] = now + t[1]
+                    try:
+                        t[0](self.ctx)
+                    except Exception:
+                        self.metrics.inc("fengqiao_handler_errors_total", {"handler": getattr(t[0], "__qualname__", "timer")})
+                        log.exception("timer failed")

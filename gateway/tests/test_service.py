@@ -1,0 +1,129 @@
+"""The running gateway against a real Mosquitto and real SQLite: verify, store, ack, count, hooks."""
+
+import time
+import urllib.request
+
+import pytest
+
+from gateway.tests.conftest import SimDevice
+from protocol import frame
+from tools.testing.procs import wait_for
+
+KEY_A, KEY_B = bytes(range(32)), bytes(range(50, 82))
+A, B = 0x2A, 0x2B
+
+
+def _provision(app, broker, *devs):
+    for device_id, key in devs:
+        app_reg = app.registry
+        app_reg.add_device(device_id, "alarm_button", None, key=key)
+        broker.add_device(device_id, key)
+
+
+def _metrics(app):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % app.metrics_port, timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.mark.timeout(60)
+def test_alarm_stored_then_acked_with_gateway_time(running_gateway, project_broker, clients):
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    before = int(time.time())
+    dev.send(1, t=before)
+    wait_for(lambda: 1 in dev.acked(), 10, "ack of seq 1")
+    ack = dev.downlinks[0]
+    assert ack.body[:2] == [1, 0] and abs(ack.body[2] - before) <= 5
+    (ev,) = app.store.events_after(0)
+    assert (ev.kind, ev.device_id, ev.seq, ev.body) == ("alarm", A, 1, [0])
+    assert ev.frame == dev.frame(1, t=before)
+    text = _metrics(app)
+    assert 'fengqiao_events_total{kind="alarm"} 1' in text
+    assert "fengqiao_verify_to_ack_seconds_count 1" in text
+
+
+@pytest.mark.timeout(60)
+def test_rejections_each_counted_by_reason_and_never_acked(running_gateway, project_broker, clients):
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A), (B, KEY_B))
+    a = SimDevice(project_broker, A, KEY_A, clients).start()
+    b = SimDevice(project_broker, B, KEY_B, clients)
+    a.send(5)
+    wait_for(lambda: 5 in a.acked(), 10, "ack of seq 5")
+    good = a.frame(6)
+    a.send_raw(good[:-1] + bytes([good[-1] ^ 0x55]))                       # forged MAC
+    a.send(3)                                                               # replay: below 5, never stored
+    a.send_raw(frame.sign(b.k_up, a.topic, b.frame(1)[:-16]))               # B's frame on A's topic
+    unknown = SimDevice(project_broker, 0x99, KEY_A, clients)
+    a.send_raw(frame.sign(unknown.k_up, a.topic, unknown.frame(1)[:-16]))  # unregistered device id
+    a.send_raw(b"\x01\x03" + bytes(10))                                     # malformed (short)
+    a.send_raw(frame.sign(a.k_up, a.topic, good[:15] + b"\x81\x18\x00"))     # non-canonical body
+    a.send(5)                                                               # duplicate: re-acked
+    a.send(7)
+    wait_for(lambda: 7 in a.acked(), 10, "ack of seq 7")
+    want = {"BadMac": 1, "Replay": 1, "TopicMismatch": 1, "UnknownDevice": 1, "MalformedFrame": 1, "NonCanonical": 1}
+    wait_for(lambda: all(app.metrics.counter("fengqiao_rejections_total", {"reason": r}) == n for r, n in want.items()),
+             10, "every rejection counted")
+    assert a.acks == {5: [0, 0], 7: [0]}
+    assert [e.seq for e in app.store.events_after(0)] == [5, 7]
+    assert app.metrics.counter("fengqiao_duplicates_total") == 1
+    assert app.metrics.counter("fengqiao_seq_gaps_total") == 1
+    text = _metrics(app)
+    for reason in want:
+        assert 'fengqiao_rejections_total{reason="%s"} 1' % reason in text
+
+
+@pytest.mark.timeout(60)
+def test_handlers_timers_and_context(running_gateway, project_broker, clients):
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    seen, ticks = [], []
+
+    def handler(event, ctx):
+        seen.append((event.source, event.kind))
+        if event.kind == "alarm":
+            ctx.send_ack(event.device_id, event.seq, 1)           # dispatched
+            ctx.emit("case_opened", {"alarm_event": event.event_id}, device_id=event.device_id)
+
+    def broken(event, ctx):
+        raise RuntimeError("handler bug")
+
+    app.service.add_event_handler(broken)
+    app.service.add_event_handler(handler)
+    app.service.add_timer(lambda ctx: ticks.append(ctx.clock.now()), 0.1)
+    app.service.set_stage_lookup(lambda ev: 1)
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    dev.send(1)
+    wait_for(lambda: dev.acks.get(1) == [0, 1], 10, "stage 0 then stage 1 ack")
+    wait_for(lambda: ("gateway", "case_opened") in seen, 10, "handler to see the gateway event")
+    dev.send(1)  # resend after a lost ack: re-acknowledged at the current stage
+    wait_for(lambda: dev.acks.get(1) == [0, 1, 1], 10, "re-ack at stage 1")
+    assert app.metrics.counter("fengqiao_handler_errors_total", {"handler": "test_handlers_timers_and_context.<locals>.broken"}) >= 2
+    wait_for(lambda: len(ticks) >= 2, 5, "timer to run twice")
+    seqs = [f.seq for f in dev.downlinks]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # downlink seq strictly increasing
+    assert app.store.verify_chain() == 2
+
+
+@pytest.mark.timeout(90)
+def test_flooding_device_is_throttled_without_delaying_others(running_gateway, project_broker, clients):
+    app = running_gateway(pipeline={"device_rate_per_s": 20.0, "device_burst": 20})
+    _provision(app, project_broker, (A, KEY_A), (B, KEY_B))
+    flood = SimDevice(project_broker, A, KEY_A, clients).start()
+    calm = SimDevice(project_broker, B, KEY_B, clients).start()
+    for seq in range(1, 401):
+        flood.send(seq, wait=False)
+        if seq % 100 == 0:
+            calm.send(seq // 100)
+    wait_for(lambda: calm.acked() == {1, 2, 3, 4}, 15, "the calm device's 4 alarms acked")
+    wait_for(lambda: app.metrics.counter("fengqiao_rejections_total", {"reason": "Throttled"}) > 0, 10, "throttling")
+
+    def throttled():
+        return app.metrics.counter("fengqiao_rejections_total", {"reason": "Throttled"})
+
+    wait_for(lambda: len(flood.acked()) + throttled() == 400, 15, "every flood frame acked or throttled")
+    assert len(flood.acked()) < 400 and throttled() >= 300
+    # Nothing unacknowledged was stored, nothing acknowledged is missing.
+    stored = {e.seq for e in app.store.events_after(0, 1000) if e.device_id == A}
+    assert flood.acked() == stored
