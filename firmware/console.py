@@ -92,7 +92,12 @@ class Console:
                     self._buf = bytearray()
                     self._skipping = True
                 else:
-                    self._buf.append(b)
+                    try:
+                        self._buf.append(b)
+                    except MemoryError:
+                        # No room for this line now: drop it, say so, keep the unit running.
+                        self._buf = bytearray()
+                        self._skipping = True
         return True
 
     def _send(self, obj):

@@ -24,8 +24,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE_DIR = os.path.join(REPO_ROOT, "firmware")
 PROTOCOL_DIR = os.path.join(REPO_ROOT, "protocol")
 
-# The device codec: the only protocol/ modules a board carries (the rest is the gateway's).
-PROTOCOL_DEVICE_FILES = ("__init__.py", "cbor.py", "crypto.py", "errors.py", "frame.py", "schema.py")
+
+def _protocol_device_files():
+    # The device codec: the only protocol/ modules a board carries (the rest is the gateway's);
+    # the list lives in protocol/__init__.py beside the code.
+    import protocol
+
+    return tuple(protocol.DEVICE_FILES)
 
 # Kept as source: MicroPython runs boot.py/main.py at reset (a .mpy is never auto-run), and the
 # host board's console-only entry point is run as a script.
@@ -70,7 +75,7 @@ def image_files(board):
             rel = name if rel_dir == "." else "%s/%s" % (rel_dir.replace(os.sep, "/"), name)
             if _wanted(rel, board):
                 out.append((os.path.join(dirpath, name), rel))
-    for name in PROTOCOL_DEVICE_FILES:
+    for name in _protocol_device_files():
         src = os.path.join(PROTOCOL_DIR, name)
         if os.path.exists(src):
             out.append((src, "protocol/" + name))

@@ -79,6 +79,7 @@ class SimMFRC522:
         self.locked = False
         self.record = record
         self.frames = []  # frames transmitted to the card (with record=True)
+        self.writes = []  # (register, value) of every register write (with record=True)
         self.soft_resets = 0
         self.hard_resets = 0
         self._cs = 1
@@ -156,6 +157,8 @@ class SimMFRC522:
 
     def _write(self, reg, val):
         regs = self.regs
+        if self.record:
+            self.writes.append((reg, val))
         if reg == 0x09:
             if len(self.fifo) < 64:
                 self.fifo.append(val)

@@ -1,0 +1,188 @@
+# identity.py (persistent config + key) and the console's framing and commands with an in-memory
+# console, on the MicroPython VM. argv[1] = a scratch directory. Run by test_hw_identity.py.
+import sys
+
+from hw_check import check, done, eq, raises
+
+import console
+import identity
+
+root = sys.argv[1]
+KEY = bytes(range(32))
+BASE = {"device_id": 42, "key_id": 1, "key": KEY, "role": "alarm", "broker_host": "127.0.0.1",
+        "broker_port": 1883}
+
+check("unprovisioned_at_start", not identity.is_provisioned(root))
+raises("load_unprovisioned_raises", identity.NotProvisioned, identity.load, root)
+fp = identity.save(root, BASE)
+eq("fingerprint_returned", fp, identity.fingerprint(KEY))
+print("FP", fp)
+cfg = identity.load(root)
+eq("roundtrip_key", cfg["key"], KEY)
+eq("roundtrip_fields", (cfg["device_id"], cfg["key_id"], cfg["role"], cfg["broker_port"], cfg["tls"]), (42, 1, "alarm", 1883, False))
+eq("default_settings", cfg["settings"]["hold_ms"], 1000)
+eq("load_pins_empty", identity.load_pins(root), {})
+
+# Every rule of validate() rejects with the field's name.
+bad = (
+    ("device_id", 0), ("device_id", 1 << 32), ("device_id", "42"), ("device_id", True),
+    ("key_id", 256), ("key", b"short"), ("key", "zz" * 32), ("key", "00" * 31), ("role", "siren"),
+    ("broker_host", ""), ("broker_port", 0), ("broker_port", 70000), ("tls", 1),
+    ("ca_pem", "not a certificate"), ("pins", [1]), ("settings", {"hold_ms": -1}),
+    ("wifi_ssid", "x" * 33),
+)
+for field, value in bad:
+    c = dict(BASE)
+    c[field] = value
+    e = raises("invalid_%s_%r" % (field, value), identity.InvalidConfig, identity.validate, c)
+    if e is not None:
+        eq("invalid_names_field_%s_%r" % (field, value), e.args[0], field)
+c = dict(BASE, role="checkin")
+e = raises("checkin_needs_checkpoint", identity.InvalidConfig, identity.validate, c)
+c = dict(BASE, tls=True)
+raises("tls_needs_ca", identity.InvalidConfig, identity.validate, c)
+c = dict(BASE, key="%064x" % 7, role="checkin", checkpoint_id=7, pins={"button.pin": 4})
+eq("hex_key_accepted", identity.validate(c)["key"], b"\x00" * 31 + b"\x07")
+
+# Corruption: one flipped byte, truncation, garbage -> CorruptConfig, never a wrong identity.
+p = identity.path(root)
+with open(p, "rb") as f:
+    good = f.read()
+for name, raw in (("flipped", good[:10] + bytes((good[10] ^ 1,)) + good[11:]), ("truncated", good[:40]),
+                  ("empty", b""), ("garbage", b"\xff" * 50)):
+    with open(p, "wb") as f:
+        f.write(raw)
+    raises("corrupt_" + name, identity.CorruptConfig, identity.load, root)
+with open(p, "wb") as f:
+    f.write(good)
+
+# A leftover .tmp from a power cut during save does not matter.
+with open(p + ".tmp", "wb") as f:
+    f.write(b"half a fi")
+eq("tmp_leftover_ignored", identity.load(root)["device_id"], 42)
+
+# Factory reset removes the identity and every data file (an outbox of the old identity too).
+with open(identity.data_dir(root) + "/outbox.bin", "wb") as f:
+    f.write(b"old events")
+identity.factory_reset(root)
+import os
+
+eq("factory_reset_empties_data", (identity.is_provisioned(root), os.listdir(identity.data_dir(root))), (False, []))
+
+
+# -- console, in memory --------------------------------------------------------------------
+class Stream:
+    def __init__(self):
+        self.inp = bytearray()
+        self.out = bytearray()
+
+    def read(self, n):
+        if not self.inp:
+            return None
+        b = self.inp[:n]
+        self.inp = self.inp[n:]
+        return b
+
+    def write(self, b):
+        self.out.extend(b)
+
+
+class Led:
+    is_rgb = True
+
+    def rgb(self, r, g, b):
+        pass
+
+
+class Buz:
+    def on(self):
+        pass
+
+    def off(self):
+        pass
+
+
+class FakeBoard:
+    name = "test"
+    flash_root = root
+
+    def __init__(self):
+        self.console = Stream()
+        self.led = Led()
+        self.buzzer = Buz()
+
+    def hardware_id(self):
+        return "hw-1"
+
+
+board = FakeBoard()
+con = console.Console(board, root, fw=10203)
+
+
+def ask(obj=None, raw=None):
+    board.console.inp.extend(raw if raw is not None else console.encode(obj))
+    while board.console.inp:
+        con.poll()
+    lines = bytes(board.console.out).split(b"\n")
+    board.console.out = bytearray()
+    return [console.decode(l) for l in lines if l]
+
+
+r = ask({"id": 1, "cmd": "identify"})[0]
+eq("identify", (r["ok"], r["hwid"], r["fw"], r["provisioned"], r["product"]), (True, "hw-1", 10203, False, "fengqiao"))
+wire = dict(BASE, key="ab" * 32)
+r = ask({"id": 2, "cmd": "write_config", "cfg": wire})[0]
+eq("write_config_ok", (r["id"], r["ok"], r["key_fingerprint"]), (2, True, identity.fingerprint(b"\xab" * 32)))
+r = ask({"id": 3, "cmd": "write_config", "cfg": wire})[0]
+eq("write_config_refused", (r["ok"], r["error"]), (False, "already_provisioned"))
+r = ask({"id": 4, "cmd": "read_config"})[0]
+check("read_config_no_key", "key" not in r["cfg"] and r["cfg"]["key_fingerprint"] == identity.fingerprint(b"\xab" * 32), repr(r))
+check("read_config_no_key_bytes", b"abababab" not in console.encode(r))
+r = ask({"id": 5, "cmd": "factory_reset"})[0]
+eq("reset_needs_confirm", (r["ok"], r["error"]), (False, "confirm_required"))
+r = ask({"id": 6, "cmd": "factory_reset", "confirm": "hw-2"})[0]
+eq("reset_wrong_confirm", r["error"], "confirm_required")
+check("not_erased_by_wrong_confirm", identity.is_provisioned(root))
+r = ask({"id": 7, "cmd": "factory_reset", "confirm": "hw-1"})[0]
+eq("reset_confirmed", (r["ok"], identity.is_provisioned(root)), (True, False))
+r = ask({"id": 8, "cmd": "write_config", "cfg": dict(wire, broker_port=0)})[0]
+eq("invalid_config_reply", (r["error"], r["detail"].split(":")[0]), ("invalid_config", "broker_port"))
+r = ask({"id": 9, "cmd": "read_config"})[0]
+eq("read_unprovisioned", r["error"], "not_provisioned")
+
+# Malformed input: each gets an error reply with id null (or its id), nothing crashes.
+good = console.encode({"id": 10, "cmd": "identify"})
+cases = (
+    ("no_prefix", b"hello\n", "bad_frame"),
+    ("no_crc", b'FQ1 {"id": 1, "cmd": "identify"}\n', "bad_frame"),
+    ("bad_crc", good[:-3] + b"00\n", "bad_crc"),
+    ("flipped_json", good.replace(b"identify", b"identifz"), "bad_crc"),
+    ("bad_json", b"FQ1 {nope " + console.crc_hex(b"{nope").encode() + b"\n", "bad_json"),
+    ("not_object", b"FQ1 [1] " + console.crc_hex(b"[1]").encode() + b"\n", "bad_request"),
+    ("bad_id", console.encode({"id": "x", "cmd": "identify"}), "bad_request"),
+    ("unknown_cmd", console.encode({"id": 11, "cmd": "format_c"}), "unknown_cmd"),
+    ("no_cmd", console.encode({"id": 12}), "unknown_cmd"),
+    ("binary", b"\x00\xff\xfe\x03\x80\n", "bad_frame"),
+)
+for name, raw, code in cases:
+    rs = ask(raw=raw)
+    check("malformed_" + name, len(rs) == 1 and rs[0]["ok"] is False and rs[0]["error"] == code, repr(rs))
+# An overlong line arrives in pieces, as from a UART: one too_long reply at its end.
+board.console.inp.extend(b"FQ1 ")
+for _ in range(20):
+    board.console.inp.extend(b"x" * 250)
+    con.poll()
+rs = ask(raw=b"yyy\n")
+check("malformed_too_long", len(rs) == 1 and rs[0]["error"] == "too_long", repr(rs))
+rs = ask(raw=b"\n\r\n   \n")
+eq("blank_lines_ignored", rs, [])
+r = ask({"id": 13, "cmd": "identify"})
+eq("alive_after_garbage", (len(r), r[0]["ok"]), (1, True))
+# Two frames in one read, CRLF line ends.
+rs = ask(raw=console.encode({"id": 14, "cmd": "identify"})[:-1] + b"\r\n" + console.encode({"id": 15, "cmd": "identify"}))
+eq("two_frames_crlf", [x["id"] for x in rs], [14, 15])
+# A handler that raises: internal error, console keeps going.
+con._cmd_boom = lambda req: 1 // 0
+r = ask({"id": 16, "cmd": "boom"})[0]
+eq("handler_exception_internal", (r["id"], r["error"]), (16, "internal"))
+done()

@@ -1,0 +1,54 @@
+"""identity.py and the console's framing/commands on the MicroPython VM (64 KB heap), and the
+identity file format shared with tools.hostboard.provision_dir (CPython writes, device reads)."""
+
+import hashlib
+import os
+import re
+
+import pytest
+
+from tools.flash import build_image
+from tools.hostboard import encode_identity, key_fingerprint, provision_dir
+from tools.testing.micropython import run_micropython, run_micropython_code
+
+MPY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpy")
+
+
+@pytest.mark.timeout(120)
+def test_identity_and_console_on_micropython(tmp_path):
+    image = build_image("host")
+    proc = run_micropython(os.path.join(MPY_DIR, "hw_identity.py"), heap="64k", args=[str(tmp_path)],
+                           timeout_s=90, extra_paths=[image, MPY_DIR])
+    out = proc.stdout
+    assert re.search(r"^DONE (\d+)$", out, re.M), out[-3000:] + proc.stderr[-2000:]
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert not fails, "\n".join(fails)
+    assert len(re.findall(r"^PASS ", out, re.M)) >= 70
+    # The device's fingerprint of bytes(range(32)) is the CPython one (first 8 bytes of SHA-256).
+    fp = re.search(r"^FP ([0-9a-f]+)$", out, re.M).group(1)
+    assert fp == hashlib.sha256(bytes(range(32))).hexdigest()[:16] == key_fingerprint(bytes(range(32)))
+
+
+@pytest.mark.timeout(60)
+def test_provision_dir_is_read_by_the_device(tmp_path):
+    key = os.urandom(32)
+    cfg = {"device_id": 0x2A, "key_id": 3, "key": key, "role": "checkin", "checkpoint_id": 17,
+           "broker_host": "127.0.0.1", "broker_port": 18830, "settings": {"checkin_repeat_s": 60}}
+    fp = provision_dir(tmp_path, cfg)
+    assert fp == key_fingerprint(key)
+    code = (
+        "import identity\n"
+        "c = identity.load(%r)\n"
+        "print(c['device_id'], c['key_id'], c['role'], c['checkpoint_id'], c['broker_port'],"
+        " c['settings']['checkin_repeat_s'], c['settings']['hold_ms'], identity.fingerprint(c['key']))\n"
+    ) % str(tmp_path)
+    proc = run_micropython_code(code, heap="64k", extra_paths=[build_image("host")])
+    assert proc.stdout.split() == ["42", "3", "checkin", "17", "18830", "60", "1000", fp], proc.stdout + proc.stderr
+
+
+def test_identity_file_format_is_crc_protected():
+    raw = encode_identity({"device_id": 1, "key": b"\x01" * 32, "role": "alarm"})
+    line, crc, end = raw.split(b"\n")
+    import zlib
+
+    assert end == b"" and crc == b"%08x" % zlib.crc32(line)
