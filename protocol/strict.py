@@ -20,7 +20,6 @@ test and `fengqiao bench fuzz` check that nothing else escapes for any input byt
 """
 
 import functools
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -187,8 +186,8 @@ def _verify(data, topic, key_lookup, downlink):
     if not topic_ok:
         raise TopicMismatch("frame for %08x received on %r" % (device_id, topic))
     topic_b = expected.encode()
-    mac = hmac.new(_direction_key(bytes(key), direction), bytes((len(topic_b),)) + topic_b + data[:-_MAC_LEN], hashlib.sha256)
-    if not hmac.compare_digest(mac.digest()[:_MAC_LEN], data[-_MAC_LEN:]):
+    mac = hmac.digest(_direction_key(bytes(key), direction), bytes((len(topic_b),)) + topic_b + data[:-_MAC_LEN], "sha256")
+    if not hmac.compare_digest(mac[:_MAC_LEN], data[-_MAC_LEN:]):
         raise BadMac("MAC does not verify for %08x key %d" % (device_id, key_id))
     body = _decode_body(data[_HEADER_LEN:-_MAC_LEN])
     fields = TYPES[msg_type][1]
@@ -202,7 +201,7 @@ def _verify(data, topic, key_lookup, downlink):
 
 @functools.lru_cache(maxsize=4096)
 def _direction_key(device_key, direction):
-    return hmac.new(device_key, b"fengqiao/v1/" + direction.encode(), hashlib.sha256).digest()
+    return hmac.digest(device_key, b"fengqiao/v1/" + direction.encode(), "sha256")
 
 
 def _decode_body(body):
