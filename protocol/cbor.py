@@ -120,6 +120,8 @@ def _enc(obj, out, depth):
 
 def loads(data):
     """Decode exactly one item filling all of `data` (bytes, bytearray or memoryview)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedFrame("CBOR input must be bytes")
     end = len(data)
     value, pos = _item(data, 0, end, 1)
     if pos != end:

@@ -6,7 +6,8 @@ import hmac
 import pytest
 
 from protocol import cbor, frame
-from protocol.errors import BadBody, BadMac, FrameError, MalformedFrame, NonCanonical, TopicMismatch, WrongDirection
+from protocol.errors import (BadBody, BadDeviceId, BadMac, FrameError, MalformedFrame, NonCanonical, TopicMismatch,
+                             WrongDirection)
 
 KEY = bytes(range(32))
 
@@ -62,3 +63,32 @@ def test_cbor_round_trip():
     for v in [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -1, -24, -25, -(2**64),
               b"", "h\u00e9", [1, [2, [3, [4]]]], {3: 1, 1: [None, True, False]}]:
         assert cbor.loads(cbor.dumps(v)) == v
+
+
+def test_cbor_loads_refuses_non_bytes_and_dumps_refuses_outside_the_subset():
+    with pytest.raises(MalformedFrame):
+        cbor.loads("81 00")
+    for bad in (1.5, 2**64, -(2**64) - 1, {"a": 1}, {True: 1}, {-1: 0}, b"x" * 65, "x" * 65, [0] * 17,
+                [[[[[]]]]], object(), "\ud800"):
+        with pytest.raises(BadBody):
+            cbor.dumps(bad)
+
+
+def test_device_id_text_and_topics():
+    assert frame.device_id_text(42) == "0000002a" and frame.parse_device_id("0000002a") == 42
+    assert frame.uplink_topic(0xFFFFFFFF) == "fq/v1/ffffffff/up" and frame.downlink_topic(1) == "fq/v1/00000001/down"
+    for bad in ("0000002A", "2a", "00000000", "0000002g", " 0000002a", 42):
+        with pytest.raises(BadDeviceId):
+            frame.parse_device_id(bad)
+    for bad in (0, -1, 2**32, True, "1"):
+        with pytest.raises(BadDeviceId):
+            frame.device_id_text(bad)
+
+
+def test_peek_reads_the_header_without_the_key():
+    k_up, _ = frame.derive_keys(KEY)
+    data = frame.encode(k_up, frame.uplink_topic(7), frame.UP_TAMPER, 7, 3, 9, None, [True])
+    h = frame.peek(data)
+    assert (h.version, h.msg_type, h.name, h.device_id, h.key_id, h.seq, h.device_time) == (1, 6, "tamper", 7, 3, 9, None)
+    with pytest.raises(WrongDirection):
+        frame.peek(data, downlink=True)
