@@ -28,7 +28,7 @@ HELP = "run host boards of each role against a broker and print the frames they 
 _COLOURS = {(1, 1, 0): "sending", (0, 0, 1): "stored", (0, 1, 0): "coming", (1, 0, 0): "failing"}
 
 
-def led_state(hb, window_s=1.2):
+def led_state(hb, window_s=2.2):
     """What the LED of host board `hb` has shown over the last window: "sending" (amber fast
     blink), "stored" (blue slow blink), "coming" (steady green), "failing" (red double flash),
     "idle" (off, no change), or "mixed:<colours>" while it changes state."""
