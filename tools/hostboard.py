@@ -29,7 +29,7 @@ import time
 from tools.testing.micropython import micropython_binary
 from tools.testing.procs import WaitTimeout, wait_for
 
-__all__ = ["HostBoard", "HostBoardError", "ControlError", "provision_dir", "encode_identity",
+__all__ = ["HostBoard", "HostBoardError", "ControlError", "NullModem", "provision_dir", "encode_identity",
            "key_fingerprint", "DEFAULT_SETTINGS"]
 
 
@@ -334,3 +334,63 @@ class HostBoard:
     def wait_buzzer(self, on, timeout_s=5.0):
         return wait_for(lambda: bool(self.buzzer()) == bool(on), timeout_s,
                         "buzzer of %s to be %s" % (self.flash_dir, "on" if on else "off"), interval_s=0.01)
+
+
+class NullModem:
+    """Two pseudo-terminals joined back to back, like `socat pty,raw pty,raw` or a null-modem
+    cable: a host board's console goes on one slave (`board_fd`), and a tool opens the other by
+    its path (`port`, a /dev/pts/N) as it would open /dev/ttyUSB0. Both slaves are in raw mode."""
+
+    def __init__(self):
+        import threading
+        import tty
+
+        self._m1, self.board_fd = os.openpty()
+        self._m2, self._s2 = os.openpty()
+        tty.setraw(self.board_fd)
+        tty.setraw(self._s2)
+        self.port = os.ttyname(self._s2)
+        self._stop = False
+        self.bytes_to_board = 0
+        self.bytes_from_board = 0
+        self._thread = threading.Thread(target=self._pump, name="nullmodem", daemon=True)
+        self._thread.start()
+
+    def _pump(self):
+        import select
+
+        while not self._stop:
+            try:
+                ready, _, _ = select.select([self._m1, self._m2], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    time.sleep(0.01)  # EIO while nobody holds that side open
+                    continue
+                other = self._m2 if fd == self._m1 else self._m1
+                if fd == self._m1:
+                    self.bytes_from_board += len(data)
+                else:
+                    self.bytes_to_board += len(data)
+                try:
+                    os.write(other, data)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        for fd in (self._m1, self._m2, self.board_fd, self._s2):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -6,8 +6,12 @@
 #                                         [--no-rfid] [--wdt] [--battery-mv N]
 #
 # Failures it survives: a control client that sends garbage (error reply, connection kept), one
-# that disconnects mid-line (dropped), more clients than slots (refused politely), stdin at EOF
-# (console stops polling it).
+# that disconnects mid-line (dropped), more clients than slots (refused), stdin at EOF (the
+# console stops polling it).
+#
+# RAM: this module is test equipment sharing the application's 64 KB heap, so it is written
+# compactly (one dispatch function, plain lists for histories; the reader simulation and the
+# software watchdog are imported only when used). Measured on the Unix port (64-bit): ~9 KB.
 
 import json
 import os
@@ -17,38 +21,21 @@ import struct
 import sys
 import time
 
-from boards import merge_wiring
 from boards.stdconsole import StdConsole
-from boards.wiring_host import WIRING
 
-_HISTORY = 256  # entries kept per LED/buzzer history ring
+_HISTORY = 256  # changes kept per LED/buzzer history
 _MAX_CLIENTS = 4
 _MAX_LINE = 2048
+_OPTS = ("--flash", "--control", "--hwid", "--battery-mv")
+_FLAGS = ("--single-led", "--no-rfid", "--wdt")
 
 
-def _ticks():
-    return time.ticks_ms()
-
-
-def parse_options(argv_or_options):
-    opts = {"flash": "hostflash", "control": None, "hwid": None, "single_led": False,
-            "no_rfid": False, "wdt": False, "battery_mv": None}
-    if type(argv_or_options) is dict:
-        opts.update(argv_or_options)
-        return opts
-    args = list(argv_or_options if argv_or_options is not None else sys.argv[1:])
-    i = 0
-    while i < len(args):
-        a = args[i]
-        nxt = args[i + 1] if i + 1 < len(args) else None
-        if a in ("--flash", "--control", "--hwid", "--battery-mv") and nxt is not None:
-            opts[a[2:].replace("-", "_")] = nxt
-            i += 2
-            continue
-        if a in ("--single-led", "--no-rfid", "--wdt"):
-            opts[a[2:].replace("-", "_")] = True
-        i += 1  # other options belong to the application
-    return opts
+def _read(p):
+    try:
+        with open(p) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _mkdir(p):
@@ -58,165 +45,114 @@ def _mkdir(p):
         pass
 
 
-def _read_text(p):
-    try:
-        with open(p) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-class History:
-    """The current value and a bounded, timestamped record of its changes."""
-
-    def __init__(self, board, initial):
-        self.board = board
-        self.value = initial
-        self.count = 0  # changes since start; entry i has index i
-        self.ring = []
-
-    def set(self, value):
-        if value == self.value:
-            return
-        self.value = value
-        self.ring.append((self.count, self.board.now_ms(), value))
-        self.count += 1
-        if len(self.ring) > _HISTORY:
-            self.ring.pop(0)
-
-    def since(self, index):
-        return [[t, v] for (i, t, v) in self.ring if i >= index]
-
-
-class HostLed:
-    def __init__(self, board, is_rgb):
+class _Out:
+    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes:
+    # hist entries are [index, t_ms, value].
+    def __init__(self, board, value, is_rgb=True):
+        self.b = board
+        self.v = value
+        self.n = 0
+        self.hist = []
         self.is_rgb = is_rgb
-        self.hist = History(board, (0, 0, 0))
+
+    def _set(self, v):
+        if v != self.v:
+            self.v = v
+            self.hist.append((self.n, self.b.now_ms(), v))
+            self.n += 1
+            if len(self.hist) > _HISTORY:
+                self.hist.pop(0)
 
     def rgb(self, r, g, b):
         if self.is_rgb:
-            self.hist.set((1 if r else 0, 1 if g else 0, 1 if b else 0))
+            self._set((1 if r else 0, 1 if g else 0, 1 if b else 0))
         else:
             v = 1 if (r or g or b) else 0
-            self.hist.set((v, v, v))
+            self._set((v, v, v))
 
     def on(self):
-        self.rgb(1, 1, 1)
+        self._set(1 if self.v in (0, 1) else (1, 1, 1))
 
     def off(self):
-        self.rgb(0, 0, 0)
+        self._set(0 if self.v in (0, 1) else (0, 0, 0))
 
-
-class HostBuzzer:
-    def __init__(self, board):
-        self.hist = History(board, 0)
-
-    def on(self):
-        self.hist.set(1)
-
-    def off(self):
-        self.hist.set(0)
-
-
-class SoftWatchdog:
-    # Host stand-in for machine.WDT (only with --wdt): checked from board.poll()/idle_ms() and by a
-    # thread, so a main loop that hangs outright is cut too. On expiry the process is killed the
-    # way a watchdog resets a chip (SIGKILL from a shell whose parent is this process), after
-    # leaving reset reason 2 (watchdog) for the next boot.
-    def __init__(self, board, timeout_ms):
-        self.board = board
-        self.timeout_ms = timeout_ms
-        self.feed()
-        try:
-            import _thread
-            _thread.start_new_thread(self._watch, ())
-        except (ImportError, OSError, RuntimeError):
-            pass
-
-    def feed(self):
-        self.deadline = time.ticks_add(_ticks(), self.timeout_ms)
-
-    def expired(self):
-        return time.ticks_diff(_ticks(), self.deadline) > 0
-
-    def fire(self):
-        self.board.write_reset_reason(2)
-        os.system("kill -9 $PPID")
-
-    def _watch(self):
-        while True:
-            time.sleep_ms(100)
-            if self.expired():
-                self.fire()
+    def since(self, i):
+        return [[t, list(v) if type(v) is tuple else v] for (n, t, v) in self.hist if n >= i]
 
 
 class Board:
     name = "host"
 
     def __init__(self, argv_or_options=None):
-        o = parse_options(argv_or_options)
+        o = {"flash": "hostflash"}
+        args = argv_or_options if argv_or_options is not None else sys.argv[1:]
+        if type(args) is dict:
+            o.update(args)
+        else:
+            for i, a in enumerate(args):  # options the board does not know belong to the app
+                if a in _OPTS and i + 1 < len(args):
+                    o[a[2:]] = args[i + 1]
+                elif a in _FLAGS:
+                    o[a[2:]] = True
         self.options = o
-        self.wiring = merge_wiring(WIRING, {})
-        self._t0 = _ticks()
+        self._t0 = time.ticks_ms()
         root = o["flash"]
-        if not root.startswith("/"):
+        if root[0] != "/":
             root = os.getcwd() + "/" + root
         self.flash_root = root
         _mkdir(root)
         _mkdir(root + "/data")
-        self._meta = root + "/.hostboard"
+        self._meta = root + "/.hostboard/"
         _mkdir(self._meta)
-        self._hwid = o["hwid"] or _read_text(self._meta + "/hwid")
+        self._hwid = o.get("hwid") or _read(self._meta + "hwid")
         if not self._hwid:
             self._hwid = "host-" + "".join("%02x" % b for b in os.urandom(6))
-            self._write_meta("hwid", self._hwid)
-        rr = _read_text(self._meta + "/reset_reason")
-        self._reset_reason = int(rr) if rr and rr.isdigit() else 0
+            self._put("hwid", self._hwid)
+        rr = _read(self._meta + "reset_reason")
+        self._rr = int(rr) if rr and rr.isdigit() else 0
         if rr is not None:
-            os.remove(self._meta + "/reset_reason")
-        # Simulated parts.
-        self._btn_level = 0
-        self._btn_script = None  # [(level, duration_ms), ...] played from _btn_t0
-        self._btn_t0 = 0
+            os.remove(self._meta + "reset_reason")
+        self._btn = 0
+        self._script = None  # [(level, ms), ...] played from _script_t0
+        self._script_t0 = 0
         self._tamper = 0
-        self._mv = int(o["battery_mv"]) if o["battery_mv"] else self.wiring["battery"]["mv"]
+        self._mv = int(o.get("battery-mv") or 4000)
         self._net = True
-        self.led = HostLed(self, not o["single_led"])
-        self.buzzer = HostBuzzer(self)
-        self.chip = None  # the simulated MFRC522, made on first use (see _sim)
+        self.led = _Out(self, (0, 0, 0), not o.get("single-led"))
+        self.buzzer = _Out(self, 0)
+        self.chip = None  # the simulated MFRC522, made on first use
         self._reader = None
         self._wdt = None
         self.console = StdConsole()
         self._poller = select.poll()
-        self._stdin_registered = False
-        if not self.console.closed:
+        self._stdin = not self.console.closed
+        if self._stdin:
             self._poller.register(self.console._in, select.POLLIN)
-            self._stdin_registered = True
-        self._listener = None
+        self._lsock = None
         self._clients = {}  # socket -> bytearray of pending input
-        if o["control"]:
+        if o.get("control"):
             self._listen(o["control"])
 
-    # -- the board interface ----------------------------------------------------------------
+    # -- the board interface (FIRMWARE_CONTRACT.md) -----------------------------------------------
     def now_ms(self):
-        return time.ticks_diff(_ticks(), self._t0)
+        return time.ticks_diff(time.ticks_ms(), self._t0)
 
     def hardware_id(self):
         return self._hwid
 
     def reset_reason(self):
-        return self._reset_reason
+        return self._rr
 
     def button(self):
-        s = self._btn_script
+        s = self._script
         if s is not None:
-            elapsed = time.ticks_diff(_ticks(), self._btn_t0)
-            for level, dur in s:
-                if elapsed < dur:
+            dt = time.ticks_diff(time.ticks_ms(), self._script_t0)
+            for level, ms in s:
+                if dt < ms:
                     return level
-                elapsed -= dur
-            self._btn_script = None
-        return self._btn_level
+                dt -= ms
+            self._script = None
+        return self._btn
 
     def tamper(self):
         return self._tamper
@@ -225,10 +161,10 @@ class Board:
         return self._mv
 
     def _sim(self):
-        if self.chip is None and not self.options["no_rfid"]:
-            # Imported on first use so an alarm button (no reader) never pays the RAM for it.
+        if self.chip is None and not self.options.get("no-rfid"):
             from boards.sim_mfrc522 import SimMFRC522
-            self.chip = SimMFRC522(self.wiring["rfid"]["version"])
+
+            self.chip = SimMFRC522(0x92)
         return self.chip
 
     def rfid(self):
@@ -236,6 +172,7 @@ class Board:
             return None
         if self._reader is None:
             from drivers.mfrc522 import MFRC522
+
             self._reader = MFRC522(self.chip, self.chip.cs, self.chip.rst, time.sleep_ms)
         return self._reader
 
@@ -246,9 +183,11 @@ class Board:
         return None
 
     def watchdog(self, timeout_ms):
-        if not self.options["wdt"]:
+        if not self.options.get("wdt"):
             return None
         if self._wdt is None:
+            from boards.host_wdt import SoftWatchdog
+
             self._wdt = SoftWatchdog(self, timeout_ms)
         return self._wdt
 
@@ -260,33 +199,29 @@ class Board:
     def poll(self):
         if self._wdt is not None and self._wdt.expired():
             self._wdt.fire()
-        if self._stdin_registered and self.console.closed:
+        if self._stdin and self.console.closed:
             self._poller.unregister(self.console._in)
-            self._stdin_registered = False
-        if self._listener is not None:
+            self._stdin = False
+        if self._lsock is not None:
             for obj, ev in self._poller.poll(0):
-                self._service(obj, ev)
+                self._service(obj)
 
     def idle_ms(self, ms):
         """Sleep up to ms, waking at once for control or console input."""
-        if self._stdin_registered and self.console.closed:
-            self._poller.unregister(self.console._in)
-            self._stdin_registered = False
-        if self._listener is None and not self._stdin_registered:
+        if self._lsock is None and not self._stdin:
             time.sleep_ms(ms)
         else:
             self._poller.poll(ms)
         self.poll()
 
-    # -- helpers ------------------------------------------------------------------------------
-    def _write_meta(self, name, text):
-        with open(self._meta + "/" + name, "w") as f:
+    def _put(self, name, text):
+        with open(self._meta + name, "w") as f:
             f.write(text)
 
     def write_reset_reason(self, reason):
-        self._write_meta("reset_reason", str(reason))
+        self._put("reset_reason", str(reason))
 
-    # -- control socket -----------------------------------------------------------------------
+    # -- control socket (HOSTBOARD.md) ----------------------------------------------------------
     def _listen(self, path):
         try:
             os.remove(path)
@@ -297,155 +232,122 @@ class Board:
         s.bind(struct.pack("H", socket.AF_UNIX) + path.encode() + b"\x00")
         s.listen(_MAX_CLIENTS)
         s.setblocking(False)
-        self._listener = s
+        self._lsock = s
         self._poller.register(s, select.POLLIN)
 
-    def _service(self, obj, ev):
-        if obj is self._listener:
+    def _service(self, obj):
+        if obj is self._lsock:
             try:
-                conn, _ = self._listener.accept()
+                conn = obj.accept()[0]
             except OSError:
                 return
             if len(self._clients) >= _MAX_CLIENTS:
-                conn.send(b'{"ok": false, "error": "too many clients"}\n')
+                self._send(conn, {"ok": False, "error": "too many clients"})
                 conn.close()
                 return
             conn.setblocking(False)
             self._clients[conn] = bytearray()
             self._poller.register(conn, select.POLLIN)
             return
-        if obj not in self._clients:
+        buf = self._clients.get(obj)
+        if buf is None:
             return  # stdin: the console reads it itself
         try:
             data = obj.recv(512)
         except OSError:
             data = b""
         if not data:
-            self._drop(obj)
+            self._poller.unregister(obj)
+            del self._clients[obj]
+            obj.close()
             return
-        buf = self._clients[obj]
         buf.extend(data)
         while True:
             nl = buf.find(b"\n")
             if nl < 0:
                 if len(buf) > _MAX_LINE:
-                    self._reply(obj, {"ok": False, "error": "line too long"})
+                    self._send(obj, {"ok": False, "error": "line too long"})
                     buf[:] = b""
-                break
+                return
             line = bytes(buf[:nl])
             buf[:] = buf[nl + 1:]
             if line.strip():
-                self._reply(obj, self._handle(line))
+                try:
+                    res = self._op(json.loads(line))
+                except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+                    res = {"ok": False, "error": "bad request: %r" % e}
+                self._send(obj, res)
 
-    def _drop(self, conn):
-        try:
-            self._poller.unregister(conn)
-        except (OSError, ValueError, KeyError):
-            pass
-        self._clients.pop(conn, None)
-        conn.close()
-
-    def _reply(self, conn, obj):
+    def _send(self, conn, obj):
         data = json.dumps(obj).encode() + b"\n"
         conn.setblocking(True)
         try:
             while data:
-                n = conn.send(data)
-                data = data[n:]
+                data = data[conn.send(data):]
+            conn.setblocking(False)
         except OSError:
-            self._drop(conn)
-            return
-        conn.setblocking(False)
+            pass  # the client went away; its next recv() drops it
 
-    def _handle(self, line):
-        try:
-            req = json.loads(line)
-        except ValueError:
-            return {"ok": False, "error": "bad json"}
-        if type(req) is not dict or type(req.get("op")) is not str:
-            return {"ok": False, "error": "need an object with op"}
-        handler = getattr(self, "_op_" + req["op"], None)
-        if handler is None:
-            return {"ok": False, "error": "unknown op %s" % req["op"]}
-        try:
-            out = handler(req)
-        except (ValueError, TypeError, KeyError) as e:
-            return {"ok": False, "error": "bad arguments for %s: %r" % (req["op"], e)}
-        res = {"ok": True, "now_ms": self.now_ms()}
-        if out:
-            res.update(out)
-        return res
+    def _op(self, r):
+        op = r["op"]
+        out = {"ok": True, "now_ms": self.now_ms()}
+        if op == "ping":
+            out["hwid"] = self._hwid
+            out["flash"] = self.flash_root
+        elif op == "press" or op == "release":
+            self._script = None
+            self._btn = 1 if op == "press" else 0
+        elif op == "hold" or op == "button_script":
+            steps = [[1, r["ms"]]] if op == "hold" else r["steps"]
+            self._btn = 0
+            self._script_t0 = time.ticks_ms()
+            self._script = [(1 if s[0] else 0, int(s[1])) for s in steps]
+        elif op == "card" or op == "reader_fault":
+            if self._sim() is None:
+                raise ValueError("no reader (--no-rfid)")
+            if op == "reader_fault":
+                if r["kind"] == "lockup":
+                    self.chip.lock_up()
+                elif r["kind"] == "glitch":
+                    self.chip.glitch()
+                else:
+                    raise ValueError("kind: lockup or glitch")
+            elif r.get("uid"):
+                uid = r["uid"]
+                self.chip.present(bytes(int(uid[i:i + 2], 16) for i in range(0, len(uid), 2)))
+            else:
+                self.chip.remove()
+        elif op == "battery":
+            mv = r["mv"]
+            if type(mv) is not int or not 0 <= mv <= 20000:
+                raise ValueError("mv: 0..20000")
+            self._mv = mv
+        elif op == "tamper":
+            self._tamper = 1 if r["open"] else 0
+        elif op == "net":
+            self._net = bool(r["up"])
+        elif op == "led" or op == "buzzer":
+            o = self.led if op == "led" else self.buzzer
+            v = o.v
+            out["on"] = 1 if (any(v) if type(v) is tuple else v) else 0
+            if op == "led":
+                out["rgb"] = list(v)
+            out["count"] = o.n
+            out["history"] = o.since(int(r.get("since", 0)))
+        elif op == "state":
+            c = self.chip.card if self.chip else None
+            out.update({"hwid": self._hwid, "button": self.button(), "tamper": self._tamper,
+                        "battery_mv": self._mv, "net": self._net, "led": list(self.led.v),
+                        "buzzer": self.buzzer.v, "reset_reason": self._rr,
+                        "card": "".join("%02x" % b for b in c.uid) if c else None,
+                        "reader_reinits": self._reader.reinits if self._reader else 0})
+        elif op == "mem":
+            import gc
 
-    # -- control operations (see HOSTBOARD.md) -----------------------------------------------
-    def _op_ping(self, req):
-        return {"hwid": self._hwid, "flash": self.flash_root}
-
-    def _op_press(self, req):
-        self._btn_script = None
-        self._btn_level = 1
-
-    def _op_release(self, req):
-        self._btn_script = None
-        self._btn_level = 0
-
-    def _op_hold(self, req):
-        self._op_button_script({"steps": [[1, int(req["ms"])]]})
-
-    def _op_button_script(self, req):
-        steps = []
-        for level, ms in req["steps"]:
-            steps.append((1 if level else 0, int(ms)))
-        self._btn_level = 0
-        self._btn_t0 = _ticks()
-        self._btn_script = steps
-
-    def _op_card(self, req):
-        if self._sim() is None:
-            raise ValueError("board started with --no-rfid")
-        uid = req.get("uid")
-        if uid is None:
-            self.chip.remove()
+            if r.get("collect"):
+                gc.collect()
+            out["alloc"] = gc.mem_alloc()
+            out["free"] = gc.mem_free()
         else:
-            b = bytes(int(uid[i:i + 2], 16) for i in range(0, len(uid), 2))
-            self.chip.present(b)
-
-    def _op_reader_fault(self, req):
-        kind = req["kind"]
-        if self._sim() is None:
-            raise ValueError("board started with --no-rfid")
-        if kind == "lockup":
-            self.chip.lock_up()
-        elif kind == "glitch":
-            self.chip.glitch()
-        else:
-            raise ValueError("kind must be lockup or glitch")
-
-    def _op_battery(self, req):
-        mv = req["mv"]
-        if type(mv) is not int or mv < 0 or mv > 20000:
-            raise ValueError("mv must be 0..20000")
-        self._mv = mv
-
-    def _op_tamper(self, req):
-        self._tamper = 1 if req["open"] else 0
-
-    def _op_net(self, req):
-        self._net = bool(req["up"])
-
-    def _op_led(self, req):
-        h = self.led.hist
-        return {"rgb": list(h.value), "on": 1 if any(h.value) else 0, "count": h.count,
-                "history": [[t, list(v)] for t, v in h.since(int(req.get("since", 0)))]}
-
-    def _op_buzzer(self, req):
-        h = self.buzzer.hist
-        return {"on": h.value, "count": h.count, "history": h.since(int(req.get("since", 0)))}
-
-    def _op_state(self, req):
-        card = self.chip.card.uid if self.chip is not None and self.chip.card else None
-        return {"hwid": self._hwid, "button": self.button(), "tamper": self._tamper,
-                "battery_mv": self._mv, "net": self._net,
-                "card": "".join("%02x" % b for b in card) if card else None,
-                "led": list(self.led.hist.value), "buzzer": self.buzzer.hist.value,
-                "reader_reinits": self._reader.reinits if self._reader else 0,
-                "reset_reason": self._reset_reason}
+            return {"ok": False, "error": "unknown op %s" % op}
+        return out

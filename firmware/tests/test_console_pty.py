@@ -1,0 +1,147 @@
+"""The provisioning console over a real pseudo-terminal: a host board (MicroPython, 64 KB heap)
+with its stdin/stdout on the slave of a pty, joined back to back with a second pty whose
+/dev/pts path the tool opens with pyserial (tools.hostboard.NullModem, like `socat pty pty`)."""
+
+import json
+import os
+import time
+import zlib
+
+import pytest
+import serial
+
+from tools.hostboard import HostBoard, NullModem, key_fingerprint
+from tools.serialconsole import DeviceError, SerialConsole, decode, encode
+
+CFG = {"device_id": 0x1234, "key_id": 2, "key": "5a" * 32, "role": "checkin", "checkpoint_id": 9,
+       "broker_host": "127.0.0.1", "broker_port": 18883, "wifi_ssid": "village", "wifi_password": "s3cret"}
+
+
+@pytest.fixture
+def board(tmp_path):
+    nm = NullModem()
+    hb = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console=nm.board_fd)
+    hb.start()
+    hb.port = nm.port
+    yield hb
+    hb.stop()
+    nm.close()
+
+
+def raw_exchange(port, payload, n_lines, timeout_s=5):
+    """Write raw bytes to the unit; return the next n_lines lines it sends back."""
+    with serial.Serial(port, 115200, timeout=0.05) as ser:
+        ser.write(payload)
+        ser.flush()
+        buf = b""
+        deadline = time.monotonic() + timeout_s
+        while buf.count(b"\n") < n_lines and time.monotonic() < deadline:
+            buf += ser.read(4096)
+    return buf.split(b"\n")[:n_lines]
+
+
+@pytest.mark.timeout(60)
+def test_identify_write_read_back_refuse_and_reset(board):
+    with SerialConsole(board.port) as con:
+        info = con.identify()
+        assert (info["product"], info["proto"], info["board"], info["provisioned"]) == ("fengqiao", 1, "host", False)
+        assert info["hwid"] == board.ping()["hwid"]
+        fp = con.write_config(CFG)
+        assert fp == key_fingerprint(bytes.fromhex(CFG["key"]))
+        back = con.read_config()
+        assert "key" not in back and back["key_fingerprint"] == fp
+        assert (back["device_id"], back["role"], back["checkpoint_id"], back["wifi_ssid"]) == (0x1234, "checkin", 9, "village")
+        # Refused re-provision: the stored identity is untouched.
+        with pytest.raises(DeviceError) as exc:
+            con.write_config(dict(CFG, device_id=0x9999, key="00" * 32))
+        assert exc.value.code == "already_provisioned"
+        assert con.read_config()["device_id"] == 0x1234
+        info = con.identify()
+        assert (info["provisioned"], info["device_id"], info["pending_reboot"]) == (True, 0x1234, True)
+        # Factory reset only with this unit's hardware id.
+        with pytest.raises(DeviceError) as exc:
+            con.request("factory_reset")
+        assert exc.value.code == "confirm_required"
+        with pytest.raises(DeviceError):
+            con.factory_reset("host-000000000000")
+        assert con.identify()["provisioned"] is True
+        con.factory_reset(info["hwid"])
+        assert con.identify()["provisioned"] is False
+        with pytest.raises(DeviceError) as exc:
+            con.read_config()
+        assert exc.value.code == "not_provisioned"
+    assert not os.path.exists(os.path.join(board.flash_dir, "data", "identity.cfg"))
+
+
+@pytest.mark.timeout(60)
+def test_malformed_input_gets_error_replies_and_never_crashes(board):
+    good = encode({"id": 77, "cmd": "identify"})
+    body = b'{"id": 5, "cmd": "identify"}'
+    cases = [
+        (b"hello there\n", "bad_frame"),
+        (b"FQ1 " + body + b"\n", "bad_frame"),
+        (b"FQ1 " + body + b" 00000000\n", "bad_crc"),
+        (good.replace(b"identify", b"identifx"), "bad_crc"),
+        (b"FQ1 {oops %08x\n" % zlib.crc32(b"{oops"), "bad_json"),
+        (b"FQ1 [1, 2] %08x\n" % zlib.crc32(b"[1, 2]"), "bad_request"),
+        (encode({"id": 6, "cmd": "rm_rf"}), "unknown_cmd"),
+        (encode({"id": 7, "cmd": "write_config", "cfg": "not an object"}), "invalid_config"),
+        (encode({"id": 8, "cmd": "write_config", "cfg": dict(CFG, key="xyz")}), "invalid_config"),
+        (b"\x00\x01\x02\xff\xfe\x1b[A\n", "bad_frame"),
+        (b"FQ1 " + b"A" * 6000 + b"\n", "too_long"),
+    ]
+    payload = b"".join(c for c, _ in cases) + b"\n\n" + good
+    lines = raw_exchange(board.port, payload, len(cases) + 1)
+    replies = [decode(line) for line in lines]
+    assert [r.get("error") for r in replies[:-1]] == [code for _, code in cases]
+    assert all(r["ok"] is False for r in replies[:-1])
+    assert replies[-1]["id"] == 77 and replies[-1]["ok"] is True
+    # Still alive and unchanged: control socket answers, unit unprovisioned.
+    assert board.alive and board.ping()["ok"]
+    assert not os.path.exists(os.path.join(board.flash_dir, "data", "identity.cfg"))
+
+
+@pytest.mark.timeout(60)
+def test_selftest_drives_led_buzzer_and_reads_reader(board):
+    board.card("04a1b2c3d4e5f6")
+    with SerialConsole(board.port) as con:
+        res = con.selftest()
+    assert res["pass"] is True and res["reader"] == "ok" and res["reader_version"] == "0x92"
+    assert res["card"] == "04a1b2c3d4e5f6"
+    colours = [v for _, v in board.led_history()]
+    assert colours == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
+    assert [v for _, v in board.buzzer_history()] == [1, 0]
+    # A locked-up reader is re-initialised by the self-test (RST pulse) and reported healthy.
+    board.reader_fault("lockup")
+    with SerialConsole(board.port) as con:
+        res = con.selftest()
+    assert res["reader"] == "ok" and board.state()["reader_reinits"] == 0  # self_check re-inits directly
+
+
+@pytest.mark.timeout(60)
+def test_retry_after_damaged_request_does_not_double_write(board):
+    """A request the unit could not read (noise) is answered with id null and sent again; the
+    client takes the reply to any copy, so write_config lands once and reports success."""
+    with SerialConsole(board.port) as con:
+        con._write(b"FQ1 {garbled by noise}\n")  # the unit answers bad_crc/bad_frame with id null
+        fp = con.write_config(CFG)
+        assert fp == key_fingerprint(bytes.fromhex(CFG["key"]))
+        assert con.read_config()["device_id"] == 0x1234
+
+
+@pytest.mark.timeout(60)
+def test_console_on_the_application_entry_point(tmp_path):
+    """main.py (the application's entry point) serves the same console on an unprovisioned unit."""
+    with NullModem() as nm:
+        hb = HostBoard(tmp_path / "flash", console=nm.board_fd)
+        hb.start()
+        try:
+            with SerialConsole(nm.port) as con:
+                info = con.identify()
+                assert info["provisioned"] is False and info["hwid"] == hb.ping()["hwid"]
+                assert con.write_config(CFG) == key_fingerprint(bytes.fromhex(CFG["key"]))
+        finally:
+            hb.stop()
+    with open(os.path.join(str(tmp_path / "flash"), "data", "identity.cfg"), "rb") as f:
+        line = f.read().split(b"\n")[0]
+    assert json.loads(line)["device_id"] == 0x1234

@@ -1,0 +1,230 @@
+"""The tool side of the provisioning console (firmware/CONSOLE.md) over a serial port (pyserial).
+
+    with SerialConsole("/dev/ttyUSB0") as con:
+        info = con.identify()                  # raises NotFengqiao if nothing Fengqiao answers
+        fp = con.write_config(cfg)             # DeviceError("already_provisioned", ...) if it has one
+        cfg = con.read_config()                # key replaced by key_fingerprint
+
+Exceptions (all subclass ConsoleError):
+    PortError       the port does not exist / cannot be opened
+    ConsoleTimeout  no reply to a request in time
+    NotFengqiao     something answered, but not a Fengqiao console (or nothing framed at all)
+    DeviceError     the unit answered ok=false; .code is the CONSOLE.md error code
+
+One request at a time. A reply with `"id": null` and a framing error code means the unit could
+not read our line (noise on the cable): the request is sent again (at most `retries` times) and a
+reply to any of its copies is accepted, so a write that did land is not reported as a failure.
+Lines without the `FQ1 ` prefix (boot messages, logs) are kept in `.noise`, never parsed.
+"""
+
+import json
+import os
+import time
+import zlib
+
+PREFIX = b"FQ1 "
+_RETRY_CODES = ("bad_frame", "bad_crc", "bad_json", "too_long")
+
+
+class ConsoleError(Exception):
+    """Base of the console client's errors."""
+
+
+class PortError(ConsoleError):
+    """The serial port is absent or cannot be opened."""
+
+
+class ConsoleTimeout(ConsoleError):
+    """No reply in time."""
+
+
+class NotFengqiao(ConsoleError):
+    """The device on the port does not speak the Fengqiao console."""
+
+
+class DeviceError(ConsoleError):
+    """The unit refused a request; .code is the error code, .detail its text."""
+
+    def __init__(self, code, detail=""):
+        super().__init__("%s: %s" % (code, detail) if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class FrameDecodeError(ConsoleError):
+    """A line with the prefix that is not a valid frame (damaged reply)."""
+
+
+def crc_hex(body):
+    return "%08x" % (zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def encode(obj):
+    body = json.dumps(obj, separators=(", ", ": ")).encode()
+    return PREFIX + body + b" " + crc_hex(body).encode() + b"\n"
+
+
+def decode(line):
+    line = line.rstrip(b"\r\n ")
+    if not line.startswith(PREFIX):
+        raise FrameDecodeError("no FQ1 prefix")
+    body, _, crc = line[len(PREFIX):].rpartition(b" ")
+    if len(crc) != 8 or crc_hex(body).encode() != crc.lower():
+        raise FrameDecodeError("bad CRC")
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise FrameDecodeError("bad JSON") from exc
+    if not isinstance(obj, dict):
+        raise FrameDecodeError("not an object")
+    return obj
+
+
+class SerialConsole:
+    def __init__(self, port, baud=115200, timeout_s=5.0, retries=2):
+        self.port = port
+        self.baud = baud
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.ser = None
+        self.noise = []  # lines that were not frames (what a non-Fengqiao device says)
+        self._buf = bytearray()
+        self._id = int.from_bytes(os.urandom(2), "big")
+
+    # -- port ------------------------------------------------------------------------------------
+    def open(self):
+        import serial
+
+        if not os.path.exists(self.port):
+            raise PortError("serial port %s does not exist: is the unit plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % self.port)
+        try:
+            self.ser = serial.Serial(self.port, self.baud, timeout=0.05, write_timeout=self.timeout_s)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            hint = " (add yourself to the dialout group)" if "ermission" in str(exc) else ""
+            raise PortError("cannot open %s: %s%s" % (self.port, exc, hint)) from exc
+        # End any half line the unit holds from before (a blank line is ignored by the console),
+        # then drop whatever was already waiting (boot messages, stale replies).
+        self._write(b"\n")
+        self._drain(0.15)
+        return self
+
+    def close(self):
+        if self.ser is not None:
+            try:
+                self.ser.close()
+            finally:
+                self.ser = None
+
+    def __enter__(self):
+        return self.open() if self.ser is None else self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _write(self, data):
+        import serial
+
+        try:
+            self.ser.write(data)
+            self.ser.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise PortError("writing to %s failed: %s" % (self.port, exc)) from exc
+
+    def _drain(self, quiet_s):
+        end = time.monotonic() + quiet_s
+        while time.monotonic() < end:
+            if self._read_chunk():
+                end = time.monotonic() + quiet_s
+        for line in self._buf.split(b"\n"):
+            if line.strip() and not line.startswith(PREFIX):
+                self.noise.append(line.decode(errors="replace")[:200])
+        self._buf = bytearray()
+
+    def _read_chunk(self):
+        import serial
+
+        try:
+            data = self.ser.read(max(1, self.ser.in_waiting))
+        except (serial.SerialException, OSError) as exc:
+            raise PortError("reading from %s failed: %s" % (self.port, exc)) from exc
+        if data:
+            self._buf.extend(data)
+        return bool(data)
+
+    def _readline(self, deadline):
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                return line
+            if time.monotonic() > deadline:
+                return None
+            self._read_chunk()
+
+    # -- requests --------------------------------------------------------------------------------
+    def request(self, cmd, timeout_s=None, **fields):
+        """The ok reply dict for `cmd`; raises DeviceError / ConsoleTimeout / PortError."""
+        if self.ser is None:
+            self.open()
+        sent = []
+        for attempt in range(self.retries + 1):
+            self._id = (self._id + 1) & 0x7FFFFFFF
+            sent.append(self._id)
+            req = dict(fields, id=self._id, cmd=cmd)
+            self._write(encode(req))
+            deadline = time.monotonic() + (timeout_s or self.timeout_s)
+            while True:
+                line = self._readline(deadline)
+                if line is None:
+                    break  # timed out: send again
+                if not line.strip():
+                    continue
+                if not line.startswith(PREFIX):
+                    self.noise.append(line.decode(errors="replace")[:200])
+                    continue
+                try:
+                    reply = decode(line)
+                except FrameDecodeError:
+                    break  # our reply was damaged on the way: ask again
+                rid = reply.get("id")
+                if rid in sent:
+                    if reply.get("ok") is True:
+                        return reply
+                    raise DeviceError(str(reply.get("error")), str(reply.get("detail", "")))
+                if rid is None and reply.get("error") in _RETRY_CODES:
+                    break  # the unit could not read our line: send it again
+                # a stale reply to an earlier request: skip it
+        raise ConsoleTimeout("no reply to %r from %s after %d attempts" % (cmd, self.port, len(sent)))
+
+    def identify(self):
+        try:
+            info = self.request("identify")
+        except ConsoleTimeout as exc:
+            said = "; it said: %r" % self.noise[-1] if self.noise else " (it sent nothing)"
+            raise NotFengqiao("no Fengqiao console answered on %s%s. Is this a Fengqiao unit with its "
+                              "firmware flashed (`fengqiao flash`)?" % (self.port, said)) from exc
+        except DeviceError as exc:
+            raise NotFengqiao("the device on %s answered identify with an error: %s" % (self.port, exc)) from exc
+        if info.get("product") != "fengqiao" or info.get("proto") != 1:
+            raise NotFengqiao("the device on %s is %r protocol %r, not a Fengqiao unit (protocol 1)"
+                              % (self.port, info.get("product"), info.get("proto")))
+        return info
+
+    def write_config(self, cfg):
+        return self.request("write_config", cfg=cfg)["key_fingerprint"]
+
+    def read_config(self):
+        return self.request("read_config")["cfg"]
+
+    def factory_reset(self, hwid):
+        return self.request("factory_reset", confirm=hwid)
+
+    def selftest(self):
+        return self.request("selftest", timeout_s=max(self.timeout_s, 10))
+
+    def reboot(self):
+        try:
+            return self.request("reboot", timeout_s=2)
+        except (ConsoleTimeout, PortError):
+            return None  # the reset may take the line down before the reply gets out
