@@ -60,7 +60,10 @@ class ScriptedGateway:
         self.down_seq = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scripted-gateway-%d" % os.getpid())
+        # A persistent session, as the real gateway has: what devices publish while this peer is
+        # reconnecting (after a broker restart) is queued by the broker, not lost.
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scripted-gateway-%d-%d" % (
+            os.getpid(), id(self) & 0xFFFF), clean_session=False)
         self.client.username_pw_set(*credentials)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
