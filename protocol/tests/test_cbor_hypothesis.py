@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from protocol import cbor, strict
 from protocol.errors import FrameError
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 _leaves = (
     st.none()
@@ -76,7 +76,7 @@ def mutated(draw):
     return bytes(b)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.binary(max_size=40) | mutated())
 def test_device_codec_and_strict_scan_agree_on_any_bytes(data):
     # same error name (first fault in byte order) or the same value; nothing but FrameError

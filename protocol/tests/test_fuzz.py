@@ -56,13 +56,13 @@ def mutated_vector(draw):
     return bytes(b), topic, downlink, key
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.binary(max_size=300), st.booleans())
 def test_random_bytes_raise_only_frame_errors(data, downlink):
     _only_frame_errors(data, "fq/v1/0000002a/%s" % ("down" if downlink else "up"), downlink, bytes(32))
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_vector())
 def test_mutated_vectors_raise_only_frame_errors(case):
     _only_frame_errors(*case)
