@@ -218,6 +218,13 @@ class HostBoard:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
 
     def restart(self, timeout_s=15, reset_reason=None):
         """Power back on with the same flash dir (kill -9 first if still running)."""

@@ -1,0 +1,184 @@
+"""The host board's control channel (firmware/boards/HOSTBOARD.md) through tools.hostboard:
+every op, error replies, LED/buzzer histories, kill -9 and restart, the software watchdog."""
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from tools.hostboard import ControlError, HostBoard, provision_dir
+from tools.serialconsole import decode, encode
+
+
+@pytest.fixture
+def hb(tmp_path):
+    b = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console="pipe")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.mark.timeout(60)
+def test_inputs_button_card_battery_tamper_net(hb):
+    s = hb.state()
+    assert (s["button"], s["tamper"], s["battery_mv"], s["net"], s["card"], s["reset_reason"]) == (0, 0, 4000, True, None, 0)
+    hb.press()
+    assert hb.state()["button"] == 1
+    hb.release()
+    assert hb.state()["button"] == 0
+    # hold: timed by the board - down now, up after ms.
+    hb.hold(400)
+    t0 = time.monotonic()
+    assert hb.state()["button"] == 1
+    while hb.state()["button"] == 1:
+        assert time.monotonic() - t0 < 3, "hold never released"
+        time.sleep(0.02)
+    assert 0.3 <= time.monotonic() - t0 <= 1.5
+    hb.button_script([(1, 100), (0, 100), (1, 5000)])
+    time.sleep(0.25)
+    assert hb.state()["button"] == 1
+    hb.release()
+    hb.card("04:A1:B2:C3:D4:E5:F6:07:18:29")
+    assert hb.state()["card"] == "04a1b2c3d4e5f6071829"
+    hb.remove_card()
+    assert hb.state()["card"] is None
+    hb.battery(3150)
+    hb.tamper(True)
+    hb.network(False)
+    s = hb.state()
+    assert (s["battery_mv"], s["tamper"], s["net"]) == (3150, 1, False)
+    hb.tamper(False)
+    assert hb.state()["tamper"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_bad_requests_get_error_replies_and_the_connection_stays(hb):
+    with pytest.raises(ControlError, match="unknown op"):
+        hb.request("levitate")
+    with pytest.raises(ControlError, match="mv"):
+        hb.battery(-5)
+    with pytest.raises(ControlError):
+        hb.request("card", uid="zz")
+    with pytest.raises(ControlError):
+        hb.request("hold")  # no ms
+    with pytest.raises(ControlError):
+        hb.reader_fault("fire")
+    # Raw garbage on the socket.
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(hb.control_path)
+    f = s.makefile("rwb")
+    for junk in (b"not json\n", b"[1, 2]\n", b'"op"\n', b"{}\n", b"\xff\xfe\n"):
+        f.write(junk)
+        f.flush()
+        reply = json.loads(f.readline())
+        assert reply["ok"] is False, junk
+    f.write(b'{"op": "ping"}\n')
+    f.flush()
+    assert json.loads(f.readline())["ok"] is True
+    f.close()
+    s.close()
+    assert hb.ping()["ok"] and hb.alive
+
+
+@pytest.mark.timeout(60)
+def test_at_most_four_clients(hb):
+    extra = []
+    for _ in range(3):  # hb's own connection is the first
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(5)
+        c.connect(hb.control_path)
+        c.sendall(b'{"op": "ping"}\n')
+        with c.makefile("rb") as r:
+            assert json.loads(r.readline())["ok"]
+        extra.append(c)
+    fifth = socket.socket(socket.AF_UNIX)
+    fifth.settimeout(5)
+    fifth.connect(hb.control_path)
+    hb.ping()  # let the board accept it
+    with fifth.makefile("rb") as r:
+        assert json.loads(r.readline()) == {"ok": False, "error": "too many clients"}
+    for c in extra + [fifth]:
+        c.close()
+    assert hb.ping()["ok"]
+
+
+@pytest.mark.timeout(60)
+def test_led_and_buzzer_history_with_timestamps(hb):
+    hb.proc.stdin.write(encode({"id": 1, "cmd": "selftest"}))
+    hb.proc.stdin.flush()
+    reply = decode(hb.proc.stdout.readline())
+    assert reply["ok"] and reply["pass"]
+    hist = hb.led_history()
+    assert [v for _, v in hist] == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
+    times = [t for t, _ in hist]
+    steps = [b - a for a, b in zip(times, times[1:])]
+    assert all(140 <= d <= 400 for d in steps), steps  # 150 ms per colour, board-timed
+    assert hb.led() == (0, 0, 0)
+    assert hb.led_history(since=3) == hist[3:]  # since = index of the first change wanted
+    assert [v for _, v in hb.buzzer_history()] == [1, 0] and hb.buzzer() == 0
+
+
+@pytest.mark.timeout(60)
+def test_kill9_and_restart_keep_flash_and_hwid(hb):
+    hwid = hb.ping()["hwid"]
+    provision_dir(hb.flash_dir, {"device_id": 9, "key": b"\x01" * 32, "role": "alarm"})
+    pid = hb.pid
+    hb.kill9()
+    assert not hb.alive and hb.proc.returncode == -9
+    hb.restart(reset_reason=5)
+    assert hb.pid != pid and hb.ping()["hwid"] == hwid
+    assert hb.state()["reset_reason"] == 5  # a brown-out, as the driver asked
+    assert os.path.exists(os.path.join(hb.flash_dir, "data", "identity.cfg"))
+    hb.restart()
+    assert hb.state()["reset_reason"] == 0  # power-on (the reason file is consumed at boot)
+
+
+@pytest.mark.timeout(60)
+def test_single_led_and_no_reader(tmp_path):
+    with HostBoard(tmp_path / "f", entry="boards/host_console_main.py", console="pipe", single_led=True,
+                   no_rfid=True) as b:
+        b.proc.stdin.write(encode({"id": 1, "cmd": "selftest"}))
+        b.proc.stdin.flush()
+        reply = decode(b.proc.stdout.readline())
+        assert reply["reader"] == "absent" and reply["pass"] is True
+        # A single LED shows every colour as plain "on".
+        assert [v for _, v in b.led_history()] == [(1, 1, 1), (0, 0, 0)]
+        with pytest.raises(ControlError, match="no reader"):
+            b.card("01020304")
+
+
+@pytest.mark.timeout(60)
+def test_application_leds_seen_through_wait_led(tmp_path):
+    """main.py on an unprovisioned unit flashes "unprovisioned" (magenta); wait_led sees it."""
+    with HostBoard(tmp_path / "f") as b:
+        b.wait_led((1, 0, 1), timeout_s=10)
+        b.wait_led("off", timeout_s=5)
+
+
+@pytest.mark.timeout(60)
+def test_software_watchdog_resets_a_hung_loop(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import sys, time\n"
+        "from boards import load_board\n"
+        "b = load_board(sys.argv[1:])\n"
+        "w = b.watchdog(500)\n"
+        "t = time.ticks_ms()\n"
+        "while time.ticks_diff(time.ticks_ms(), t) < 300:\n"
+        "    b.idle_ms(20)\n"
+        "    w.feed()\n"
+        "while True:\n"
+        "    time.sleep_ms(50)  # hung: neither feeding nor polling\n"
+    )
+    b = HostBoard(tmp_path / "f", entry=str(script), wdt=True)
+    b.start()
+    try:
+        assert b.wait_exit(10) == -9
+    finally:
+        b.stop()
+    b.entry = "boards/host_console_main.py"
+    with b:
+        assert b.state()["reset_reason"] == 2  # watchdog

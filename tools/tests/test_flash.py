@@ -1,0 +1,88 @@
+"""`fengqiao flash`: what goes onto a board (no hardware needed for these), the compiled image,
+and clear errors for a missing port or tool."""
+
+import os
+import types
+
+import pytest
+
+from tools import flash
+from tools.cli import main
+from tools.errors import CliError
+
+
+def dests(board):
+    return [rel for _src, rel in flash.image_files(board)]
+
+
+def test_board_image_has_the_app_its_board_and_the_device_codec_only():
+    import protocol
+
+    files = dests("esp32")
+    assert "main.py" in files and "console.py" in files and "identity.py" in files
+    assert "boards/esp32.py" in files and "boards/wiring_esp32.py" in files and "boards/mcu.py" in files
+    assert "drivers/mfrc522.py" in files and "drivers/button.py" in files
+    for name in protocol.DEVICE_FILES:
+        assert "protocol/" + name in files
+    # Not on an ESP32: the host board's simulation, the Pico W's board, tests, gateway-side protocol.
+    for absent in ("boards/host.py", "boards/sim_mfrc522.py", "boards/picow.py", "boards/wiring_picow.py",
+                   "protocol/strict.py", "protocol/gen_vectors.py"):
+        assert absent not in files
+    assert not any(f.startswith("tests/") for f in files)
+    picow = dests("picow")
+    assert "boards/picow.py" in picow and "boards/esp32.py" not in picow
+    host = dests("host")
+    assert "boards/host.py" in host and "boards/mcu.py" not in host
+
+
+def test_list_shows_compiled_names(capsys):
+    assert main(["flash", "--board", "picow", "--list"]) == 0
+    out = capsys.readouterr().out.split()
+    assert "main.py" in out  # entry point stays source: MicroPython runs main.py at reset
+    assert "console.mpy" in out and "protocol/frame.mpy" in out and "boards/picow.mpy" in out
+    assert not [f for f in out if f.endswith(".py") and f not in ("main.py", "boot.py")]
+
+
+@pytest.mark.timeout(120)
+def test_image_compiles_every_module():
+    # build_image stages into build/images (cached across runs until a source file changes).
+    image = flash.build_image("esp32")
+    assert flash.build_image("esp32") == image
+    for name in flash._image_names("esp32", True):
+        path = os.path.join(image, name)
+        assert os.path.isfile(path) and os.path.getsize(path) > 0, name
+        if name.endswith(".mpy"):
+            with open(path, "rb") as f:
+                assert f.read(1) == b"M", name  # .mpy magic
+
+
+def test_image_fingerprint_follows_the_sources(monkeypatch):
+    before = flash._fingerprint("host", True)
+    real_stat = os.stat
+
+    def touched(path, *a, **kw):
+        st = real_stat(path, *a, **kw)
+        if str(path).endswith(os.path.join("firmware", "console.py")):
+            return types.SimpleNamespace(st_size=st.st_size + 1, st_mtime_ns=st.st_mtime_ns)
+        return st
+
+    monkeypatch.setattr(os, "stat", touched)
+    assert flash._fingerprint("host", True) != before
+
+
+def test_missing_port_is_a_clear_error(capsys):
+    assert main(["flash", "--board", "esp32", "--port", "/dev/ttyUSB97"]) == 1
+    err = capsys.readouterr().err
+    assert "/dev/ttyUSB97 does not exist" in err and "plugged in" in err
+    assert main(["flash", "--board", "esp32"]) == 1
+    assert "no --port" in capsys.readouterr().err
+
+
+def test_mpremote_command_line():
+    argv = flash.mpremote_argv("/dev/ttyACM0", ["boards", "main.py"])
+    assert argv[1:] == ["connect", "/dev/ttyACM0", "fs", "cp", "-r", "boards", "main.py", ":", "+", "reset"]
+
+
+def test_unknown_board():
+    with pytest.raises(CliError):
+        flash.image_files("arduino")

@@ -1,0 +1,184 @@
+"""`fengqiao provision` against a host board whose console is on a real pty (tools.hostboard.NullModem):
+the CLI opens /dev/pts/N with pyserial exactly as it would open /dev/ttyUSB0."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tools.cli import main
+from tools.hostboard import HostBoard, NullModem, key_fingerprint
+from tools.testing.procs import REPO_ROOT
+
+
+def read_identity(flash_dir):
+    import json
+
+    with open(os.path.join(flash_dir, "data", "identity.cfg"), "rb") as f:
+        return json.loads(f.read().split(b"\n")[0])
+
+
+@pytest.fixture
+def unit(tmp_path):
+    nm = NullModem()
+    hb = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console=nm.board_fd)
+    hb.start()
+    hb.port = nm.port
+    yield hb
+    hb.stop()
+    nm.close()
+
+
+def base_args(port, device="0000002a", *extra):
+    return ["provision", "--port", port, "--device-id", device, "--broker-host", "127.0.0.1",
+            "--broker-port", "18883", "--timeout-s", "5"] + list(extra)
+
+
+@pytest.mark.timeout(90)
+def test_provision_cli_over_pty_then_refuse_then_factory_reset(unit, tmp_path):
+    key_out = tmp_path / "k1.hex"
+    label = tmp_path / "label.txt"
+    # The real command line, as a technician runs it (a separate process opening the pty).
+    proc = subprocess.run([os.path.join(REPO_ROOT, ".venv", "bin", "fengqiao")]
+                          + base_args(unit.port, "0000002a", "--role", "checkin", "--checkpoint-id", "12",
+                                      "--setting", "checkin_repeat_s=120", "--pin", "button.pin=4",
+                                      "--key-out", str(key_out), "--label-file", str(label), "--no-reboot"),
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    stored = read_identity(unit.flash_dir)
+    key_hex = stored["key"]
+    assert key_out.read_text().strip() == key_hex and oct(os.stat(key_out).st_mode & 0o777) == "0o600"
+    fp = key_fingerprint(bytes.fromhex(key_hex))
+    assert "fingerprint %s" % fp in proc.stdout and "device   0000002a" in proc.stdout
+    assert "patrol check-in point" in proc.stdout and "checkpoint 12" in proc.stdout
+    assert key_hex not in proc.stdout + proc.stderr  # the key is never printed
+    assert label.read_text().strip() in proc.stdout
+    assert (stored["device_id"], stored["role"], stored["checkpoint_id"]) == (0x2A, "checkin", 12)
+    assert stored["settings"]["checkin_repeat_s"] == 120 and stored["pins"] == {"button.pin": 4}
+    assert len(set(bytes.fromhex(key_hex))) > 8  # random, not a constant
+
+    # Refused re-provision: exit 1, a message that says what to do; the unit keeps its identity.
+    with open(os.path.join(unit.flash_dir, "data", "outbox.bin"), "wb") as f:
+        f.write(b"events of the old identity")
+    rc = main(base_args(unit.port, "0000002b", "--role", "alarm", "--key-out", str(tmp_path / "k2.hex")))
+    assert rc == 1
+    assert read_identity(unit.flash_dir)["key"] == key_hex
+    assert not (tmp_path / "k2.hex").exists()
+
+    # With --factory-reset: erased (old data files too), re-provisioned with a new key, rebooted.
+    rc = main(base_args(unit.port, "0000002b", "--role", "alarm", "--key-out", str(tmp_path / "k2.hex"),
+                        "--factory-reset"))
+    assert rc == 0
+    stored2 = read_identity(unit.flash_dir)
+    assert stored2["device_id"] == 0x2B and stored2["key"] != key_hex
+    assert not os.path.exists(os.path.join(unit.flash_dir, "data", "outbox.bin"))
+    assert unit.wait_exit(10) == 3  # the host board's reboot: exit status 3
+    unit.restart()
+    assert unit.state()["reset_reason"] == 4  # soft reset after the console's reboot
+
+
+@pytest.mark.timeout(60)
+def test_refusal_message(unit, tmp_path, capsys):
+    assert main(base_args(unit.port, "00000001", "--role", "alarm", "--key-out", str(tmp_path / "a"), "--no-reboot")) == 0
+    capsys.readouterr()
+    assert main(base_args(unit.port, "00000002", "--role", "alarm", "--key-out", str(tmp_path / "b"))) == 1
+    err = capsys.readouterr().err
+    assert "already has an identity (device 00000001)" in err and "--factory-reset" in err
+
+
+@pytest.mark.timeout(60)
+def test_registers_with_gateway_registry(unit, tmp_path, capsys):
+    from gateway.registry import Registry
+
+    db, mk = str(tmp_path / "gw.db"), str(tmp_path / "master.key")
+    rc = main(base_args(unit.port, "0000abcd", "--role", "alarm", "--gateway-db", db, "--master-key", mk,
+                        "--no-reboot"))
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    reg = Registry(db, mk)
+    try:
+        dev = reg.device(0xABCD)
+        assert (dev.role, dev.status, dev.key_id) == ("alarm_button", "active", 1)
+        key = reg.device_key(0xABCD, 1)
+    finally:
+        reg.close()
+    assert key.hex() == read_identity(unit.flash_dir)["key"]  # the unit and the gateway hold the same key
+    assert key.hex() not in out and key_fingerprint(key) in out
+
+
+@pytest.mark.timeout(60)
+def test_known_device_id_refused_before_touching_the_unit(unit, tmp_path, capsys):
+    from gateway.registry import Registry
+
+    db, mk = str(tmp_path / "gw.db"), str(tmp_path / "master.key")
+    reg = Registry(db, mk)
+    reg.add_device(0x77, "alarm_button")
+    reg.close()
+    rc = main(base_args(unit.port, "00000077", "--role", "alarm", "--gateway-db", db, "--master-key", mk))
+    assert rc == 1 and "already knows device 00000077" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(unit.flash_dir, "data", "identity.cfg"))
+
+
+def test_absent_port_is_a_clear_error(tmp_path, capsys):
+    rc = main(base_args("/dev/pts/98765", "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k")))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "/dev/pts/98765 does not exist" in err and "plugged in" in err
+    assert not (tmp_path / "k").exists()
+
+
+def test_key_must_go_somewhere(capsys):
+    assert main(base_args("/dev/null", "0000002a", "--role", "alarm")) == 1
+    assert "--key-out" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_clear(tmp_path, capsys):
+    assert main(base_args("/dev/null", "2a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
+    assert "--device-id" in capsys.readouterr().err
+    assert main(base_args("/dev/null", "0000002a", "--role", "checkin", "--key-out", str(tmp_path / "k"))) == 1
+    assert "--checkpoint-id is required" in capsys.readouterr().err
+
+
+class FakeRepl:
+    """A device that is not a Fengqiao unit: a MicroPython REPL answering every line with a prompt."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        import select
+
+        os.write(self.fd, b"MicroPython v1.22.0 on 2024-01-01; ESP32 module with ESP32\r\n>>> ")
+        while not self.stop:
+            r, _, _ = select.select([self.fd], [], [], 0.05)
+            if r:
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError:
+                    return
+                for _ in range(data.count(b"\n")):
+                    os.write(self.fd, b"\r\nSyntaxError: invalid syntax\r\n>>> ")
+
+
+@pytest.mark.timeout(60)
+def test_not_a_fengqiao_device_is_a_clear_error(tmp_path, capsys):
+    with NullModem() as nm:
+        repl = FakeRepl(nm.board_fd)
+        try:
+            rc = main(base_args(nm.port, "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k"),
+                                "--timeout-s", "0.5"))
+        finally:
+            repl.stop = True
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "no Fengqiao console answered on %s" % nm.port in err and "SyntaxError" in err
+    assert not (tmp_path / "k").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
