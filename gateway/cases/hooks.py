@@ -32,6 +32,7 @@ class CasesPlugin:
         self.cases = CaseService(open_db(db_path), clock, registry)
         self.patrol = PatrolService(open_db(db_path), clock, registry)
         self.store = store
+        self._stopped = False
         if store is not None and self.cases.cursor("events") == 0:
             with self.cases._lock:
                 self.cases.set_cursor("events", store.head()[0])
@@ -44,7 +45,7 @@ class CasesPlugin:
         return self
 
     def on_event(self, ev, ctx):
-        if ev.source != "device" or ev.kind not in _KINDS:
+        if self._stopped or ev.source != "device" or ev.kind not in _KINDS:
             return
         if ev.kind in ("alarm", "alarm_cancel"):
             self.cases.on_event(ev)
@@ -54,6 +55,8 @@ class CasesPlugin:
             self.patrol.flush(ctx)
 
     def on_tick(self, ctx):
+        if self._stopped:
+            return
         self.catch_up()
         self.cases.check_deadlines()
         self.cases.flush(ctx)
@@ -85,9 +88,12 @@ class CasesPlugin:
         return 0 if stage is None else stage
 
     def stop(self):
+        """Called before the service stops: handlers and timer become no-ops, then the files close."""
+        self._stopped = True
         for svc in (self.cases, self.patrol):
             try:
-                svc.db.close()
+                with svc._lock:
+                    svc.db.close()
             except Exception:  # noqa: BLE001 - closing at shutdown, nothing to recover
                 log.exception("closing the cases database failed")
 

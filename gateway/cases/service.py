@@ -106,8 +106,16 @@ class CaseService:
         self.effect_failures = 0
 
     def directory(self):
-        """The current village configuration (reloaded after `fengqiao registry import`), or None."""
+        """The current village configuration (reloaded after `fengqiao registry import`), or None.
+
+        Called at the start of each action, *outside* its transaction: a reload may ask the
+        registry (its own lock and connection); doing that while holding our write transaction
+        could deadlock with a registry write waiting for the database. Inside a transaction the
+        code uses `_dir()`, the configuration already loaded."""
         return self._directory.get()
+
+    def _dir(self):
+        return self._directory.current()
 
     # -- device events --------------------------------------------------------------------
 
@@ -122,11 +130,12 @@ class CaseService:
         return None
 
     def on_alarm(self, ev):
+        self.directory()
         with self._lock, _Tx(self.db):
             seen = self.db.execute("SELECT case_id FROM case_inputs WHERE event_id = ?", (ev.event_id,)).fetchone()
             if seen:
                 return seen[0]
-            d = self.directory()
+            d = self._dir()
             now = self.clock.now()
             kind = ev.body[0]
             place = ev.place_id or (d.device_place(ev.device_id) if d else None)
@@ -147,7 +156,7 @@ class CaseService:
             return row[0]
         if group is None:
             return None
-        d = self.directory()
+        d = self._dir()
         window = d.cases_settings()["correlate_window_s"] if d else 0
         row = self.db.execute(
             "SELECT case_id FROM cases WHERE status IN ('open', 'acknowledged') AND group_id = ? AND opened_at >= ? "
@@ -216,7 +225,7 @@ class CaseService:
         stage = STAGE_RESPONDER if case["status"] == "acknowledged" else STAGE_DISPATCHED
         self._queue(case_id, "ack", {"device_id": ev.device_id, "seq": ev.seq, "stage": stage})
         if level > case["level"]:
-            d = self.directory()
+            d = self._dir()
             v_deadline, t_deadline = severity.deadlines(d, level, case["opened_at"]) if d else (
                 case["village_deadline"], case["township_deadline"])
             self.db.execute("UPDATE cases SET level = ?, village_deadline = ?, township_deadline = ? WHERE case_id = ?",
@@ -227,6 +236,7 @@ class CaseService:
         return case_id
 
     def on_cancel(self, ev):
+        self.directory()
         with self._lock, _Tx(self.db):
             if self.db.execute("SELECT 1 FROM case_inputs WHERE event_id = ?", (ev.event_id,)).fetchone():
                 return None
@@ -242,7 +252,7 @@ class CaseService:
                 return None
             case_id, alarm_dt, alarm_rx = row
             case = self._case(case_id)
-            d = self.directory()
+            d = self._dir()
             grace = d.cases_settings()["cancel_grace_s"] if d else 30
             if ev.device_time and alarm_dt:
                 elapsed = ev.device_time - alarm_dt
@@ -278,7 +288,7 @@ class CaseService:
     # -- actions by people (CLI, duty console) -----------------------------------------------
 
     def _person(self, person_id):
-        d = self.directory()
+        d = self._dir()
         if d is not None and person_id not in d.people:
             raise UnknownPerson("no person %r in the village configuration (known: %s)"
                                 % (person_id, ", ".join(sorted(d.people)) or "none"))
@@ -287,6 +297,7 @@ class CaseService:
         return person_id
 
     def acknowledge(self, case_id, actor, note=""):
+        self.directory()
         with self._lock, _Tx(self.db):
             self._person(actor)
             case = self._open_case(case_id)
@@ -309,6 +320,7 @@ class CaseService:
                                              "feedback": True})
 
     def dispatch(self, case_id, actor, to_person, note=""):
+        self.directory()
         with self._lock, _Tx(self.db):
             self._person(actor)
             self._person(to_person)
@@ -322,6 +334,7 @@ class CaseService:
     def close(self, case_id, actor, note):
         if not note or not note.strip():
             raise CaseStateError("closing a case needs a note (what happened, what was done)")
+        self.directory()
         with self._lock, _Tx(self.db):
             self._person(actor)
             case = self._open_case(case_id)
@@ -342,9 +355,10 @@ class CaseService:
     def check_deadlines(self):
         """Escalate unacknowledged cases whose deadline passed; returns [(case_id, to), ...]."""
         done = []
+        self.directory()
         with self._lock, _Tx(self.db):
             now = self.clock.now()
-            d = self.directory()
+            d = self._dir()
             rows = self.db.execute(
                 "SELECT case_id FROM cases WHERE status = 'open' AND ((escalated_to = 'village' AND village_deadline <= ?)"
                 " OR (escalated_to = 'township' AND township_deadline <= ?)) ORDER BY case_id", (now, now)).fetchall()

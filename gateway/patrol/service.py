@@ -86,10 +86,10 @@ class PatrolService:
 
     def on_checkin(self, ev):
         """Record a check-in (once per event id) with its flags; returns its flags dict or None if seen."""
+        d = self.directory()    # outside the transaction (see CaseService.directory)
         with self._lock, _Tx(self.db):
             if self.db.execute("SELECT 1 FROM patrol_checkins WHERE event_id = ?", (ev.event_id,)).fetchone():
                 return None
-            d = self.directory()
             number, uid = ev.body[0], bytes(ev.body[1]).hex()
             flags = {}
             place = d.checkpoint_place.get(number) if d else None
@@ -171,6 +171,8 @@ class PatrolService:
                 for spec in rounds.planned_rounds(d, date):
                     if now < spec["earliest_start"]:
                         continue
+                    if d.imported_at <= now and spec["latest_start"] < d.imported_at:
+                        continue  # its start was over before the route was configured: nobody was asked to walk it
                     result = self.evaluate(spec, now)
                     queued += self._alerts(spec, result, now)
                     if result["final"]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import sqlite3
+import threading
 import time
 
 _SCHEMA = """
@@ -150,8 +151,10 @@ def load_directory(db, registry=None):
     for dev_id, role, place, status in registered:
         planned = devices.get(dev_id, {})
         devices[dev_id] = {"id": dev_id, "role": role, "place": place or planned.get("place"), "status": status}
-    return Directory(json.loads(meta["settings"]), places, groups, teams, people, routes, schedules, levels, rules,
-                     devices, import_id=int(meta.get("import_id", 0)), has_registry=bool(registered))
+    d = Directory(json.loads(meta["settings"]), places, groups, teams, people, routes, schedules, levels, rules,
+                  devices, import_id=int(meta.get("import_id", 0)), has_registry=bool(registered))
+    d.imported_at = float(meta.get("imported_at", 0.0))
+    return d
 
 
 def registry_devices(db, registry=None):
@@ -178,11 +181,20 @@ class DirectoryCache:
         self._dir = None
         self._sig = None
         self._checked = 0.0
+        self._lock = threading.Lock()
 
     def invalidate(self):
         self._dir, self._sig = None, None
 
+    def current(self):
+        """The Directory loaded last (no check, no I/O); None before the first get()."""
+        return self._dir
+
     def get(self):
+        with self._lock:
+            return self._get()
+
+    def _get(self):
         now = time.monotonic()
         current = import_id(self.db)
         if self._dir is not None and self._dir.import_id == current and now - self._checked < self.device_check_s:
@@ -209,6 +221,7 @@ class Directory:
         self.devices = devices
         self.import_id = import_id
         self.has_registry = has_registry
+        self.imported_at = 0.0          # when this configuration was imported (Unix seconds; 0 = unknown)
         self.group_of_household = {h: g["id"] for g in groups.values() for h in g["households"]}
         self.card_owner = {uid: pid for pid, p in people.items() for uid in p["cards"]}
         self.checkpoint_place = {p["checkpoint"]: pid for pid, p in places.items() if p["checkpoint"] is not None}
