@@ -156,8 +156,8 @@ def validate(cfg):
         raise InvalidConfig("pins", "object required")
     for k in pins:
         v = pins[k]
-        if type(k) is not str or not (type(v) in (int, str) or type(v) is list):
-            raise InvalidConfig("pins", "name -> pin number, name or list required")
+        if type(k) is not str or not (v is None or type(v) in (int, str, bool, list, dict)):
+            raise InvalidConfig("pins", "\"part.field\" -> number, name, list or null required")
     out["pins"] = pins
     settings = cfg.get("settings", {})
     if type(settings) is not dict:
