@@ -1,10 +1,10 @@
-"""Upstream envelopes (SPEC section 9): build, sign, parse, verify, render.
+"""Upstream envelopes (SPEC section 10): build, sign, parse, verify, render.
 
 An envelope is one stored event as the county receives it: one line of JSON carrying every field
 of the event's hash-chain record (gateway/store.py), the chain hashes, the verification result,
 and -- on the last envelope of each published batch -- the gateway's Ed25519 signature over
 (gateway id, event id, hash). The signature covers the signed event's hash, which covers the
-previous hash, and so on: one signature proves its batch (SPEC 9.4 says how to check ONE event).
+previous hash, and so on: one signature proves its batch (SPEC 10.4 says how to check ONE event).
 
     env = build(stored_event, "township-1")        # dict, unsigned
     sign_batch([env1, env2, env3], signing_key)     # signs the last one
@@ -49,7 +49,7 @@ class EnvelopeError(ValueError):
 
 
 class MalformedEnvelope(EnvelopeError):
-    """Not a JSON object of the SPEC 9.2 layout."""
+    """Not a JSON object of the SPEC 10.2 layout."""
 
 
 class InconsistentEnvelope(EnvelopeError):
@@ -112,7 +112,7 @@ def build(event, gateway_id):
 
 
 def signature_input(gateway_id, event_id, hash_bytes):
-    """The bytes the gateway signs (SPEC 9.3): deterministic CBOR of a 4-item array."""
+    """The bytes the gateway signs (SPEC 10.3): deterministic CBOR of a 4-item array."""
     return cbor2.dumps([SIGNATURE_CONTEXT, gateway_id, event_id, hash_bytes], canonical=True)
 
 
@@ -152,7 +152,7 @@ _SCHEMA = {
 
 
 def loads(line):
-    """Parse one envelope line; MalformedEnvelope unless it has the SPEC 9.2 fields and types."""
+    """Parse one envelope line; MalformedEnvelope unless it has the SPEC 10.2 fields and types."""
     if isinstance(line, (bytes, bytearray)):
         try:
             line = bytes(line).decode("utf-8")
@@ -195,7 +195,7 @@ def _unhex(text, name):
 
 
 def record_of(env):
-    """The event's canonical chain record (SPEC 9.2 / gateway/store.py), from the envelope."""
+    """The event's canonical chain record (SPEC 10.2 / gateway/store.py), from the envelope."""
     frame = bytes.fromhex(env["frame"]) if env["frame"] is not None else None
     return record_bytes(env["event_id"], env["source"], env["kind"], env["device_id"], env["key_id"],
                         env["seq"], frame, env["topic"], env["device_time"], env["received_at_us"],

@@ -1,4 +1,4 @@
-"""The gateway's Ed25519 signing key (upstream envelopes, SPEC section 9).
+"""The gateway's Ed25519 signing key (upstream envelopes, SPEC section 10).
 
     key = SigningKey.load_or_create(path)     # created on first run, file mode 0600 (PKCS#8 PEM)
     key.sign(message) -> 64 bytes; key.key_id -> 16 hex chars; key.public_pem() -> str

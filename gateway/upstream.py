@@ -7,7 +7,7 @@
     up.stop()
 
 The store is the queue. The forwarder reads events after its cursor (the last event the county's
-broker acknowledged), wraps each in an envelope (gateway/envelope.py, SPEC section 9), signs the
+broker acknowledged), wraps each in an envelope (gateway/envelope.py, SPEC section 10), signs the
 last envelope of each batch, and publishes the batch as ONE MQTT message (envelopes separated by
 "\\n") at QoS 1, with at most `window` messages unacknowledged. A PUBACK moves the cursor, which is
 persisted in this gateway's SQLite file (table `upstream_cursor`). Under light load a batch is one
@@ -29,8 +29,22 @@ Failure modes, and what happens:
   counted as `chain_errors`, forwarding continues from that event id; `fengqiao verify` at the county
   shows the break.
 
-TOML (the `[upstream]` table; see `Upstream.from_config`):
-    host, port, topic, username, password, cafile, key_file, batch_max, window, keepalive_s, name
+Plugin: `attach(app)` (the gateway loads `gateway.upstream` by default) reads the `[upstream]` table,
+creates/loads the signing key, registers the forward-queue gauge and starts the forwarder:
+
+    [upstream]
+    gateway_id = "township-1"              # prefixes envelope ids; no ':'
+    host = "county.example.cn"             # the county broker
+    port = 8883
+    topic = "fq/v1/county/township-1"
+    cafile = "county-ca.pem"               # optional: TLS to the county broker
+    username = "township-1"                # optional
+    password = "..."                       # optional
+    key_file = "upstream_signing_key.pem"  # Ed25519 key, created with mode 0600 on first run
+    batch_max = 50                         # envelopes per MQTT message (one signature each)
+    window = 4                             # MQTT messages in flight
+    keepalive_s = 15
+    name = "county"                        # cursor name (a second upstream would use another)
 """
 
 import collections
@@ -121,7 +135,7 @@ class Upstream:
     def from_config(cls, section, store, signing_key, gateway_id, clock=None):
         """Build from the `[upstream]` TOML table (a dict)."""
         known = {"host", "port", "topic", "username", "password", "cafile", "key_file", "batch_max", "window",
-                 "keepalive_s", "name", "client_id"}
+                 "keepalive_s", "name", "client_id", "gateway_id"}
         unknown = set(section) - known
         if unknown:
             raise UpstreamError("unknown [upstream] setting(s): %s" % ", ".join(sorted(unknown)))
@@ -406,3 +420,36 @@ class Upstream:
                 self._inflight.append([info.mid, events[-1].event_id, events[-1].hash, len(events), False])
                 self._sent = (events[-1].event_id, events[-1].hash)
             self.counters["published_messages"] += 1
+
+
+def attach(app):
+    """Gateway plugin entry point: start forwarding if the config has an [upstream] table."""
+    from gateway.keys import SigningKey
+
+    section = dict(app.config.section("upstream"))
+    if not section:
+        log.warning("no [upstream] section in the config: events are stored but not forwarded")
+        return None
+    gateway_id = section.get("gateway_id")
+    if not gateway_id:
+        raise UpstreamError("[upstream] needs 'gateway_id' (it prefixes every envelope id)")
+    key = SigningKey.load_or_create(app.config.path_of(section.get("key_file", "upstream_signing_key.pem")))
+    if section.get("cafile"):
+        section["cafile"] = app.config.path_of(section["cafile"])
+    up = Upstream.from_config(section, app.store, key, gateway_id, clock=app.clock)
+    metrics = getattr(app, "metrics", None)
+    if metrics is not None:
+        metrics.gauge_fn("fengqiao_forward_queue_depth", up.queue_depth)
+    log.info("upstream forwarding to %s:%d topic %s as %s (key %s), resuming after event %d",
+             up.host, up.port, up.topic, gateway_id, key.key_id, up.cursor()[0])
+    return _Plugin(up.start())
+
+
+class _Plugin:
+    """What attach() returns: the app calls stop() before it closes the store."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+
+    def stop(self):
+        self.upstream.close()

@@ -3,7 +3,7 @@
     fengqiao verify envelopes.jsonl --pubkey gateway.pub [--device-keys keys.txt] [--show]
     fengqiao verify --broker HOST:PORT --topic 'fq/v1/county/#' --count 100 --timeout 30 --pubkey ...
 
-Checks (SPEC section 9.4): every envelope's fields and recomputed chain hash, every signature, the
+Checks (SPEC section 10.4): every envelope's fields and recomputed chain hash, every signature, the
 chain's continuity (a removed, reordered or altered envelope breaks it), that every event is covered
 by a valid signature, and -- for devices whose keys are given -- the device MAC inside each frame.
 Prints a summary, then one line per problem; exit status 1 when there is any problem.

@@ -1,4 +1,4 @@
-"""Envelopes (SPEC section 9): built from stored events, signed per batch, every field covered."""
+"""Envelopes (SPEC section 10): built from stored events, signed per batch, every field covered."""
 
 import json
 
