@@ -42,6 +42,7 @@ from protocol.errors import (
     MalformedFrame,
     Oversize,
     TopicMismatch,
+    UnknownKey,
     UnknownType,
     UnsupportedVersion,
     WrongDirection,
@@ -210,11 +211,14 @@ def encode(k_dir, topic, msg_type, device_id, key_id, seq, device_time, body):
     return sign(k_dir, expected, unsigned)
 
 
-def decode(k_dir, topic, data, downlink):
+def decode(k_dir, topic, data, downlink, key_id=None):
     """Verify and decode one frame received on `topic` in the order of SPEC section 2:
-    header (length, version, direction, type), topic, MAC, then the body and its schema.
-    `downlink` is True on a device (it accepts only downlinks), False on a gateway."""
+    header (length, version, direction, type), key id, topic, MAC, then the body and its schema.
+    `downlink` is True on a device (it accepts only downlinks), False on a gateway. With `key_id`
+    (a device passes its own), a frame made with another key id raises UnknownKey."""
     h = peek(data, downlink)
+    if key_id is not None and h.key_id != key_id:
+        raise UnknownKey("frame made with key id %d, not %d" % (h.key_id, key_id))
     topic_b = _topic_bytes(topic)
     if topic_b != topic_for(h.msg_type, h.device_id).encode("utf-8"):
         raise TopicMismatch("frame for %08x received on another topic" % h.device_id)

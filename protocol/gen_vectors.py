@@ -182,6 +182,10 @@ def invalid_frames():
     inv("unknown-type-up", "UnknownType", build(0x08, enc([0])), "uplink code 0x08")
     inv("unknown-type-up-0", "UnknownType", build(0x00, enc([0])), "uplink code 0x00")
     inv("unknown-type-down", "UnknownType", build(0x84, enc([0])), "downlink code 0x84", receiver="device")
+    inv("unknown-key-id", "UnknownKey", build(0x03, enc([0]), key_id=2),
+        "made with key id 2 (receiver has only key id 1)")
+    inv("unknown-key-id-down", "UnknownKey", build(0x81, enc([7, 0, T0]), key_id=0),
+        "downlink made with key id 0 (device has key id 1)", receiver="device")
     inv("zero-device-id", "MalformedFrame", build(0x03, enc([0]), device_id=0), "device id 0")
     inv("zero-seq", "MalformedFrame", build(0x03, enc([0]), seq=0), "seq 0")
     for vid, code, body, note in (
@@ -282,8 +286,9 @@ FRAME_FIELDS = """# Fields: id; expect ("ok" or the exact protocol.errors name);
 #   uplink with K_up; "device": decode as a downlink with K_down); device_key (hex, 32 bytes);
 #   key_id; topic (the topic the frame was received on); frame (hex); note. When expect is "ok":
 #   type, device_id, seq, time (null = 0 on the wire), body (hex of the exact body bytes).
-#   Device-codec receivers are given the direction key; the strict decoder gets a key lookup that
-#   returns device_key for key_id (any device id) and raises UnknownKey for any other key id.
+#   key_id is the receiver's key id: the device codec gets the direction key and key_id (another
+#   key id in the frame is UnknownKey); the strict decoder gets a key lookup that returns
+#   device_key for key_id (any device id) and raises UnknownKey for any other key id.
 """
 CBOR_FIELDS = """# Fields: id; cbor (hex of one body); expect ("ok" or the exact error name); note.
 #   An "ok" item must decode and re-encode to the same bytes.
