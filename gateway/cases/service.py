@@ -179,9 +179,6 @@ class CaseService:
         self._step(case_id, "received", ev.received_at, "system",
                    {"event_id": ev.event_id, "device": device_text(ev.device_id), "seq": ev.seq,
                     "kind": severity.kind_name(kind), "device_time": ev.device_time})
-        self._emit(case_id, "case_opened", ev.received_at, "system", ev.device_id, place,
-                   {"alarm_event_id": ev.event_id, "kind": severity.kind_name(kind), "level": level,
-                    "group": group, "village": village})
 
         neighbours, checkpoints, notify, note = [], [], [], None
         if d is None:
@@ -202,6 +199,10 @@ class CaseService:
                 self._siren_on(case_id, dev, PATTERN_PATROL, duration, now)
             notify = [first] if first else []
         self._queue(case_id, "ack", {"device_id": ev.device_id, "seq": ev.seq, "stage": STAGE_DISPATCHED})
+        # sirens and the button's ack are queued first: they go out before any event is written to the log
+        self._emit(case_id, "case_opened", ev.received_at, "system", ev.device_id, place,
+                   {"alarm_event_id": ev.event_id, "kind": severity.kind_name(kind), "level": level,
+                    "group": group, "village": village})
         detail = {"level": level, "first_responder": first, "notify": notify,
                   "sirens": [device_text(x) for x in neighbours], "checkpoints": [device_text(x) for x in checkpoints],
                   "village_deadline": v_deadline, "township_deadline": t_deadline}

@@ -59,6 +59,7 @@ class PatrolService:
         self._lock = threading.RLock()
         self._directory = DirectoryCache(db, registry)
         self._dirty_dates = set()
+        self._offsets = {}          # device_id -> last clock offset written
         self.emit_failures = 0
 
     def directory(self):
@@ -79,9 +80,13 @@ class PatrolService:
         """A heartbeat sent with an empty outbox travelled live: its time shows the device's clock offset."""
         if not ev.device_time or ev.body[2] != 0:
             return None
+        offset = ev.device_time - ev.received_at
         with self._lock:
-            self.db.execute("INSERT OR REPLACE INTO patrol_device_clock VALUES (?,?,?)",
-                            (ev.device_id, ev.device_time - ev.received_at, ev.received_at))
+            last = self._offsets.get(ev.device_id)
+            if last is None or abs(last - offset) >= 1.0:     # skip the write when nothing changed
+                self.db.execute("INSERT OR REPLACE INTO patrol_device_clock VALUES (?,?,?)",
+                                (ev.device_id, offset, ev.received_at))
+                self._offsets[ev.device_id] = offset
         return ev.device_id
 
     def on_checkin(self, ev):

@@ -1,0 +1,64 @@
+"""The gateway plugin (unit level: real EventStore and SQLite, a stub service and context): catch-up of
+events committed while no handler ran, the stage lookup for resent alarms, stop."""
+
+from gateway.cases.hooks import CasesPlugin
+from gateway.clock import ManualClock
+from gateway.events import NewDeviceEvent
+from gateway.store import EventStore
+from gateway.village.testing import StubContext, sample_db
+
+
+class StubService:
+    def __init__(self):
+        self.handlers, self.timers, self.stage_lookup = [], [], None
+
+    def add_event_handler(self, fn):
+        self.handlers.append(fn)
+
+    def add_timer(self, fn, interval_s):
+        self.timers.append((fn, interval_s))
+
+    def set_stage_lookup(self, fn):
+        self.stage_lookup = fn
+
+
+def device_event(device_id, seq, kind, body, t):
+    return NewDeviceEvent(kind, device_id, 1, seq, body, b"frame", "fq/v1/%08x/up" % device_id, int(t))
+
+
+def test_catch_up_opens_cases_for_events_no_handler_saw(tmp_path):
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    store.append_device_events([device_event(0x101, 1, "heartbeat", [4000, 1, 0, None, 10000], clock.now())])
+    plugin = CasesPlugin(path, clock, store)           # a fresh plugin starts at the log's head ...
+    svc = StubService()
+    plugin.install(svc, tick_s=0.5)
+    assert svc.timers[0][1] == 0.5 and len(svc.handlers) == 1
+    # ... so the old heartbeat is not replayed, but an alarm committed while the process was dying is
+    store.append_device_events([device_event(0x102, 1, "alarm", [2], clock.now()),
+                                device_event(0x301, 1, "checkin", [101, bytes.fromhex("04a1b2c3")], clock.now())])
+    ctx = StubContext(clock, store=store)
+    svc.timers[0][0](ctx)
+    (case,) = plugin.cases.list_cases()
+    assert case["device_id"] == 0x102 and case["level"] == 4          # medical at the lone elderly person's home
+    assert ctx.acks == [(0x102, 1, 1, clock.now())] and set(ctx.sirens()) == {0x101, 0x103, 0x104, 0x301, 0x302,
+                                                                                0x303, 0x304}
+    assert len(plugin.patrol.checkins_between(0, 2e9)) == 1
+    # the live handler seeing the same event afterwards changes nothing
+    alarm = store.events_after(0)[1]
+    svc.handlers[0](alarm, ctx)
+    svc.timers[0][0](ctx)
+    assert len(plugin.cases.list_cases()) == 1 and len(ctx.acks) == 1
+    assert svc.stage_lookup(alarm) == 1
+    plugin.cases.acknowledge(case["case_id"], "p-chen-li")
+    assert svc.stage_lookup(alarm) == 2
+    heartbeat = store.events_after(0)[0]
+    assert svc.stage_lookup(heartbeat) == 0
+    # a restarted plugin resumes from its cursor, not from the head
+    assert CasesPlugin(path, clock, store).cases.cursor("events") == plugin.cases.cursor("events") >= 3
+    plugin.stop()
+    svc.handlers[0](alarm, ctx)                                          # after stop: a no-op, no error
+    svc.timers[0][0](ctx)
+    store.close()
