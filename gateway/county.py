@@ -28,9 +28,10 @@ log = logging.getLogger("fengqiao.county")
 
 class CountyRecorder:
     def __init__(self, host, port, topic, path, client_id="fq-county-recorder", dedup=True,
-                 username=None, password=None, cafile=None):
+                 username=None, password=None, cafile=None, on_envelope=None):
         self.host, self.port, self.topic, self.path = host, int(port), topic, str(path)
         self.dedup = dedup
+        self.on_envelope = on_envelope   # called with each new envelope line (e.g. to print it)
         self.ids = []            # envelope ids in the order first received
         self.duplicates = 0
         self.malformed = 0
@@ -99,6 +100,8 @@ class CountyRecorder:
                 if env_id is not None:
                     self.ids.append(env_id)
                 self._file.write(line + "\n")
+                if self.on_envelope is not None:
+                    self.on_envelope(line)
             self._file.flush()
             self._cond.notify_all()
 
@@ -118,6 +121,15 @@ class CountyRecorder:
         return True
 
 
+def _show(line):
+    from gateway import envelope
+
+    try:
+        print(envelope.render(envelope.loads(line)), flush=True)
+    except envelope.EnvelopeError as exc:
+        print("(unreadable envelope: %s)" % exc, flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m gateway.county", description=__doc__.split("\n")[0])
     p.add_argument("--broker", required=True, help="HOST:PORT of the county broker")
@@ -127,11 +139,13 @@ def main(argv=None):
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument("--cafile")
+    p.add_argument("--show", action="store_true", help="print each new envelope human-readably")
     args = p.parse_args(argv)
     host, _, port = args.broker.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rec = CountyRecorder(host or "127.0.0.1", int(port), args.topic, args.out, client_id=args.client_id,
-                         username=args.username, password=args.password, cafile=args.cafile).start()
+                         username=args.username, password=args.password, cafile=args.cafile,
+                         on_envelope=_show if args.show else None).start()
     print("recording %s from %s into %s (Ctrl-C to stop)" % (args.topic, args.broker, args.out), flush=True)
     try:
         while True:
