@@ -48,7 +48,8 @@ def add_arguments(parser):
     p.add_argument("--factory-reset", action="store_true",
                    help="erase an identity already on the unit first (its outbox and counters too)")
     g = p.add_argument_group("gateway registration (optional)")
-    g.add_argument("--gateway-config", help="gateway TOML: register in its registry and allow it on its broker")
+    g.add_argument("--gateway-config", help="gateway TOML: register in its registry and allow it on its broker "
+                                            "(the unit then uses the broker's TLS port and CA unless --ca is given)")
     g.add_argument("--gateway-db", help="registry database (SQLite) to register in, without touching the broker")
     g.add_argument("--master-key", help="registry master key file (with --gateway-db)")
     g.add_argument("--place", help="place id of the unit in the registry")
@@ -96,8 +97,9 @@ def _read_text(path, what):
         raise CliError("cannot read %s %s: %s" % (what, path, exc)) from exc
 
 
-def build_config(args, key):
-    """The config dict sent to the unit (CONSOLE.md), with the key as hex."""
+def build_config(args, key, ca_path=None, tls_port=None):
+    """The config dict sent to the unit (CONSOLE.md), with the key as hex. ca_path/tls_port are
+    the gateway broker's, used when --ca / --broker-port are not given."""
     if args.role == "checkin" and args.checkpoint_id is None:
         raise CliError("--checkpoint-id is required for role checkin")
     if args.checkpoint_id is not None and not 0 <= args.checkpoint_id <= 65535:
@@ -105,17 +107,19 @@ def build_config(args, key):
     if not 0 <= args.key_id <= 255:
         raise CliError("--key-id must be 0..255")
     ca = None
-    if args.ca:
-        ca = _read_text(args.ca, "CA file").strip() + "\n"
+    ca_path = args.ca or ca_path
+    if ca_path:
+        ca = _read_text(ca_path, "CA file").strip() + "\n"
         if "-----BEGIN CERTIFICATE-----" not in ca:
-            raise CliError("%s is not a PEM certificate" % args.ca)
+            raise CliError("%s is not a PEM certificate" % ca_path)
     password = os.environ.get("FENGQIAO_WIFI_PASSWORD", "")
     if args.wifi_password_file:
         password = _read_text(args.wifi_password_file, "Wi-Fi password file").strip("\r\n")
     return {
         "device_id": _device_id(args.device_id), "key_id": args.key_id, "key": bytes(key).hex(),
         "role": args.role, "wifi_ssid": args.wifi_ssid, "wifi_password": password,
-        "broker_host": args.broker_host, "broker_port": args.broker_port or (8883 if ca else 1883),
+        "broker_host": args.broker_host,
+        "broker_port": args.broker_port or ((tls_port or 8883) if ca else 1883),
         "tls": ca is not None, "ca_pem": ca, "checkpoint_id": args.checkpoint_id,
         "pins": _pairs(args.pin, "--pin", _pin_value), "settings": _pairs(args.setting, "--setting", int),
     }
@@ -178,7 +182,6 @@ class _Gateway:
             self.registry.add_device(device_id, GATEWAY_ROLES[role], self.args.place, key=bytes(key), key_id=key_id,
                                      power=self.args.power)
             if self.broker is not None:
-                self.broker.setup()
                 self.broker.add_device(device_id, bytes(key), reload=False)
                 self.broker.reload()
         except RegistryError as exc:
@@ -227,9 +230,15 @@ def run(args):
     gateway = None
     con = SerialConsole(args.port, args.baud, timeout_s=args.timeout_s)
     try:
-        cfg = build_config(args, key)
+        ca_path = tls_port = None
         if args.gateway_config or args.gateway_db:
             gateway = _Gateway(args)
+            if gateway.broker is not None:
+                # Devices reach the township broker over TLS and trust its CA (made on first use).
+                gateway.broker.setup()
+                ca_path, tls_port = gateway.broker.ca_path, gateway.broker.tls_port
+        cfg = build_config(args, key, ca_path, tls_port)
+        if gateway is not None:
             gateway.check_new(cfg["device_id"])
         try:
             con.open()

@@ -182,3 +182,26 @@ def test_not_a_fengqiao_device_is_a_clear_error(tmp_path, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.timeout(90)
+def test_gateway_config_registers_allows_on_broker_and_gives_tls_settings(unit, tmp_path, capsys):
+    from gateway.registry import Registry
+
+    gw = tmp_path / "gw"
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('[gateway]\ndata_dir = "%s"\n[broker]\ntls_port = 28883\n' % gw)
+    rc = main(["provision", "--port", unit.port, "--device-id", "000000c1", "--role", "checkin",
+               "--checkpoint-id", "3", "--broker-host", "township.local", "--gateway-config", str(conf),
+               "--no-reboot"])
+    assert rc == 0, capsys.readouterr().err
+    stored = read_identity(unit.flash_dir)
+    ca = (gw / "broker" / "ca.pem").read_text()
+    assert stored["tls"] is True and stored["ca_pem"].strip() == ca.strip() and stored["broker_port"] == 28883
+    assert (gw / "broker" / "passwd").read_text().startswith("000000c1:")
+    reg = Registry(str(gw / "gateway.db"), str(gw / "master.key"))
+    try:
+        assert reg.device_key(0xC1, 1).hex() == stored["key"]
+        assert reg.device(0xC1).role == "checkpoint"
+    finally:
+        reg.close()
