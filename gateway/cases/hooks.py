@@ -17,6 +17,7 @@ the process died right after the commit. A fresh database starts the cursor at t
 """
 
 import logging
+import os
 
 from gateway.cases.service import CaseService
 from gateway.patrol.service import PatrolService
@@ -99,8 +100,45 @@ class CasesPlugin:
 
 
 def attach(app):
-    """G-core's plugin entry point (gateway.cli.GatewayApp)."""
+    """G-core's plugin entry point (gateway.cli.GatewayApp). Gateway config section:
+
+        [cases]
+        tick_s = 1.0                         # timer: deadlines, patrol rounds, CLI actions' effects
+        village_file = "village.toml"        # optional: imported at start when it changed
+    """
     section = app.config.section("cases") if getattr(app, "config", None) else {}
+    unknown = set(section) - {"tick_s", "village_file"}
+    if unknown:
+        raise ValueError("unknown key(s) in [cases]: %s" % ", ".join(sorted(unknown)))
     tick_s = float(section.get("tick_s", 1.0))
+    if section.get("village_file"):
+        import_if_changed(app.store.path, app.config.path_of(section["village_file"]), app.registry, app.clock)
     plugin = CasesPlugin(app.store.path, app.clock, app.store, app.registry)
     return plugin.install(app.service, tick_s)
+
+
+def import_if_changed(db_path, village_path, registry, clock):
+    """Import the village file at start unless the same content is already imported; an invalid
+    file stops the start with every error (the gateway never runs on half a configuration)."""
+    import hashlib
+    import json
+
+    from gateway.village.cli import sync_registry
+    from gateway.village.config import parse_village
+    from gateway.village.db import import_village
+
+    with open(village_path, encoding="utf-8") as f:
+        data = parse_village(f.read(), os.path.basename(village_path))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    db = open_db(db_path)
+    try:
+        row = db.execute("SELECT value FROM village_meta WHERE key = 'sha256'").fetchone()
+        if row and row[0] == digest:
+            return False
+        if registry is not None:
+            sync_registry(registry, data)
+        import_village(db, data, os.path.abspath(village_path), clock.now())
+        log.info("village configuration imported", extra={"fields": {"file": village_path}})
+        return True
+    finally:
+        db.close()

@@ -39,6 +39,7 @@ STAGE_STORED, STAGE_DISPATCHED, STAGE_RESPONDER, STAGE_CLOSED, STAGE_CANCELLED =
 PATTERN_NEIGHBOUR, PATTERN_PATROL = 1, 2
 DOWN_SIREN = 0x82
 MAX_ATTEMPTS = 5
+LATE_DELIVERY_S = 60       # an alarm whose device time is older than this when stored is marked late
 OPEN_STATES = ("open", "acknowledged")
 
 _SCHEMA = """
@@ -176,9 +177,12 @@ class CaseService:
              ev.device_time, now, v_deadline, t_deadline, first))
         case_id = cur.lastrowid
         self._input(ev, case_id, "first")
-        self._step(case_id, "received", ev.received_at, "system",
-                   {"event_id": ev.event_id, "device": device_text(ev.device_id), "seq": ev.seq,
-                    "kind": severity.kind_name(kind), "device_time": ev.device_time})
+        received = {"event_id": ev.event_id, "device": device_text(ev.device_id), "seq": ev.seq,
+                    "kind": severity.kind_name(kind), "device_time": ev.device_time}
+        if ev.device_time and ev.received_at - ev.device_time > LATE_DELIVERY_S:
+            # sent from the button's outbox after an outage: still dispatched, but say how old it is
+            received["delivered_late_s"] = round(ev.received_at - ev.device_time)
+        self._step(case_id, "received", ev.received_at, "system", received)
 
         neighbours, checkpoints, notify, note = [], [], [], None
         if d is None:

@@ -62,3 +62,48 @@ def test_catch_up_opens_cases_for_events_no_handler_saw(tmp_path):
     svc.handlers[0](alarm, ctx)                                          # after stop: a no-op, no error
     svc.timers[0][0](ctx)
     store.close()
+
+
+class StubApp:
+    def __init__(self, tmp_path, clock, section):
+        self.clock = clock
+        self.store = EventStore(tmp_path / "g.db", clock)
+        self.registry = None
+        self.service = StubService()
+        self.config = self
+
+    def section(self, name):
+        return self._section
+
+    def path_of(self, value):
+        return str(value)
+
+
+def test_attach_imports_the_village_file_when_it_changed(tmp_path):
+    import pytest
+
+    from gateway.cases.hooks import attach
+    from gateway.village.config import ConfigInvalid
+    from gateway.village.db import import_id, open_db
+    from gateway.village.testing import sample_text
+
+    village = tmp_path / "village.toml"
+    village.write_text(sample_text(), encoding="utf-8")
+    app = StubApp(tmp_path, ManualClock(), None)
+    app._section = {"tick_s": 0.25, "village_file": str(village)}
+    attach(app).stop()
+    db = open_db(tmp_path / "g.db")
+    assert import_id(db) == 1 and app.service.timers[0][1] == 0.25
+    attach(app).stop()                                      # unchanged file: not imported again
+    assert import_id(db) == 1
+    village.write_text(sample_text().replace('name = "Chen Li"', 'name = "Chen Li (new phone)"'), encoding="utf-8")
+    attach(app).stop()
+    assert import_id(db) == 2
+    village.write_text(sample_text().replace('level = 4\n', 'level = 6\n', 1), encoding="utf-8")
+    with pytest.raises(ConfigInvalid):
+        attach(app)
+    assert import_id(db) == 2
+    app._section = {"tick": 1}
+    with pytest.raises(ValueError, match="unknown key"):
+        attach(app)
+    app.store.close()

@@ -329,3 +329,10 @@ def test_without_configuration_a_case_is_still_opened(tmp_path):
     case_id = press(svc, ctx, EventMaker(clock).alarm(0x42, FIRE))
     assert ctx.downlinks == [] and ctx.acks[0][2] == 1
     assert "no village configuration" in svc.get(case_id)["steps"][1]["detail"]["note"]
+
+
+def test_an_alarm_from_an_outbox_is_dispatched_and_marked_late(env):
+    svc, ctx, mk, clock, _ = env
+    case_id = press(svc, ctx, mk.alarm(0x101, FIRE, device_time=int(clock.now()) - 1800))
+    received = svc.get(case_id)["steps"][0]
+    assert received["detail"]["delivered_late_s"] == 1800 and ctx.sirens()
