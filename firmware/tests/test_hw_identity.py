@@ -52,3 +52,28 @@ def test_identity_file_format_is_crc_protected():
     import zlib
 
     assert end == b"" and crc == b"%08x" % zlib.crc32(line)
+
+
+@pytest.mark.timeout(60)
+def test_crc_valid_file_with_bad_fields_is_corrupt_not_misread(tmp_path):
+    import json
+    import zlib
+
+    cases = {"role": {"role": "siren"}, "key": {"key": "abcd"}, "device_id": {"device_id": "42"},
+             "missing": {"broker_port": None}, "version": {"v": 2}}
+    good = json.loads(encode_identity({"device_id": 1, "key": b"\x02" * 32, "role": "alarm"}).split(b"\n")[0])
+    for name, change in cases.items():
+        doc = dict(good, **change)
+        doc = {k: v for k, v in doc.items() if v is not None}
+        line = json.dumps(doc).encode()
+        d = tmp_path / name / "data"
+        d.mkdir(parents=True)
+        (d / "identity.cfg").write_bytes(line + b"\n%08x\n" % zlib.crc32(line))
+    code = "import identity\nfor n in %r:\n" % sorted(cases) + (
+        "    try:\n"
+        "        identity.load(%r + '/' + n)\n"
+        "        print('LOADED', n)\n"
+        "    except identity.CorruptConfig:\n"
+        "        print('CORRUPT', n)\n") % str(tmp_path)
+    proc = run_micropython_code(code, heap="64k", extra_paths=[build_image("host")])
+    assert sorted(proc.stdout.split("\n")[:-1]) == sorted("CORRUPT %s" % n for n in cases), proc.stdout + proc.stderr
