@@ -19,6 +19,8 @@ PREFIX = b"FQ1 "
 MAX_LINE = 4096  # a config with a 2 KB CA certificate in JSON fits with room to spare
 PROTO = 1
 FW_DEFAULT = 10000  # 1.0.0 unless the application passes its own version
+# Commands in console/admin.py (imported on first use, so a running role does not hold them).
+_ADMIN = ("write_config", "factory_reset", "selftest", "reboot")
 
 
 class ConsoleError(Exception):
@@ -120,9 +122,15 @@ class Console:
                 raise ConsoleError("bad_request", "id must be an integer 0..2^31-1")
             cmd = req.get("cmd")
             handler = getattr(self, "_cmd_" + cmd, None) if type(cmd) is str else None
-            if handler is None:
+            if handler is None and cmd in _ADMIN:
+                from console import admin
+
+                handler = getattr(admin, cmd)
+                out = handler(self, req)
+            elif handler is None:
                 raise ConsoleError("unknown_cmd", "unknown command %r" % (cmd,))
-            out = handler(req)
+            else:
+                out = handler(req)
             reply = {"id": rid, "ok": True}
             if out:
                 reply.update(out)
@@ -149,20 +157,6 @@ class Console:
                 out["corrupt"] = True
         return out
 
-    def _cmd_write_config(self, req):
-        if identity.is_provisioned(self.root):
-            raise ConsoleError("already_provisioned",
-                               "this unit has an identity; factory_reset it first")
-        cfg = req.get("cfg")
-        try:
-            fp = identity.save(self.root, cfg)
-        except identity.InvalidConfig as e:
-            raise ConsoleError("invalid_config", "%s: %s" % (e.args[0], e.args[1]))
-        except OSError as e:
-            raise ConsoleError("storage_error", "flash write failed: %r" % e)
-        self.changed = True
-        return {"key_fingerprint": fp}
-
     def _cmd_read_config(self, req):
         try:
             cfg = identity.load(self.root)
@@ -173,33 +167,6 @@ class Console:
         key = cfg.pop("key")
         cfg["key_fingerprint"] = identity.fingerprint(key)
         return {"cfg": cfg}
-
-    def _cmd_factory_reset(self, req):
-        hwid = self.board.hardware_id()
-        if req.get("confirm") != hwid:
-            raise ConsoleError("confirm_required",
-                               "send confirm: <hardware id> (identify gives it) to erase this unit")
-        try:
-            identity.factory_reset(self.root)
-        except OSError as e:
-            raise ConsoleError("storage_error", "erase failed: %r" % e)
-        self.changed = True
-        return {"erased": True}
-
-    def _cmd_selftest(self, req):
-        run = self._selftest
-        if run is None:
-            import selftest
-            run = selftest.run
-        return run(self.board)
-
-    def _cmd_reboot(self, req):
-        reboot = getattr(self.board, "reboot", None)
-        if reboot is None:
-            raise ConsoleError("bad_request", "this board cannot reboot itself")
-        # Answer first: the reset takes the serial line with it.
-        self._send({"id": req.get("id"), "ok": True, "rebooting": True})
-        reboot()
 
 
 def serve(board, root=None, fw=FW_DEFAULT, idle_ms=10):
