@@ -1,0 +1,330 @@
+# Clock, MQTT packets, uplink (emit/build/downlinks), alarm-button state machine -> LED state,
+# and health events, on the MicroPython VM with a fake board and link (argv[1] = scratch dir).
+import os
+import struct
+import sys
+import time
+
+from app_harness import check, eq, run_all
+
+import mqtt
+from app.uplink import Uplink
+from clock import Clock
+from outbox import PRIO_ALARM, PRIO_NORMAL
+from protocol import frame
+
+ROOT = sys.argv[1]
+D = None
+KEY = bytes(range(32))
+DEV = 0x1234
+NOW = 1790000000
+
+
+def fresh(name):
+    global D
+    D = ROOT + "/" + name
+    os.mkdir(D)
+
+
+class FakeTicks:
+    def __init__(self):
+        self.t = 1000
+
+    def __call__(self):
+        return self.t
+
+
+class Hist:
+    def __init__(self):
+        self.v = None
+
+    def rgb(self, r, g, b):
+        self.v = (r, g, b)
+
+    def on(self):
+        self.v = 1
+
+    def off(self):
+        self.v = 0
+
+
+class FakeBoard:
+    def __init__(self):
+        self.level = 0
+        self.open = 0
+        self.mv = 4000
+        self.led = Hist()
+        self.led.is_rgb = True
+        self.buzzer = Hist()
+
+    def button(self):
+        return self.level
+
+    def tamper(self):
+        return self.open
+
+    def battery_mv(self):
+        return self.mv
+
+    def rssi(self):
+        return None
+
+
+class FakeLink:
+    up = True
+    sessions = 1
+
+
+def cfg():
+    return {"device_id": DEV, "key_id": 1, "key": KEY, "settings": {"heartbeat_interval_s": 300,
+            "checkin_repeat_s": 600, "hold_ms": 1000, "low_battery_mv": 3400}}
+
+
+def downlink(seq, msg_type, body, key=KEY, topic=None):
+    _ku, kd = frame.derive_keys(key)
+    t = topic or frame.downlink_topic(DEV)
+    return t, frame.encode(kd, frame.downlink_topic(DEV), msg_type, DEV, 1, seq, NOW, body)
+
+
+# -- clock ----------------------------------------------------------------------------------
+def test_clock_unknown_until_adopted_then_follows_ticks():
+    tk = FakeTicks()
+    c = Clock(tk)
+    eq(c.now(), 0, "unknown")
+    check(not c.adopt(12345), "implausible time refused")
+    check(c.adopt(NOW), "adopt")
+    tk.t += 2500
+    eq(c.now(), NOW + 2, "2.5 s later")
+    eq(c.at_ticks(1000), NOW, "at the adoption instant")
+
+
+def test_clock_reanchors_so_ticks_never_overflow_the_offset():
+    tk = FakeTicks()
+    c = Clock(tk)
+    c.adopt(NOW)
+    for hour in range(1, 30):  # a day without acks, advancing in steps under half the period
+        tk.t = time.ticks_add(tk.t, 3600 * 1000)
+        eq(c.now(), NOW + hour * 3600, "hour %d" % hour)
+
+
+# -- MQTT packets ---------------------------------------------------------------------------
+def test_mqtt_packets_bytes():
+    eq(mqtt.connect_packet("0000002a", "0000002a", "pw", 60),
+       b"\x10\x22\x00\x04MQTT\x04\xc2\x00\x3c\x00\x080000002a\x00\x080000002a\x00\x02pw", "CONNECT")
+    eq(mqtt.publish_packet("t", b"xy", 7), b"\x32\x07\x00\x01t\x00\x07xy", "PUBLISH qos1")
+    eq(mqtt.subscribe_packet(3, "a/b"), b"\x82\x08\x00\x03\x00\x03a/b\x01", "SUBSCRIBE")
+    eq(mqtt.puback_packet(0x1234), b"\x40\x02\x12\x34", "PUBACK")
+    big = mqtt.publish_packet("t", b"z" * 200, 1)
+    eq(big[1:3], b"\xcd\x01", "two-byte remaining length (2 + 1 + 2 + 200 = 205)")
+
+
+def test_mqtt_parse_publish_and_bad_packets():
+    eq(mqtt.parse_publish(0x32, b"\x00\x01t\x00\x07xy"), ("t", 7, b"xy"), "qos1")
+    eq(mqtt.parse_publish(0x30, b"\x00\x01txy"), ("t", None, b"xy"), "qos0")
+    for first, body in ((0x32, b"\x00"), (0x32, b"\x00\x09abc"), (0x36, b"\x00\x01t\x00\x01")):
+        try:
+            mqtt.parse_publish(first, body)
+            check(False, "accepted %r" % body)
+        except mqtt.BadPacket:
+            pass
+
+
+def test_tls_context_rejects_non_pem_ca():
+    try:
+        mqtt.tls_context("not a certificate")
+        check(False, "accepted garbage CA")
+    except mqtt.TlsFailure:
+        pass
+
+
+# -- uplink ---------------------------------------------------------------------------------
+def test_uplink_emit_build_and_ack_removes_and_sets_clock():
+    c = Clock()
+    up = Uplink(cfg(), D, c)
+    seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+    data = up.build(seq)
+    k_up, _kd = frame.derive_keys(KEY)
+    f = frame.decode(k_up, frame.uplink_topic(DEV), data, downlink=False)
+    eq((f.name, f.seq, f.body, f.device_time), ("alarm", seq, [0], None), "frame")
+    acks = []
+
+    class L:
+        def on_ack(self, s, stage):
+            acks.append((s, stage))
+
+    up.listeners.append(L())
+    up.on_message(*downlink(1, frame.DOWN_ACK, [seq, 0, NOW]))
+    eq(acks, [(seq, 0)], "listener told")
+    eq(len(up.outbox), 0, "removed from outbox")
+    check(c.known and abs(c.now() - NOW) <= 1, "clock adopted")
+
+
+def test_uplink_event_stored_without_clock_is_stamped_once_clock_known():
+    c = Clock()
+    up = Uplink(cfg(), D, c)
+    seq = up.emit(frame.UP_CHECKIN, [5, b"\x01\x02\x03\x04"], PRIO_NORMAL)
+    c.adopt(NOW)
+    k_up, _kd = frame.derive_keys(KEY)
+    f = frame.decode(k_up, frame.uplink_topic(DEV), up.build(seq), downlink=False)
+    check(f.device_time is not None and abs(f.device_time - NOW) <= 1, "stamped from ticks: %r" % f.device_time)
+
+
+def test_uplink_rejects_forged_replayed_and_misrouted_downlinks():
+    up = Uplink(cfg(), D, Clock())
+    seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+    up.on_message(*downlink(5, frame.DOWN_ACK, [seq, 0, NOW], key=bytes(32)))  # wrong key
+    eq(len(up.outbox), 1, "forged ack ignored")
+    up.on_message(frame.downlink_topic(DEV), b"\x01\x81" + b"\x00" * 40)
+    up.on_message(*downlink(5, frame.DOWN_ACK, [seq + 50, 0, NOW]))  # fine, acks nothing waiting
+    up.on_message(*downlink(5, frame.DOWN_ACK, [seq, 0, NOW]))  # replay of downlink seq 5
+    eq(len(up.outbox), 1, "replayed ack ignored")
+    t, data = downlink(6, frame.DOWN_ACK, [seq, 0, NOW])
+    up.on_message(frame.downlink_topic(DEV + 1), data)
+    eq(len(up.outbox), 1, "frame on another topic ignored")
+    eq(up.rejected.get("BadMac"), 1, "counted BadMac: %r" % up.rejected)
+    eq(up.rejected.get("MalformedFrame"), 1, "counted MalformedFrame")
+    eq(up.rejected.get("Replay"), 1, "counted Replay")
+    eq(up.rejected.get("TopicMismatch"), 1, "counted TopicMismatch")
+
+
+def test_uplink_config_downlink_updates_settings():
+    c = cfg()
+    up = Uplink(c, D, Clock())
+    got = []
+
+    class L:
+        def on_config(self, changed):
+            got.append(changed)
+
+    up.listeners.append(L())
+    up.on_message(*downlink(1, frame.DOWN_CONFIG, [{1: 60, 3: 1500, 99: 7}]))
+    eq(c["settings"]["heartbeat_interval_s"], 60, "heartbeat interval")
+    eq(c["settings"]["hold_ms"], 1500, "hold")
+    eq(got, [{"heartbeat_interval_s": 60, "hold_ms": 1500}], "unknown key 99 ignored")
+
+
+def test_seq_survives_uplink_restart():
+    up = Uplink(cfg(), D, Clock())
+    a = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+    up2 = Uplink(cfg(), D, Clock())
+    b = up2.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+    check(b > a, "new boot numbers above old: %d > %d" % (b, a))
+    eq(up2.outbox.seqs(), [a, b], "both waiting, in order")
+
+
+# -- alarm button: state machine -> LED -----------------------------------------------------
+def _alarm_role():
+    from alarm_button import AlarmButton
+
+    board = FakeBoard()
+    up = Uplink(cfg(), D, Clock())
+    up.link = FakeLink()
+    role = AlarmButton(board, up, cfg()["settings"], failing_s=1)
+    return board, up, role
+
+
+def _hold(board, role, ms):
+    board.level = 1
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < ms:
+        role.step()
+        time.sleep_ms(10)
+    board.level = 0
+    for _ in range(10):
+        role.step()
+        time.sleep_ms(10)
+
+
+def test_alarm_tap_is_ignored_hold_raises():
+    board, up, role = _alarm_role()
+    _hold(board, role, 150)
+    eq(len(up.outbox), 0, "tap: no event")
+    eq(role.led.state, "idle", "tap: LED idle")
+    _hold(board, role, 1100)
+    eq(len(up.outbox), 1, "hold: alarm stored")
+    eq(role.led.state, "sending", "LED sending")
+
+
+def test_alarm_led_per_state():
+    board, up, role = _alarm_role()
+    _hold(board, role, 1100)
+    seq = role.alarm_seq
+    eq(role.led.state, "sending", "sending")
+    time.sleep_ms(1100)
+    role.step()
+    eq(role.led.state, "failing", "no ack after failing_s")
+    up.link.up = False
+    role.on_ack(seq, 0)
+    role.step()
+    eq(role.led.state, "stored", "stage 0: stored (link state no longer matters)")
+    role.on_ack(seq, 1)
+    role.step()
+    eq(role.led.state, "stored", "stage 1: still stored")
+    role.on_ack(seq, 2)
+    role.step()
+    eq(role.led.state, "coming", "stage 2: someone is coming")
+    eq(board.led.v, (0, 1, 0), "steady green")
+    role.on_ack(seq, 1)  # a late, lower stage never goes back
+    role.step()
+    eq(role.led.state, "coming", "no regression")
+    role.on_ack(seq, 3)
+    role.step()
+    eq(role.led.state, "idle", "closed")
+
+
+def test_alarm_link_down_shows_failing_at_once():
+    board, up, role = _alarm_role()
+    up.link.up = False
+    _hold(board, role, 1100)
+    eq(role.led.state, "failing", "link down")
+
+
+def test_alarm_triple_tap_cancels_open_alarm_only():
+    board, up, role = _alarm_role()
+    for _ in range(3):
+        _hold(board, role, 100)
+    time.sleep_ms(450)
+    role.step()
+    eq(len(up.outbox), 0, "triple tap without an alarm: nothing")
+    _hold(board, role, 1100)
+    alarm = role.alarm_seq
+    for _ in range(3):
+        _hold(board, role, 100)
+    time.sleep_ms(450)
+    role.step()
+    check(role.cancel_seq is not None, "cancel sent")
+    _p, rec = up.outbox.read(role.cancel_seq)
+    eq(rec[0], frame.UP_ALARM_CANCEL, "cancel type")
+    role.on_ack(role.cancel_seq, 0)
+    role.step()
+    eq(role.led.state, "idle", "cancel acked: idle")
+    check(alarm in up.outbox, "alarm still waiting for its own ack")
+
+
+def test_siren_downlink_plays_buzzer():
+    board, up, role = _alarm_role()
+    up.on_message(*downlink(1, frame.DOWN_SIREN, [True, 0, 0]))
+    role.step()
+    eq(board.buzzer.v, 1, "steady siren on")
+    up.on_message(*downlink(2, frame.DOWN_SIREN, [False, 0, 0]))
+    role.step()
+    eq(board.buzzer.v, 0, "siren off")
+
+
+# -- health ---------------------------------------------------------------------------------
+def test_health_tamper_battery_heartbeat_events():
+    from heartbeat import Health
+
+    board = FakeBoard()
+    up = Uplink(cfg(), D, Clock())
+    h = Health(board, up, cfg()["settings"], 10000)
+    seq = h.heartbeat()
+    _p, rec = up.outbox.read(seq)
+    eq(rec[0], frame.UP_HEARTBEAT, "heartbeat type")
+    board.open = 1
+    h.tamper.poll()
+    time.sleep_ms(60)
+    eq(h.tamper.poll(), 1, "opened")
+
+
+run_all(globals(), setup=fresh)
