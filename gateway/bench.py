@@ -44,7 +44,7 @@ def add_arguments(parser):
     parser.add_argument("--rate", type=float, default=1000.0, help="offered load for the latency run, events/s")
     parser.add_argument("--latency-s", type=float, default=8.0, help="duration of the latency run (default 8 s)")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL", help="gateway SQLite sync")
-    parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
+    parser.add_argument("--workdir", help="keep the files of the run in a new directory under this one")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under py-spy (if installed), save FILE")
 
 
@@ -437,9 +437,9 @@ def run(args):
     if args.devices < args.procs or args.events < args.devices:
         raise CliError("need --devices >= --procs and --events >= --devices")
     tmp = None
-    if args.workdir:
-        workdir = os.path.abspath(args.workdir)
-        os.makedirs(workdir, exist_ok=True)
+    if args.workdir:  # a fresh run directory inside it, so a re-run never meets old devices or brokers
+        os.makedirs(args.workdir, exist_ok=True)
+        workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.abspath(args.workdir))
     else:
         tmp = tempfile.TemporaryDirectory(prefix="fq-bench-gw-")
         workdir = tmp.name
@@ -556,11 +556,41 @@ def run(args):
         broker.stop()
         if tmp:
             tmp.cleanup()
+    if args.profile and os.path.exists(args.profile):
+        _say(args, "gateway profile (py-spy, phases b and c), inclusive share of samples:")
+        for line in profile_summary(args.profile):
+            _say(args, "  " + line)
     if not args.json:
         for k in ("bare_limit_events_per_s", "gateway_events_per_s", "ratio", "p50_ms", "p99_ms"):
             print("%-26s %s" % (k, result[k]))
     print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def profile_summary(path, top=15):
+    """Lines summarising a py-spy raw (collapsed stacks) file: share per thread, then per function
+    (inclusive), so the hot spots can be named without a flame-graph viewer."""
+    import collections
+
+    threads, incl, total = collections.Counter(), collections.Counter(), 0
+    with open(path) as f:
+        for line in f:
+            stack, _, n = line.rstrip().rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            n = int(n)
+            total += n
+            frames = stack.split(";")
+            threads[frames[0].split(": ")[-1]] += n
+            for fr in set(frames[1:]):
+                incl[fr] += n
+    if not total:
+        return ["(empty profile)"]
+    out = ["threads: " + ", ".join("%s %.0f%%" % (t, 100.0 * n / total) for t, n in threads.most_common())]
+    skip = ("Thread.run", "Thread._bootstrap", "Thread._bootstrap_inner")
+    for fr, n in [x for x in incl.most_common() if not x[0].startswith(skip)][:top]:
+        out.append("%5.1f%%  %s" % (100.0 * n / total, fr))
+    return out
 
 
 def _register(cfg, devices):

@@ -104,6 +104,9 @@ class Upstream:
         self.cursor_every_s = cursor_every_s
         self.connect_timeout_s = connect_timeout_s
 
+        self.counters = collections.Counter()
+        self.last_error = None
+        self._closed = False
         self._db = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -127,8 +130,6 @@ class Upstream:
         self._client = None
         self._connected = False
         self._session = False
-        self.counters = collections.Counter()
-        self.last_error = None
         store.subscribe(self._on_commit)
 
     @classmethod
@@ -190,7 +191,7 @@ class Upstream:
 
     def _on_commit(self, events):
         """Store subscriber (committing thread): remember the new events and wake the forwarder."""
-        if not events:
+        if not events or self._closed:
             return
         with self._lock:
             cache = self._cache
@@ -240,7 +241,10 @@ class Upstream:
         self._persist_cursor()
 
     def close(self):
+        if self._closed:
+            return
         self.stop()
+        self._closed = True
         self._db.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -194,3 +194,19 @@ def test_configuration_errors_are_named(tmp_path):
     assert up.window == 2 and up.port == 1883
     up.close()
     store.close()
+
+
+def test_cursor_naming_a_replaced_store_is_reported(tmp_path):
+    key = SigningKey.generate()
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    store.append_device_events([alarm(1), alarm(2)])
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        db.execute("CREATE TABLE IF NOT EXISTS upstream_cursor (name TEXT PRIMARY KEY, event_id INTEGER NOT NULL,"
+                   " hash BLOB NOT NULL, updated_at_us INTEGER NOT NULL)")
+        db.execute("INSERT INTO upstream_cursor VALUES ('county', 2, ?, 0)", (b"\x01" * 32,))
+    up = Upstream(store, key, "tw1", "127.0.0.1", 1, TOPIC)
+    assert up.cursor()[0] == 2 and up.stats()["chain_errors"] == 1 and up.queue_depth() == 0
+    up.close()
+    up.close()  # idempotent
+    store.append_device_events([alarm(3)])  # a closed forwarder ignores new commits
+    store.close()
