@@ -46,7 +46,7 @@ class NetworkDown(Exception):
 
 class Link:
     def __init__(self, board, cfg, on_message, log=print, keepalive_s=60, op_timeout_ms=10000,
-                 publish_timeout_ms=15000, ping_timeout_ms=15000, backoff_min_ms=BACKOFF_MIN_MS,
+                 publish_timeout_ms=15000, ping_timeout_ms=None, backoff_min_ms=BACKOFF_MIN_MS,
                  backoff_max_ms=BACKOFF_MAX_MS):
         self.board = board
         self.cfg = cfg
@@ -59,7 +59,8 @@ class Link:
         self.keepalive_s = keepalive_s
         self.op_timeout_ms = op_timeout_ms
         self.publish_timeout_ms = publish_timeout_ms
-        self.ping_timeout_ms = ping_timeout_ms
+        # No PINGRESP within half the keepalive (at least 2 s): the connection is half-open.
+        self.ping_timeout_ms = ping_timeout_ms or max(2000, keepalive_s * 500)
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
         self.up = False

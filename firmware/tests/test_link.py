@@ -122,3 +122,120 @@ def test_tls_refuses_a_server_certificate_from_the_wrong_ca(tmp_path, broker):
     finally:
         hb.stop()
         gw.close()
+
+
+class FreezableProxy:
+    """TCP proxy to the broker that can stop forwarding without closing (a half-open link)."""
+
+    def __init__(self, target_port):
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        self.conns = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            u = socket.create_connection(("127.0.0.1", self.target_port))
+            self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a, b):
+        while True:
+            try:
+                data = a.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.frozen.is_set():
+                continue  # swallowed: nothing arrives, nothing is closed
+            try:
+                b.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.timeout(90)
+def test_half_open_connection_is_detected_and_replaced(tmp_path, broker):
+    dev = 0xB4
+    proxy = FreezableProxy(broker.port)
+    key = os.urandom(32)
+    cfg = {"device_id": dev, "key": key, "role": "alarm", "broker_host": "127.0.0.1", "broker_port": proxy.port}
+    provision_dir(str(tmp_path / "b4"), cfg)
+    broker.add_device(dev, key)
+    hb = HostBoard(str(tmp_path / "b4"), heap=HEAP, args=FAST)
+    gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
+    gw.add_device(dev, key)
+    try:
+        hb.start()
+        gw.wait_frame(dev, "boot")
+        proxy.frozen.set()  # the router died: no FIN, no RST, just silence
+        wait_for(lambda: "half-open" in _log(hb), 20, "the board to notice the half-open connection")
+        proxy.frozen.clear()
+        hb.hold(1200)
+        gw.wait_frame(dev, "alarm", timeout_s=20)
+        assert proxy.accepted >= 2  # a new connection carried it
+    finally:
+        hb.stop()
+        gw.close()
+        proxy.close()
+
+
+@pytest.mark.timeout(90)
+def test_power_cut_after_the_press_loses_nothing_and_reuses_no_seq(tmp_path, broker):
+    from tools.testing.procs import free_port
+
+    dev = 0xB5
+    key = os.urandom(32)
+    flash = str(tmp_path / "b5")
+    dead_port = free_port()
+    cfg = {"device_id": dev, "key": key, "role": "alarm", "broker_host": "127.0.0.1", "broker_port": dead_port}
+    provision_dir(flash, cfg)
+    hb = HostBoard(flash, heap=HEAP, args=FAST)
+    hb.start()
+    hb.hold(1200)
+    wait_for(lambda: hb.led() != (0, 0, 0), 5, "the LED to react to the alarm")
+    hb.kill9()  # power cut while the alarm is only on flash
+    # Power back, now with a reachable broker.
+    cfg["broker_port"] = broker.port
+    provision_dir(flash, cfg)
+    broker.add_device(dev, key)
+    gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
+    gw.add_device(dev, key)
+    try:
+        hb.restart()
+        alarm = gw.wait_frame(dev, "alarm", timeout_s=20)
+        gw.wait_frame(dev, "boot", count=2)  # the first boot's frame was stored too, and arrives
+        boots = [f.seq for f in gw.of(dev, "boot")]
+        assert boots[0] < alarm.seq < boots[1]  # resent in order, then the new boot's frame
+        hb.hold(1200)
+        second = gw.wait_frame(dev, "alarm", timeout_s=20, count=2)
+        seqs = sorted(f.seq for f in gw.of(dev))
+        assert len(seqs) == len(set(seqs)), seqs  # no sequence number reused across the cut
+        assert second.seq > alarm.seq and second.seq > max(boots)
+    finally:
+        hb.stop()
+        gw.close()
