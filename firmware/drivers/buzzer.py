@@ -12,17 +12,18 @@
 
 from drivers.player import Player
 
+# (10 ms units, on) pairs, see drivers/player.py.
 SIRENS = {
-    0: ((1000, 1),),
-    1: ((250, 1), (250, 0)),
-    2: ((100, 1), (100, 0), (100, 1), (100, 0), (100, 1), (1000, 0)),
-    3: ((80, 1),),
+    0: b"\x64\x01",  # 1000ms:1
+    1: b"\x19\x01\x19\x00",  # 250ms:1 250ms:0
+    2: b"\x0a\x01\x0a\x00\x0a\x01\x0a\x00\x0a\x01\x64\x00",  # 100ms:1 100ms:0 100ms:1 100ms:0 100ms:1 1000ms:0
+    3: b"\x08\x01",  # 80ms:1
 }
 
 BEEPS = {
-    "stored": ((80, 1),),
-    "confirmed": ((80, 1), (80, 0), (80, 1)),
-    "error": ((600, 1),),
+    "stored": b"\x08\x01",  # 80ms:1
+    "confirmed": b"\x08\x01\x08\x00\x08\x01",  # 80ms:1 80ms:0 80ms:1
+    "error": b"\x3c\x01",  # 600ms:1
 }
 
 _FOREVER_MS = 0x3FFFFFFF

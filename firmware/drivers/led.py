@@ -18,25 +18,27 @@
 
 from drivers.player import Player
 
-OFF = (0, 0, 0)
-RED = (1, 0, 0)
-GREEN = (0, 1, 0)
-BLUE = (0, 0, 1)
-AMBER = (1, 1, 0)
-MAGENTA = (1, 0, 1)
-WHITE = (1, 1, 1)
+# Colours as a bit mask (r = 4, g = 2, b = 1); patterns are (10 ms units, colour) pairs, see
+# drivers/player.py.
+OFF = 0
+RED = 4
+GREEN = 2
+BLUE = 1
+AMBER = 6
+MAGENTA = 5
+WHITE = 7
 
 PATTERNS = {
-    "idle": ((1000, OFF),),
-    "sending": ((100, AMBER), (100, OFF)),
-    "stored": ((500, BLUE), (1500, OFF)),
-    "coming": ((1000, GREEN),),
-    "failing": ((150, RED), (150, OFF), (150, RED), (1550, OFF)),
-    "unprovisioned": ((100, MAGENTA), (1900, OFF)),
-    "error": ((1000, RED),),
-    "checkin_stored": ((300, AMBER),),
-    "checkin_confirmed": ((1000, GREEN),),
-    "ack": ((60, WHITE), (60, OFF), (60, WHITE), (60, OFF)),
+    "idle": b"\x64\x00",  # 1000ms:OFF
+    "sending": b"\x0a\x06\x0a\x00",  # 100ms:AMBER 100ms:OFF
+    "stored": b"\x32\x01\x96\x00",  # 500ms:BLUE 1500ms:OFF
+    "coming": b"\x64\x02",  # 1000ms:GREEN
+    "failing": b"\x0f\x04\x0f\x00\x0f\x04\x9b\x00",  # 150ms:RED 150ms:OFF 150ms:RED 1550ms:OFF
+    "unprovisioned": b"\x0a\x05\xbe\x00",  # 100ms:MAGENTA 1900ms:OFF
+    "error": b"\x64\x04",  # 1000ms:RED
+    "checkin_stored": b"\x1e\x06",  # 300ms:AMBER
+    "checkin_confirmed": b"\x64\x02",  # 1000ms:GREEN
+    "ack": b"\x06\x07\x06\x00\x06\x07\x06\x00",  # 60ms:WHITE 60ms:OFF 60ms:WHITE 60ms:OFF
 }
 
 
@@ -46,8 +48,8 @@ class Led:
         self._p = Player(self._out, now_ms, OFF)
         self.set("idle")
 
-    def _out(self, rgb):
-        self.hw.rgb(rgb[0], rgb[1], rgb[2])
+    def _out(self, c):
+        self.hw.rgb(c >> 2 & 1, c >> 1 & 1, c & 1)
 
     def set(self, state):
         self._p.set(state, PATTERNS[state])
@@ -61,7 +63,9 @@ class Led:
 
     @property
     def value(self):
-        return self._p.value
+        """The colour shown now as (r, g, b), 0/1 each."""
+        c = self._p.value
+        return (c >> 2 & 1, c >> 1 & 1, c & 1)
 
     def poll(self):
         return self._p.poll()

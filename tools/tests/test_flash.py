@@ -19,7 +19,8 @@ def test_board_image_has_the_app_its_board_and_the_device_codec_only():
     import protocol
 
     files = dests("esp32")
-    assert "main.py" in files and "console.py" in files and "identity.py" in files
+    assert "main.py" in files and "console/__init__.py" in files and "identity/__init__.py" in files
+    assert "console/admin.py" in files and "identity/write.py" in files
     assert "boards/esp32.py" in files and "boards/wiring_esp32.py" in files and "boards/mcu.py" in files
     assert "drivers/mfrc522.py" in files and "drivers/button.py" in files
     for name in protocol.DEVICE_FILES:
@@ -39,7 +40,7 @@ def test_list_shows_compiled_names(capsys):
     assert main(["flash", "--board", "picow", "--list"]) == 0
     out = capsys.readouterr().out.split()
     assert "main.py" in out  # entry point stays source: MicroPython runs main.py at reset
-    assert "console.mpy" in out and "protocol/frame.mpy" in out and "boards/picow.mpy" in out
+    assert "console/__init__.mpy" in out and "protocol/frame.mpy" in out and "boards/picow.mpy" in out
     assert not [f for f in out if f.endswith(".py") and f not in ("main.py", "boot.py")]
 
 
@@ -62,7 +63,7 @@ def test_image_fingerprint_follows_the_sources(monkeypatch):
 
     def touched(path, *a, **kw):
         st = real_stat(path, *a, **kw)
-        if str(path).endswith(os.path.join("firmware", "console.py")):
+        if str(path).endswith(os.path.join("firmware", "console", "__init__.py")):
             return types.SimpleNamespace(st_size=st.st_size + 1, st_mtime_ns=st.st_mtime_ns)
         return st
 

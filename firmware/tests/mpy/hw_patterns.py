@@ -100,7 +100,12 @@ clk.advance(1010)
 led.poll()
 eq("flash_overlay_returns", led.state, "stored")
 
-check("every_pattern_has_steps", all(len(PATTERNS[k]) > 0 and all(st[0] > 0 for st in PATTERNS[k]) for k in PATTERNS))
+check("every_pattern_has_steps", all(len(PATTERNS[k]) >= 2 and len(PATTERNS[k]) % 2 == 0
+                                     and all(PATTERNS[k][i] > 0 for i in range(0, len(PATTERNS[k]), 2))
+                                     for k in PATTERNS))
+led = Led(FakeLed(True), Clock())
+led.set("coming")
+eq("led_value_rgb", led.value, (0, 1, 0))
 
 
 # -- buzzer ----------------------------------------------------------------------------------
