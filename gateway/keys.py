@@ -13,8 +13,8 @@ Failures the key file survives or reports:
 - a file readable by group or others: refused (KeyFileError), like ssh does, rather than silently used;
 - a file that is not an unencrypted Ed25519 PKCS#8 PEM: KeyFileError naming the file.
 
-`fengqiao gateway pubkey --key FILE` prints the public key: `add_arguments`/`run` below are the
-command's implementation, for the gateway command table.
+Printing the public key (PEM; `--hex` for the raw 32 bytes): `python -m gateway.keys --key FILE`.
+`add_arguments`/`run` below are ready to be the `fengqiao gateway pubkey` subcommand.
 """
 
 import hashlib
@@ -162,3 +162,11 @@ def run(args):
     print(key.public.raw.hex() if args.hex else key.public_pem().rstrip("\n"))
     print("key id %s (%s)" % (key.key_id, key.path), file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # `python -m gateway.keys --key FILE` until `fengqiao gateway pubkey` is wired
+    import argparse
+
+    _p = argparse.ArgumentParser(prog="python -m gateway.keys", description=HELP)
+    add_arguments(_p)
+    sys.exit(run(_p.parse_args()))
