@@ -45,6 +45,8 @@ def add_arguments(parser):
                    help="e.g. heartbeat_interval_s=300, hold_ms=1000 (repeatable)")
     p.add_argument("--pin", action="append", default=[], metavar="PART.FIELD=VALUE",
                    help="wiring override when not the board default, e.g. button.pin=4 (repeatable)")
+    p.add_argument("--selftest", action="store_true",
+                   help="run the unit's self-test first (LED, buzzer, reader); stop if it fails")
     p.add_argument("--factory-reset", action="store_true",
                    help="erase an identity already on the unit first (its outbox and counters too)")
     g = p.add_argument_group("gateway registration (optional)")
@@ -216,6 +218,16 @@ def label_text(info, cfg, fingerprint, place=None):
     return "\n".join([border] + ["| %s |" % line.ljust(width) for line in lines] + [border])
 
 
+def selftest_text(res):
+    reader = res.get("reader")
+    if reader == "ok":
+        reader = "ok (MFRC522 version %s%s)" % (res.get("reader_version"),
+                                               ", card %s" % res["card"] if res.get("card") else "")
+    return ("self-test: LED %s (it should have shown red, green, blue, white), buzzer %s (one beep), "
+            "reader %s, battery %s mV, case %s" % (res.get("led"), res.get("buzzer"), reader,
+                                                   res.get("battery_mv"), "OPEN" if res.get("tamper_open") else "closed"))
+
+
 def run(args):
     from tools.serialconsole import ConsoleError, DeviceError, NotFengqiao, PortError, SerialConsole
 
@@ -249,6 +261,12 @@ def run(args):
                                    "overwrite it. Re-run with --factory-reset to erase it first."
                                    % (args.port, info.get("hwid"), "%08x" % info["device_id"] if "device_id" in info else "unreadable"))
                 con.factory_reset(info["hwid"])
+            if args.selftest:
+                print(selftest_text(con.selftest()))
+                res = con.last_selftest
+                if not res.get("pass") or (args.role == "checkin" and res.get("reader") != "ok"):
+                    raise CliError("self-test failed (%s); fix the unit before provisioning it"
+                                   % ", ".join("%s %s" % (k, res.get(k)) for k in ("led", "buzzer", "reader")))
             from tools.hostboard import key_fingerprint
 
             fingerprint = key_fingerprint(key)

@@ -88,6 +88,7 @@ class SerialConsole:
         self.retries = retries
         self.ser = None
         self.noise = []  # lines that were not frames (what a non-Fengqiao device says)
+        self.last_selftest = None
         self._buf = bytearray()
         self._id = int.from_bytes(os.urandom(2), "big")
 
@@ -221,7 +222,8 @@ class SerialConsole:
         return self.request("factory_reset", confirm=hwid)
 
     def selftest(self):
-        return self.request("selftest", timeout_s=max(self.timeout_s, 10))
+        self.last_selftest = self.request("selftest", timeout_s=max(self.timeout_s, 10))
+        return self.last_selftest
 
     def reboot(self):
         try:

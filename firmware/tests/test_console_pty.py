@@ -145,3 +145,39 @@ def test_console_on_the_application_entry_point(tmp_path):
     with open(os.path.join(str(tmp_path / "flash"), "data", "identity.cfg"), "rb") as f:
         line = f.read().split(b"\n")[0]
     assert json.loads(line)["device_id"] == 0x1234
+
+
+@pytest.mark.timeout(90)
+def test_console_on_a_running_role_refuses_reprovision(tmp_path):
+    """A provisioned unit running its role (main.py, broker unreachable) still answers the console:
+    identify and read-back work, a new identity is refused. Heap 256k as in FW-A's role tests (the
+    role's code lives in the heap on the 64-bit Unix port; its 64 KB figure is `fengqiao bench
+    firmware`'s job)."""
+    from tools.hostboard import provision_dir
+    from tools.testing.procs import free_port
+
+    flash = tmp_path / "flash"
+    fp = provision_dir(flash, dict(CFG, role="alarm", broker_port=free_port()))
+    with NullModem() as nm:
+        hb = HostBoard(flash, console=nm.board_fd, heap="256k")
+        hb.start()
+        try:
+            with SerialConsole(nm.port) as con:
+                info = con.identify()
+                assert (info["provisioned"], info["device_id"], info["role"]) == (True, 0x1234, "alarm")
+                assert con.read_config()["key_fingerprint"] == fp
+                with pytest.raises(DeviceError) as exc:
+                    con.write_config(dict(CFG, device_id=0x4321))
+                assert exc.value.code == "already_provisioned"
+                with pytest.raises(DeviceError) as exc:
+                    con.factory_reset("not-this-unit")
+                assert exc.value.code == "confirm_required"
+            assert hb.alive
+        finally:
+            hb.stop()
+    assert read_device_id(flash) == 0x1234
+
+
+def read_device_id(flash):
+    with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
+        return json.loads(f.read().split(b"\n")[0])["device_id"]

@@ -205,3 +205,24 @@ def test_gateway_config_registers_allows_on_broker_and_gives_tls_settings(unit, 
         assert reg.device(0xC1).role == "checkpoint"
     finally:
         reg.close()
+
+
+@pytest.mark.timeout(60)
+def test_selftest_before_provisioning(unit, tmp_path, capsys):
+    unit.card("deadbeef")
+    rc = main(base_args(unit.port, "000000d1", "--role", "checkin", "--checkpoint-id", "1", "--selftest",
+                        "--key-out", str(tmp_path / "k"), "--no-reboot"))
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "self-test: LED driven" in out and "reader ok (MFRC522 version 0x92, card deadbeef)" in out
+    assert [v for _, v in unit.led_history()][:4] == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
+
+
+@pytest.mark.timeout(60)
+def test_selftest_failure_stops_provisioning(tmp_path, capsys):
+    with NullModem() as nm:
+        with HostBoard(tmp_path / "f", entry="boards/host_console_main.py", console=nm.board_fd, no_rfid=True) as hb:
+            rc = main(base_args(nm.port, "000000d2", "--role", "checkin", "--checkpoint-id", "1", "--selftest",
+                                "--key-out", str(tmp_path / "k")))
+            assert rc == 1 and "self-test failed" in capsys.readouterr().err
+            assert not os.path.exists(os.path.join(hb.flash_dir, "data", "identity.cfg"))
