@@ -56,3 +56,4 @@ class NewDeviceEvent:
     topic: str
     device_time: "int | None"
     place_id: "str | None" = None
+    body_cbor: "bytes | None" = None   # the body's exact CBOR bytes when known (saves re-encoding)

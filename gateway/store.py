@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS events (
     device_id INTEGER,
     key_id INTEGER,
     seq INTEGER,
-    body BLOB,              -- device: CBOR of the decoded body; gateway: body_json text
+    body BLOB,              -- device: CBOR of the body (the frame's own bytes); gateway: body_json text
     frame BLOB,
     topic TEXT,
     device_time INTEGER,
@@ -84,6 +84,7 @@ def body_json(body):
 
 def record_bytes(event_id, source, kind, device_id, key_id, seq, frame, topic, device_time,
                  received_at_us, place_id, actor, body_json_text):
+    """Deterministic CBOR of the 13-item record array (see the module docstring)."""
     return cbor2.dumps(
         [event_id, source, kind, device_id, key_id, seq, frame, topic, device_time,
          received_at_us, place_id, actor, body_json_text],
@@ -159,7 +160,7 @@ class EventStore:
                                    it.frame, it.topic, it.device_time, received_us, it.place_id, None, None)
                 h = hashlib.sha256(prev + rec).digest()
                 rows.append((event_id, SOURCE_DEVICE, it.kind, it.device_id, it.key_id, it.seq,
-                             cbor2.dumps(it.body), it.frame, it.topic, it.device_time, received_us,
+                             it.body_cbor if it.body_cbor is not None else cbor2.dumps(it.body), it.frame, it.topic, it.device_time, received_us,
                              it.place_id, None, prev, h))
                 stored.append(StoredEvent(event_id, SOURCE_DEVICE, it.kind, it.device_id, it.key_id, it.seq,
                                           it.body, it.frame, it.topic, it.device_time, received_at,

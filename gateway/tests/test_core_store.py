@@ -88,3 +88,18 @@ def test_subscribers_called_after_commit_and_errors_contained(tmp_path):
     assert seen == [[(1, "alarm"), (2, "alarm")], [(3, "tamper_open")]]
     assert store.callback_errors == 2
     store.close()
+
+
+def test_record_encoding_is_canonical_cbor():
+    import random
+
+    import cbor2
+
+    from gateway.store import record_bytes
+
+    rnd = random.Random(9)
+    for _ in range(500):
+        vals = [rnd.choice([None, rnd.randrange(2 ** rnd.choice([3, 5, 8, 9, 16, 17, 32, 33, 63])),
+                            "".join(chr(rnd.randrange(32, 0x3000)) for _ in range(rnd.randrange(30))),
+                            rnd.randbytes(rnd.randrange(300))]) for _ in range(13)]
+        assert record_bytes(*vals) == cbor2.dumps(vals, canonical=True)

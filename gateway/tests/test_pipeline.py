@@ -126,3 +126,11 @@ def test_token_bucket_throttles_one_key_only():
     assert allowed == 5
     assert tb.allow("quiet", 0.0)
     assert tb.allow("flood", 0.2)  # 2 tokens back after 0.2 s
+
+
+def test_ack_body_encoding_matches_canonical_cbor(env):
+    reg, _ = env
+    signer = DownlinkSigner(reg.device_key)
+    for acked in (1, 23, 24, 255, 256, 65535, 65536, 0xFFFFFFFF):
+        topic, data = signer.ack(DEV, 1, 9, acked_seq=acked, stage=4, gateway_time=NOW)
+        assert frame.decode(frame.derive_keys(KEY)[1], topic, data, downlink=True).body == [acked, 4, NOW]
