@@ -18,8 +18,9 @@ the process died right after the commit. A fresh database starts the cursor at t
 
 import logging
 import os
+import threading
 
-from gateway.cases.service import CaseService
+from gateway.cases.service import CaseService, stage_of
 from gateway.patrol.service import PatrolService
 from gateway.village.db import open_db
 
@@ -32,11 +33,14 @@ class CasesPlugin:
     def __init__(self, db_path, clock, store, registry=None):
         self.cases = CaseService(open_db(db_path), clock, registry)
         self.patrol = PatrolService(open_db(db_path), clock, registry)
+        # The stage lookup runs in the gateway's pipeline thread: its own connection and lock, so a
+        # resent alarm is re-acknowledged without waiting for the case service's work.
+        self._stage_db = open_db(db_path)
+        self._stage_lock = threading.Lock()
         self.store = store
         self._stopped = False
         if store is not None and self.cases.cursor("events") == 0:
-            with self.cases._lock:
-                self.cases.set_cursor("events", store.head()[0])
+            self.cases.set_cursor("events", store.head()[0])
 
     def install(self, service, tick_s=1.0):
         service.add_event_handler(self.on_event)
@@ -79,18 +83,22 @@ class CasesPlugin:
                 elif ev.source == "device" and ev.kind in ("checkin", "heartbeat"):
                     self.patrol.on_event(ev)
                 n += 1
-            with self.cases._lock:
-                self.cases.set_cursor("events", events[-1].event_id)
+            self.cases.set_cursor("events", events[-1].event_id)
 
     def stage_of(self, ev):
         if ev.kind != "alarm":
             return 0
-        stage = self.cases.current_stage(ev.device_id, ev.key_id, ev.seq)
+        with self._stage_lock:
+            if self._stopped:
+                return 0
+            stage = stage_of(self._stage_db, ev.device_id, ev.key_id, ev.seq)
         return 0 if stage is None else stage
 
     def stop(self):
         """Called before the service stops: handlers and timer become no-ops, then the files close."""
         self._stopped = True
+        with self._stage_lock:
+            self._stage_db.close()
         for svc in (self.cases, self.patrol):
             try:
                 with svc._lock:

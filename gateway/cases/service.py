@@ -113,7 +113,8 @@ class CaseService:
         registry (its own lock and connection); doing that while holding our write transaction
         could deadlock with a registry write waiting for the database. Inside a transaction the
         code uses `_dir()`, the configuration already loaded."""
-        return self._directory.get()
+        with self._lock:         # one thread at a time on our connection
+            return self._directory.get()
 
     def _dir(self):
         return self._directory.current()
@@ -531,20 +532,28 @@ class CaseService:
 
     def current_stage(self, device_id, key_id, seq):
         """The ack stage to resend for a duplicate alarm frame (SPEC section 4), or None if no case."""
-        row = self.db.execute("SELECT c.status FROM case_inputs i JOIN cases c ON c.case_id = i.case_id "
-                              "WHERE i.device_id = ? AND i.key_id IS ? AND i.seq = ? AND i.kind = 'alarm'",
-                              (device_id, key_id, seq)).fetchone()
-        if row is None:
-            return None
-        return {"open": STAGE_DISPATCHED, "acknowledged": STAGE_RESPONDER, "closed": STAGE_CLOSED,
-                "cancelled": STAGE_CANCELLED}[row[0]]
+        with self._lock:
+            return stage_of(self.db, device_id, key_id, seq)
 
     def cursor(self, name):
-        row = self.db.execute("SELECT value FROM case_meta WHERE key = ?", ("cursor:" + name,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT value FROM case_meta WHERE key = ?", ("cursor:" + name,)).fetchone()
         return int(row[0]) if row else 0
 
     def set_cursor(self, name, event_id):
-        self.db.execute("INSERT OR REPLACE INTO case_meta VALUES (?, ?)", ("cursor:" + name, str(event_id)))
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO case_meta VALUES (?, ?)", ("cursor:" + name, str(event_id)))
+
+
+def stage_of(db, device_id, key_id, seq):
+    """The current ack stage of the case an alarm frame belongs to, or None (a read; any connection)."""
+    row = db.execute("SELECT c.status FROM case_inputs i JOIN cases c ON c.case_id = i.case_id "
+                     "WHERE i.device_id = ? AND i.key_id IS ? AND i.seq = ? AND i.kind = 'alarm'",
+                     (device_id, key_id, seq)).fetchone()
+    if row is None:
+        return None
+    return {"open": STAGE_DISPATCHED, "acknowledged": STAGE_RESPONDER, "closed": STAGE_CLOSED,
+            "cancelled": STAGE_CANCELLED}[row[0]]
 
 
 class _Tx:

@@ -63,7 +63,9 @@ class PatrolService:
         self.emit_failures = 0
 
     def directory(self):
-        return self._directory.get()
+        """The configuration; called outside our write transactions (see CaseService.directory)."""
+        with self._lock:
+            return self._directory.get()
 
     # -- device events --------------------------------------------------------------------
 
@@ -236,7 +238,8 @@ class PatrolService:
         if card is not None:
             sql += " AND card = ?"
             args.append(card)
-        rows = self.db.execute(sql + " ORDER BY time, event_id", args).fetchall()
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY time, event_id", args).fetchall()
         return [_checkin_dict(r) for r in rows]
 
     def _checkin(self, event_id):
