@@ -23,6 +23,9 @@ Failure modes, and what happens:
 - Gateway killed at any instant: the cursor on disk is at most `cursor_every_s` behind the last
   PUBACK (written with synchronous=NORMAL in WAL: a power cut can roll it back further); the
   restarted forwarder re-sends from there. Never a gap, at worst duplicates.
+- The county broker refuses the publish (its ACL, a quota): the PUBACK's MQTT 5 reason code says
+  so; the cursor does not move, the error is logged and counted (`refused_by_upstream`), and the
+  forwarder reconnects with back-off and tries again. Nothing is skipped.
 - A store subscriber callback that runs out of order or a cache overflow: the in-memory cache is only
   a shortcut; the forwarder falls back to reading the store.
 - The cursor names an event whose hash is not in the store (the database was replaced): logged,
@@ -130,6 +133,7 @@ class Upstream:
         self._client = None
         self._connected = False
         self._session = False
+        self._refused = False
         store.subscribe(self._on_commit)
 
     @classmethod
@@ -284,12 +288,11 @@ class Upstream:
     def _run(self):
         delay = self.reconnect_min_s
         while not self._stopping.is_set():
-            client = None
             try:
                 client = self._connect()
-                if client is not None:
+                self._pump(client)
+                if not self._refused:  # a healthy session that ended: reconnect soon
                     delay = self.reconnect_min_s
-                    self._pump(client)
             except (OSError, mqtt.WebsocketConnectionError, ValueError) as exc:
                 self.counters["connect_failures"] += 1
                 self.last_error = "%s: %s" % (type(exc).__name__, exc)
@@ -298,15 +301,17 @@ class Upstream:
                 self.counters["forwarder_errors"] += 1
                 log.exception("upstream forwarder error")
             finally:
-                self._drop(client)
+                self._drop(self._client)  # also a client whose CONNACK never came
+                self._client = None
             if not self._stopping.is_set():
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
         self._persist_cursor()
 
     def _connect(self):
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                             protocol=mqtt.MQTTv311)
+        # MQTT 5: a broker that refuses a publish (e.g. its ACL) says so in the PUBACK; with 3.1.1
+        # Mosquitto would acknowledge and drop it, and the cursor would move past lost events.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         client.connect_timeout = self.connect_timeout_s
         client.max_inflight_messages_set(max(self.window, 1))
         if self.username:
@@ -318,7 +323,8 @@ class Upstream:
         client.on_publish = self._on_publish
         self._client = client
         self._connack = None
-        client.connect(self.host, self.port, keepalive=self.keepalive_s)
+        self._refused = False
+        client.connect(self.host, self.port, keepalive=self.keepalive_s, clean_start=True)
         sock = client.socket()
         deadline = time.monotonic() + self.connect_timeout_s
         while self._connack is None:
@@ -359,6 +365,14 @@ class Upstream:
         self._connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
+        if reason_code.is_failure:  # refused: keep the cursor, drop the session, retry after back-off
+            self._refused = True
+            self.counters["refused_by_upstream"] += 1
+            self.last_error = "upstream broker refused a publish: %s" % reason_code
+            log.error("upstream broker refused envelopes on %s: %s; nothing is skipped, will retry",
+                      self.topic, reason_code)
+            self._connected = False
+            return
         with self._lock:
             for entry in self._inflight:
                 if entry[0] == mid:

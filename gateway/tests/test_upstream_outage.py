@@ -210,3 +210,22 @@ def test_cursor_naming_a_replaced_store_is_reported(tmp_path):
     up.close()  # idempotent
     store.append_device_events([alarm(3)])  # a closed forwarder ignores new commits
     store.close()
+
+
+@pytest.mark.timeout(60)
+def test_county_refusing_our_publishes_keeps_the_cursor(tmp_path):
+    acl = tmp_path / "county.acl"
+    acl.write_text("topic read fq/v1/county/#\n")  # anonymous clients may read, not write
+    broker = MosquittoProcess(tmp_path / "county", COUNTY_CONF + "acl_file %s\n" % acl).start()
+    key = SigningKey.generate()
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    up = _upstream(store, key, broker).start()
+    try:
+        store.append_device_events([alarm(1), alarm(2)])
+        wait_for(lambda: up.stats().get("refused_by_upstream", 0) >= 2, 20, "the refusal to be noticed twice")
+        assert up.cursor()[0] == 0 and up.queue_depth() == 2 and _persisted_cursor(tmp_path / "g.db") == 0
+        assert "refused" in up.last_error
+    finally:
+        up.close()
+        store.close()
+        broker.stop()
