@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS device_keys (
     nonce BLOB NOT NULL, wrapped BLOB NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (device_id, key_id));
 CREATE TABLE IF NOT EXISTS downlink_seq (device_id INTEGER PRIMARY KEY, reserved_until INTEGER NOT NULL);
+-- bumped by every registry change (any process), so a running gateway drops its caches
+CREATE TABLE IF NOT EXISTS registry_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO registry_version (id, version) VALUES (1, 0);
 """
 
 
@@ -136,9 +139,11 @@ class Registry:
             self._db.close()
 
     def refresh_if_changed(self):
-        """Drop the caches when another connection (e.g. the CLI) committed a change. Cheap."""
+        """Drop the caches when another connection (e.g. the CLI) changed devices or places. Cheap:
+        one indexed read. (Not PRAGMA data_version: the event store's commits to the same file
+        would change it on every batch.)"""
         with self._lock:
-            v = self._db.execute("PRAGMA data_version").fetchone()[0]
+            v = self._db.execute("SELECT version FROM registry_version WHERE id = 1").fetchone()[0]
             if v != self._data_version:
                 self._data_version = v
                 self._keys.clear()
@@ -153,6 +158,7 @@ class Registry:
             try:
                 for sql, params in sql_and_params:
                     db.execute(sql, params)
+                db.execute("UPDATE registry_version SET version = version + 1 WHERE id = 1")
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 db.execute("ROLLBACK")
@@ -160,7 +166,7 @@ class Registry:
             finally:
                 self._keys.clear()
                 self._devices.clear()
-                self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+                self._data_version = db.execute("SELECT version FROM registry_version WHERE id = 1").fetchone()[0]
 
     # -- places --------------------------------------------------------------------------------
 

@@ -88,3 +88,17 @@ def test_master_key_permissions_checked(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(RegistryError, match="chmod 600"):
         Registry(tmp_path / "a.db", path)
+
+
+def test_event_store_commits_do_not_flush_the_key_cache(reg, tmp_path):
+    from gateway.clock import ManualClock
+    from gateway.events import NewDeviceEvent
+    from gateway.store import EventStore
+
+    reg.add_device(0x2A, "alarm_button", "h1")
+    reg.device_key(0x2A, 1)
+    assert reg.refresh_if_changed() is False
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    store.append_device_events([NewDeviceEvent("alarm", 0x2A, 1, 1, [0], b"f", "t", None)])
+    assert reg.refresh_if_changed() is False
+    store.close()
