@@ -52,7 +52,7 @@ class Supervisor:
                 raise
             except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
                 self.log("supervisor: task %s failed: %r" % (name, e))
-                sys.print_exception(e)
+                sys.print_exception(e, sys.stderr)  # stdout may be the console
             self.restarts[name] += 1
             if name in self._seen:
                 self._seen[name] = ticks_ms()

@@ -326,5 +326,79 @@ def test_health_tamper_battery_heartbeat_events():
     time.sleep_ms(60)
     eq(h.tamper.poll(), 1, "opened")
 
+    board.open = 0
+    h.tamper.poll()
+    time.sleep_ms(60)
+    eq(h.tamper.poll(), 2, "closed")
+
+
+def test_health_task_emits_tamper_and_one_battery_low_per_crossing():
+    import asyncio
+    from heartbeat import Health
+
+    board = FakeBoard()
+    up = Uplink(cfg(), D, Clock())
+    h = Health(board, up, cfg()["settings"], 10000)
+
+    async def scenario():
+        t = asyncio.create_task(h.run())
+        await asyncio.sleep_ms(200)
+        board.open = 1
+        board.mv = 3300
+        await asyncio.sleep_ms(2600)  # battery sampled once a second; median of 5 samples
+        board.mv = 3350  # still low: no second event
+        await asyncio.sleep_ms(1200)
+        t.cancel()
+
+    asyncio.run(scenario())
+    types = [up.outbox.read(s)[1][0] for s in up.outbox.seqs()]
+    eq(types.count(frame.UP_TAMPER), 1, "one tamper event: %r" % types)
+    eq(types.count(frame.UP_BATTERY_LOW), 1, "one battery_low: %r" % types)
+
+
+def test_supervisor_restarts_a_failing_task_and_starves_the_watchdog_on_a_stall():
+    import asyncio
+    from supervisor import Supervisor
+
+    class Wdt:
+        feeds = 0
+
+        def feed(self):
+            Wdt.feeds += 1
+
+    class B:
+        def watchdog(self, ms):
+            return Wdt()
+
+    logs = []
+    sup = Supervisor(B(), logs.append, stall_ms=600, restart_delay_ms=50)
+    runs = []
+
+    async def flaky():
+        runs.append(1)
+        await asyncio.sleep_ms(10)
+        raise OSError("boom")
+
+    async def stalls():
+        sup.alive("stalls")
+        await asyncio.sleep_ms(100000)  # stops checking in
+
+    async def scenario():
+        sup.spawn("flaky", flaky, watch=False)
+        sup.spawn("stalls", stalls)
+        w = asyncio.create_task(sup.watch())
+        await asyncio.sleep_ms(400)
+        fed_early = Wdt.feeds
+        await asyncio.sleep_ms(1500)
+        w.cancel()
+        return fed_early
+
+    fed_early = asyncio.run(scenario())
+    check(len(runs) >= 3 and sup.restarts["flaky"] >= 3, "restarted: %r" % sup.restarts)
+    check(fed_early >= 1, "fed while healthy")
+    fed_total = Wdt.feeds
+    check(fed_total <= fed_early + 1, "not fed after the stall: %d -> %d" % (fed_early, fed_total))
+    check(any("stalled" in m for m in logs) and any("OSError" in m for m in logs), "logged: %r" % logs[:4])
+
 
 run_all(globals(), setup=fresh)
