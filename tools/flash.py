@@ -95,23 +95,30 @@ def mpy_cross_binary():
 
 
 def stage(dest, board, mpy=True):
-    """Write the image for `board` under dest; returns the list of paths written (relative)."""
+    """Write the image for `board` under dest; returns the list of paths written (relative).
+    mpy-cross runs for several files at once (one process per file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     files = image_files(board)
     compiler = mpy_cross_binary() if mpy else None
     written = []
+    jobs = []
     for src, rel in files:
         target = os.path.join(dest, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if compiler and rel not in ENTRY_POINTS:
             target = target[:-3] + ".mpy"
             # -s sets the source name in tracebacks to the board path, not this laptop's.
-            r = subprocess.run([compiler, "-s", rel, "-o", target, src], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise CliError("mpy-cross failed on %s:\n%s" % (rel, (r.stderr or r.stdout).strip()))
+            jobs.append((rel, [compiler, "-s", rel, "-o", target, src]))
             written.append(rel[:-3] + ".mpy")
         else:
             shutil.copyfile(src, target)
             written.append(rel)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = list(pool.map(lambda job: (job[0], subprocess.run(job[1], capture_output=True, text=True)), jobs))
+    for rel, r in results:
+        if r.returncode != 0:
+            raise CliError("mpy-cross failed on %s:\n%s" % (rel, (r.stderr or r.stdout).strip()))
     return written
 
 
@@ -144,7 +151,24 @@ def build_image(board="host", mpy=True, cache_dir=None):
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+    _prune(cache_dir, board, keep=final)
     return final
+
+
+def _prune(cache_dir, board, keep, max_age_s=3600):
+    """Drop images of `board` built from older sources, once nobody can still be starting one
+    (an hour old); a test run that is using an image keeps it."""
+    import time
+
+    now = time.time()
+    for name in os.listdir(cache_dir):
+        path = os.path.join(cache_dir, name)
+        if name.startswith(board + "-") and path != keep:
+            try:
+                if now - os.stat(path).st_mtime > max_age_s:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def add_arguments(parser):

@@ -12,6 +12,10 @@ from boards.stdconsole import StdConsole
 from drivers.battery import raw_to_mv
 
 FLASH_ROOT = "/"
+_JOIN_RETRY_MS = 20000
+# WLAN.status() values after which a join will not succeed by waiting (names differ by port).
+_JOIN_FAILED = tuple(getattr(network, n) for n in ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND",
+                                                    "STAT_CONNECT_FAIL") if hasattr(network, n))
 
 
 class _Out:
@@ -71,6 +75,7 @@ class McuBoard:
         self._adc = self._make_adc(w["battery"])
         self._reader = None
         self._wlan = None
+        self._join_t = None
         self.console = StdConsole()
 
     def _make_adc(self, w):
@@ -104,21 +109,29 @@ class McuBoard:
             self._reader = MFRC522(spi, cs.value, rst.value if rst else None, time.sleep_ms)
         return self._reader
 
-    def network_up(self, cfg, timeout_ms=15000):
-        """Join Wi-Fi; True when connected. Waits at most timeout_ms (then False; call again)."""
-        if self._wlan is None:
-            self._wlan = network.WLAN(network.STA_IF)
-            self._wlan.active(True)
+    def network_up(self, cfg, timeout_ms=0):
+        """True when Wi-Fi is up. Never blocks longer than timeout_ms (default: not at all): the
+        join runs in the Wi-Fi chip; this starts it, and starts it again when it failed or took
+        longer than _JOIN_RETRY_MS, so a link task polling it keeps the watchdog fed."""
         wl = self._wlan
+        if wl is None:
+            wl = self._wlan = network.WLAN(network.STA_IF)
+            wl.active(True)
         if wl.isconnected():
+            self._join_t = None
             return True
-        wl.connect(cfg["wifi_ssid"], cfg["wifi_password"])
-        t0 = time.ticks_ms()
-        while not wl.isconnected():
-            if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
-                return False
-            time.sleep_ms(100)
-        return True
+        now = time.ticks_ms()
+        if (self._join_t is None or time.ticks_diff(now, self._join_t) > _JOIN_RETRY_MS
+                or wl.status() in _JOIN_FAILED):
+            try:
+                wl.disconnect()
+            except OSError:
+                pass
+            wl.connect(cfg["wifi_ssid"], cfg["wifi_password"])
+            self._join_t = now
+        while timeout_ms > 0 and not wl.isconnected() and time.ticks_diff(time.ticks_ms(), now) < timeout_ms:
+            time.sleep_ms(50)
+        return wl.isconnected()
 
     def rssi(self):
         try:

@@ -15,9 +15,83 @@ from tools.testing.micropython import run_micropython
 
 MPY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpy")
 
-FAKE_MACHINE = '\nLEVELS = {}\nHOOKS = {}\nMADE = []\nSPI_PEER = [None]\nclass Pin:\n    IN = 0\n    OUT = 1\n    PULL_UP = 2\n    PULL_DOWN = 3\n    def __init__(self, pid, mode=0, pull=None, value=None):\n        self.pid = pid\n        self.mode = mode\n        self.pull = pull\n        MADE.append((pid, mode, pull))\n        if value is not None:\n            self.value(value)\n    def value(self, v=None):\n        if v is None:\n            return LEVELS.get(self.pid, 0)\n        LEVELS[self.pid] = v\n        if self.pid in HOOKS:\n            HOOKS[self.pid](v)\nclass ADC:\n    ATTN_11DB = 3\n    RAW = [0]\n    def __init__(self, pin):\n        self.pin = pin\n        self.att = None\n    def atten(self, a):\n        self.att = a\n    def read_u16(self):\n        return ADC.RAW[0]\nclass SPI:\n    def __init__(self, bus, **kw):\n        self.bus = bus\n        self.kw = kw\n    def write_readinto(self, w, r):\n        SPI_PEER[0].write_readinto(w, r)\nclass WDT:\n    def __init__(self, timeout):\n        self.timeout = timeout\n    def feed(self):\n        pass\nPWRON_RESET = 1\nHARD_RESET = 2\nWDT_RESET = 3\nDEEPSLEEP_RESET = 4\nSOFT_RESET = 5\nCAUSE = [3]\ndef reset_cause():\n    return CAUSE[0]\ndef unique_id():\n    return b"\\x24\\x0a\\xc4\\x12\\x34\\x56"\ndef reset():\n    raise SystemExit(99)\n'
+FAKE_MACHINE = """
+LEVELS = {}
+HOOKS = {}
+MADE = []
+SPI_PEER = [None]
+class Pin:
+    IN = 0
+    OUT = 1
+    PULL_UP = 2
+    PULL_DOWN = 3
+    def __init__(self, pid, mode=0, pull=None, value=None):
+        self.pid = pid
+        self.mode = mode
+        self.pull = pull
+        MADE.append((pid, mode, pull))
+        if value is not None:
+            self.value(value)
+    def value(self, v=None):
+        if v is None:
+            return LEVELS.get(self.pid, 0)
+        LEVELS[self.pid] = v
+        if self.pid in HOOKS:
+            HOOKS[self.pid](v)
+class ADC:
+    ATTN_11DB = 3
+    RAW = [0]
+    def __init__(self, pin):
+        self.pin = pin
+        self.att = None
+    def atten(self, a):
+        self.att = a
+    def read_u16(self):
+        return ADC.RAW[0]
+class SPI:
+    def __init__(self, bus, **kw):
+        self.bus = bus
+        self.kw = kw
+    def write_readinto(self, w, r):
+        SPI_PEER[0].write_readinto(w, r)
+class WDT:
+    def __init__(self, timeout):
+        self.timeout = timeout
+    def feed(self):
+        pass
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+CAUSE = [3]
+def reset_cause():
+    return CAUSE[0]
+def unique_id():
+    return b"\\x24\\x0a\\xc4\\x12\\x34\\x56"
+def reset():
+    raise SystemExit(99)
+"""
 
-FAKE_NETWORK = '\nSTA_IF = 0\nclass WLAN:\n    def __init__(self, i):\n        self.up = False\n        self.joined = None\n    def active(self, a):\n        self.up = a\n    def isconnected(self):\n        return self.joined is not None\n    def connect(self, ssid, pw):\n        if ssid == "village":\n            self.joined = ssid\n    def status(self, what):\n        return -61\n'
+FAKE_NETWORK = """
+STA_IF = 0
+class WLAN:
+    def __init__(self, i):
+        self.up = False
+        self.joined = None
+    def active(self, a):
+        self.up = a
+    def isconnected(self):
+        return self.joined is not None
+    def connect(self, ssid, pw):
+        self.connects = getattr(self, "connects", 0) + 1
+        if ssid == "village":
+            self.joined = ssid
+    def status(self, what=None):
+        return -61 if what == "rssi" else (1 if self.joined else 0)
+    def disconnect(self):
+        self.joined = None
+"""
 
 
 @pytest.mark.timeout(120)
