@@ -236,6 +236,39 @@ class HostBoard:
                 f.write(str(int(reset_reason)))
         return self.start(timeout_s)
 
+    def console_request(self, cmd, timeout_s=10, **fields):
+        """One console request over the stdin/stdout pipes (console="pipe"); the reply dict.
+        (For a pty and retries use tools.serialconsole.SerialConsole on a NullModem port.)"""
+        import select
+
+        from tools.serialconsole import PREFIX, decode, encode
+
+        if self.console != "pipe":
+            raise HostBoardError("console_request needs HostBoard(..., console='pipe')")
+        self._req_id = getattr(self, "_req_id", 0) + 1
+        self.proc.stdin.write(encode(dict(fields, id=self._req_id, cmd=cmd)))
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout_s
+        buf = getattr(self, "_con_buf", b"")
+        fd = self.proc.stdout.fileno()  # raw reads: a buffered readline could hide lines from select
+        while True:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(PREFIX):
+                    reply = decode(line)
+                    if reply.get("id") == self._req_id:
+                        self._con_buf = buf
+                        return reply
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            data = os.read(fd, 4096)
+            if not data:
+                raise HostBoardError("console closed (board exited: %s)" % self.proc.poll())
+            buf += data
+        self._con_buf = buf
+        raise HostBoardError("no console reply to %r within %.1fs" % (cmd, timeout_s))
+
     def wait_exit(self, timeout_s=10):
         return self.proc.wait(timeout_s)
 

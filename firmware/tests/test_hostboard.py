@@ -9,7 +9,6 @@ import time
 import pytest
 
 from tools.hostboard import ControlError, HostBoard, provision_dir
-from tools.serialconsole import decode, encode
 
 
 @pytest.fixture
@@ -107,9 +106,7 @@ def test_at_most_four_clients(hb):
 
 @pytest.mark.timeout(60)
 def test_led_and_buzzer_history_with_timestamps(hb):
-    hb.proc.stdin.write(encode({"id": 1, "cmd": "selftest"}))
-    hb.proc.stdin.flush()
-    reply = decode(hb.proc.stdout.readline())
+    reply = hb.console_request("selftest")
     assert reply["ok"] and reply["pass"]
     hist = hb.led_history()
     assert [v for _, v in hist] == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
@@ -140,9 +137,7 @@ def test_kill9_and_restart_keep_flash_and_hwid(hb):
 def test_single_led_and_no_reader(tmp_path):
     with HostBoard(tmp_path / "f", entry="boards/host_console_main.py", console="pipe", single_led=True,
                    no_rfid=True) as b:
-        b.proc.stdin.write(encode({"id": 1, "cmd": "selftest"}))
-        b.proc.stdin.flush()
-        reply = decode(b.proc.stdout.readline())
+        reply = b.console_request("selftest")
         assert reply["reader"] == "absent" and reply["pass"] is True
         # A single LED shows every colour as plain "on".
         assert [v for _, v in b.led_history()] == [(1, 1, 1), (0, 0, 0)]
