@@ -145,6 +145,7 @@ class HostBoard:
         self.proc = subprocess.Popen(self.argv(), stdin=stdin, stdout=stdout, stderr=self._log,
                                      env=env, cwd=self.image, start_new_session=True)
         self.starts += 1
+        self._con_buf = b""
         try:
             wait_for(self._connect, timeout_s, "host board %s to open its control socket %s (log: %s)"
                      % (self.flash_dir, self.control_path, self.log_path))
