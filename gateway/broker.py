@@ -72,6 +72,8 @@ autosave_interval 30
 max_queued_messages 0
 max_inflight_messages {inflight}
 set_tcp_nodelay true
+# $SYS every 2 s: the gateway reads clients/connected for /metrics
+sys_interval 2
 log_type error
 log_type warning
 log_type notice

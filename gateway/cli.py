@@ -78,7 +78,7 @@ class GatewayApp:
             self.broker.start()
         self.metrics = Metrics()
         user, password = self.broker.gateway_credentials
-        if b["use_tls"]:
+        if b["use_tls"] or not b["port"]:  # no plain listener: the gateway uses TLS too
             settings = MqttSettings(b["host"], b["tls_port"], user, password, tls_ca=self.broker.ca_path,
                                     client_id=b["client_id"])
         else:
@@ -146,6 +146,7 @@ class GatewayApp:
             self.store.close()
         if self.registry:
             self.registry.close()
+        log.info("gateway stopped")
 
     def run_forever(self):
         done = threading.Event()

@@ -192,6 +192,15 @@ class GatewayService:
             log.warning("disconnected from broker; reconnecting", extra={"fields": {"reason": str(reason_code)}})
 
     def _on_message(self, client, userdata, msg):
+        try:
+            self._receive(client, msg)
+        except Exception:  # paho would re-raise and stop its network thread: never let it
+            self.metrics.inc("fengqiao_rejections_total", {"reason": "InternalError"})
+            log.exception("receiving a message failed")
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+
+    def _receive(self, client, msg):
         topic = msg.topic
         if topic[0] == "$":
             try:

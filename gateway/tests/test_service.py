@@ -41,6 +41,9 @@ def test_alarm_stored_then_acked_with_gateway_time(running_gateway, project_brok
     text = _metrics(app)
     assert 'fengqiao_events_total{kind="alarm"} 1' in text
     assert "fengqiao_verify_to_ack_seconds_count 1" in text
+    # connected clients, from the broker's $SYS tree (at least the gateway itself)
+    wait_for(lambda: (app.metrics._gauges.get(("fengqiao_broker_clients_connected", ())) or 0) >= 1, 15,
+             "$SYS connected-clients gauge")
 
 
 @pytest.mark.timeout(60)
