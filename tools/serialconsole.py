@@ -101,7 +101,13 @@ class SerialConsole:
         try:
             self.ser = serial.Serial(self.port, self.baud, timeout=0.05, write_timeout=self.timeout_s)
         except (serial.SerialException, OSError, ValueError) as exc:
-            hint = " (add yourself to the dialout group)" if "ermission" in str(exc) else ""
+            text = str(exc)
+            if "ermission" in text:
+                hint = " (add yourself to the dialout group)"
+            elif "ioctl" in text or "directory" in text:
+                hint = " (that is not a serial port: pick the unit's /dev/ttyUSB* or /dev/ttyACM*)"
+            else:
+                hint = ""
             raise PortError("cannot open %s: %s%s" % (self.port, exc, hint)) from exc
         # End any half line the unit holds from before (a blank line is ignored by the console),
         # then drop whatever was already waiting (boot messages, stale replies).

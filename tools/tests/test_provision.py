@@ -129,6 +129,13 @@ def test_absent_port_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "k").exists()
 
 
+def test_wrong_port_is_a_clear_error(tmp_path, capsys):
+    assert main(base_args("/dev/null", "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
+    err = capsys.readouterr().err
+    assert "cannot open /dev/null" in err and "not a serial port" in err
+    assert not (tmp_path / "k").exists()
+
+
 def test_key_must_go_somewhere(capsys):
     assert main(base_args("/dev/null", "0000002a", "--role", "alarm")) == 1
     assert "--key-out" in capsys.readouterr().err
