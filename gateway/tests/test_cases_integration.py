@@ -213,3 +213,13 @@ def test_patrol_missed_checkpoint_live_and_offline_round_synced_later(village_fa
     assert {e.body["round"] for e in reevaluated} == {"night-late/route-night/2026-03-15"}
     assert reevaluated[0].body["previous_status"] == "not_started" and reevaluated[-1].body["status"] == "complete"
     assert len(v.plugin.patrol.checkins_between(late_start - 3600, late_start + 3 * 3600)) == 4
+    # the report, from the same database, in its own process: figures match the scenario
+    out = os.path.join(os.path.dirname(v.db_path), "reports")
+    result = fengqiao("report", "patrol", "--date", "2026-03-14", "--out", out, "--db", v.db_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 rounds, 0 complete, 0 late, 0 out of order, 1 missed, 1 not started; compliance 37.5%" in result.stdout
+    result = fengqiao("report", "patrol", "--date", "2026-03-15", "--out", out, "--db", v.db_path)
+    assert "2 rounds, 1 complete, 0 late, 0 out of order, 0 missed, 1 not started; compliance 50.0%" in result.stdout
+    with open(os.path.join(out, "patrol-2026-03-15.csv")) as f:
+        rows = f.read().splitlines()
+    assert rows[1].startswith("2026-03-15,vil-dongshan,route-night,team-dongshan,night-late,02:00,02:05:00,complete,4,4,")
