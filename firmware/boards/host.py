@@ -281,13 +281,14 @@ class Board:
 
     def _send(self, conn, obj):
         data = json.dumps(obj).encode() + b"\n"
-        conn.setblocking(True)
+        # A client that stops reading must not hang the board: at most 2 s per reply.
+        conn.settimeout(2)
         try:
             while data:
                 data = data[conn.send(data):]
-            conn.setblocking(False)
         except OSError:
-            pass  # the client went away; its next recv() drops it
+            pass  # gone or stuck: the reply is lost, its next recv() (or EOF) drops it
+        conn.setblocking(False)
 
     def _op(self, r):
         op = r["op"]
