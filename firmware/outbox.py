@@ -169,6 +169,18 @@ class Outbox:
             else:
                 _remove(self._new)
         self._reset()
+        end, over = self._rescan()
+        try:
+            size = os.stat(self.path)[6]
+        except OSError:
+            size = 0
+        if over or self.damaged or size != end or self._dead() > self._threshold():
+            self.compact()
+
+    def _rescan(self):
+        """Rebuild the in-RAM index from the file; returns (end of last good record, overflowed)."""
+        self._n = 0
+        self.live_bytes = 0
         end = 0
         over = False
         for kind, off, payload in scan(self.path):
@@ -187,12 +199,7 @@ class Outbox:
             elif kind == _KIND_REMOVE and len(payload) == 4:
                 self._drop_index(self._find(struct.unpack(">I", payload)[0]))
         self.file_bytes = end
-        try:
-            size = os.stat(self.path)[6]
-        except OSError:
-            size = 0
-        if over or self.damaged or size != end or self._dead() > self._threshold():
-            self.compact()
+        return end, over
 
     def _complete(self, path):
         last = None
@@ -323,26 +330,31 @@ class Outbox:
     def compact(self):
         """Rewrite the live events into a new file and swap it in atomically."""
         _remove(self._new)
-        offs = array("I", bytes(4 * self.max_entries))
         pos = 0
         src = None
+        offs = self._offs  # updated in place (each entry is read before its offset is replaced)
         try:
-            if self._n:
-                src = open(self.path, "rb")
-            with open(self._new, "wb") as out:
-                for i in range(self._n):
-                    src.seek(self._offs[i])
-                    payload = src.read(self._lens[i])
-                    rec = _record(_KIND_EVENT, payload)
+            try:
+                if self._n:
+                    src = open(self.path, "rb")
+                with open(self._new, "wb") as out:
+                    for i in range(self._n):
+                        src.seek(offs[i])
+                        payload = src.read(self._lens[i])
+                        rec = _record(_KIND_EVENT, payload)
+                        out.write(rec)
+                        offs[i] = pos + _HDR
+                        pos += len(rec)
+                    rec = _record(_KIND_COMMIT, b"")
                     out.write(rec)
-                    offs[i] = pos + _HDR
                     pos += len(rec)
-                rec = _record(_KIND_COMMIT, b"")
-                out.write(rec)
-                pos += len(rec)
-        finally:
-            if src:
-                src.close()
+            finally:
+                if src:
+                    src.close()
+        except Exception:  # noqa: BLE001 - MemoryError or OSError: the old file is intact
+            self._rescan()  # offsets must point into the old file again
+            _remove(self._new)
+            raise
         try:
             os.rename(self._new, self.path)
         except OSError:
@@ -350,6 +362,5 @@ class Outbox:
             # lose power between these two lines.
             _remove(self.path)
             os.rename(self._new, self.path)
-        self._offs = offs
         self.file_bytes = pos
         self.compactions += 1

@@ -108,6 +108,8 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90):
         def frames_from_live_board(count):
             if not hb.alive:
                 raise ScenarioFailed("board died: %s" % hb.log_tail(300).strip().splitlines()[-1:])
+            if "MemoryError" in hb.log_tail(1 << 20):
+                raise ScenarioFailed("MemoryError in a task (restarted by the supervisor, but the heap is too small)")
             return len(gw.frames) >= count
 
         try:

@@ -158,6 +158,24 @@ def test_crash_between_remove_and_rename_adopts_complete_new():
     eq(Outbox(D).seqs(), [2], "complete .new adopted")
 
 
+def test_failed_compaction_keeps_the_index_pointing_at_the_old_file():
+    ob = Outbox(D)
+    for s in range(1, 8):
+        ob.put(s, PRIO_NORMAL, data(s))
+    ob.remove(2)
+    os.mkdir(D + "/outbox.new")  # the new file cannot be created
+    try:
+        ob.compact()
+        check(False, "compaction should have failed")
+    except OSError:
+        pass
+    for s in (1, 3, 4, 5, 6, 7):
+        eq(ob.read(s)[1], data(s), "read %d after failed compaction" % s)
+    os.rmdir(D + "/outbox.new")
+    ob.compact()
+    eq(Outbox(D).seqs(), [1, 3, 4, 5, 6, 7], "compacts fine afterwards")
+
+
 def test_seq_never_reused_across_reopen():
     last = 0
     writes = 0
