@@ -382,13 +382,14 @@ class NullModem:
     cable: a host board's console goes on one slave (`board_fd`), and a tool opens the other by
     its path (`port`, a /dev/pts/N) as it would open /dev/ttyUSB0. Both slaves are in raw mode."""
 
-    def __init__(self):
+    def __init__(self, board_raw=True):
         import threading
         import tty
 
         self._m1, self.board_fd = os.openpty()
         self._m2, self._s2 = os.openpty()
-        tty.setraw(self.board_fd)
+        if board_raw:  # board_raw=False leaves the board's side cooked (echo, CRLF): a robustness test
+            tty.setraw(self.board_fd)
         tty.setraw(self._s2)
         self.port = os.ttyname(self._s2)
         self._stop = False

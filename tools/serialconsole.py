@@ -194,6 +194,8 @@ class SerialConsole:
                     reply = decode(line)
                 except FrameDecodeError:
                     break  # our reply was damaged on the way: ask again
+                if "ok" not in reply:
+                    continue  # our own request echoed back by a terminal in cooked mode
                 rid = reply.get("id")
                 if rid in sent:
                     if reply.get("ok") is True:

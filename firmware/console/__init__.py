@@ -86,7 +86,7 @@ class Console:
                     self._send({"id": None, "ok": False, "error": "too_long",
                                 "detail": "line longer than %d bytes" % MAX_LINE})
                 elif self._buf:
-                    line = bytes(self._buf)
+                    line = self._buf
                     self._buf = bytearray()
                     self.handle_line(line)
             elif not self._skipping:
@@ -109,13 +109,18 @@ class Console:
             self.log("console: reply not sent: %r" % e)
 
     def handle_line(self, line):
-        line = line.rstrip(b"\r")
+        line = bytes(line).rstrip(b"\r")
         if not line.strip():
             return
         self.requests += 1
         rid = None
         try:
             req = decode(line)
+            if "ok" in req:
+                # A reply, not a request: our own output echoed back by a terminal (or another
+                # unit's). Answering it would start an endless echo loop, so it is only counted.
+                self.errors += 1
+                return
             rid = req.get("id")
             if rid is not None and (type(rid) is not int or rid < 0 or rid > 0x7FFFFFFF):
                 rid = None

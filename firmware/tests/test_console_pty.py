@@ -119,6 +119,24 @@ def test_selftest_drives_led_buzzer_and_reads_reader(board):
 
 
 @pytest.mark.timeout(60)
+def test_cooked_tty_with_echo_still_works(tmp_path):
+    """The board's tty left in cooked mode (echo on, CR/LF translation), as a careless setup or a
+    terminal program would leave it: the tool skips its echoed requests, the unit does not answer
+    echoed replies, provisioning still works."""
+    with NullModem(board_raw=False) as nm:
+        hb = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console=nm.board_fd)
+        hb.start()
+        try:
+            with SerialConsole(nm.port) as con:
+                assert con.identify()["provisioned"] is False
+                assert con.write_config(CFG) == key_fingerprint(bytes.fromhex(CFG["key"]))
+                assert con.read_config()["device_id"] == 0x1234
+            assert hb.alive
+        finally:
+            hb.stop()
+
+
+@pytest.mark.timeout(60)
 def test_retry_after_damaged_request_does_not_double_write(board):
     """A request the unit could not read (noise) is answered with id null and sent again; the
     client takes the reply to any copy, so write_config lands once and reports success."""

@@ -174,6 +174,8 @@ for _ in range(20):
     con.poll()
 rs = ask(raw=b"yyy\n")
 check("malformed_too_long", len(rs) == 1 and rs[0]["error"] == "too_long", repr(rs))
+# A reply frame (our own output echoed back) is not answered: no echo loop.
+eq("reply_frame_not_answered", ask({"id": 3, "ok": True, "cmd": "identify"}), [])
 rs = ask(raw=b"\n\r\n   \n")
 eq("blank_lines_ignored", rs, [])
 r = ask({"id": 13, "cmd": "identify"})
