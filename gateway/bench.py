@@ -402,6 +402,9 @@ class CpuMeter:
         self.t0 = time.monotonic()
         self.c0 = {k: sum(_cpu_s(p) for p in v) for k, v in self.pids.items()}
 
+    def seconds(self, name):
+        return sum(_cpu_s(p) for p in self.pids[name]) - self.c0[name]
+
     def shares(self):
         dt = max(time.monotonic() - self.t0, 1e-9)
         return {k: round((sum(_cpu_s(p) for p in v) - self.c0[k]) / dt, 2) for k, v in self.pids.items()}
@@ -468,6 +471,7 @@ def run(args):
         meter = CpuMeter({"responder": [responder.pid], "broker": [broker.pid], "simulators": sims.pids})
         total, bare = _rate(sims.run(("max", per_device)))
         result["cpu_cores_used_a"] = meter.shares()
+        result["responder_cpu_us_per_event"] = round(meter.seconds("responder") / n_events * 1e6)
         if total != n_events:
             raise CliError("bare run: only %d of %d answered" % (total, n_events))
         result["bare_limit_events_per_s"] = round(bare)
@@ -509,12 +513,16 @@ def run(args):
         results = sims.run(("max", per_device))
         wait_for(lambda: counter.count >= n_events, 120, "the county to receive %d envelopes" % n_events)
         result["cpu_cores_used_b"] = meter.shares()
+        # CPU per event does not depend on how busy the machine is: the figure to compare runs with
+        result["gateway_cpu_us_per_event"] = round(meter.seconds("gateway") / n_events * 1e6)
         total, rate = _rate(results, counter.last)
         result["gateway_events_per_s"] = round(rate)
         result["forwarded"] = counter.count
         result["ratio"] = round(rate / bare, 3)
-        _say(args, "    %.0f events/s (ratio %.2f to the bare limit)  cpu (cores): %s"
-             % (rate, rate / bare, result["cpu_cores_used_b"]))
+        _say(args, "    %.0f events/s (ratio %.2f to the bare limit)  cpu (cores): %s; gateway %d us/event"
+             " (bare responder %d us/event)" % (rate, rate / bare, result["cpu_cores_used_b"],
+                                                result["gateway_cpu_us_per_event"],
+                                                result["responder_cpu_us_per_event"]))
 
         # (c) latency at a fixed offered load
         _say(args, "(c) latency at %.0f events/s for %.0f s ..." % (args.rate, args.latency_s))
@@ -523,7 +531,7 @@ def run(args):
         sent = sum(r["sent"] for r in res)
         if not lat:
             raise CliError("no acks in the latency run")
-        q = statistics.quantiles(lat, n=100, method="inclusive")
+        q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
         result.update(offered_events_per_s=args.rate, latency_events=len(lat), latency_lost=sent - len(lat),
                       achieved_events_per_s=round(sent / max(r["elapsed"] for r in res)),
                       p50_ms=round(q[49] * 1000, 2), p99_ms=round(q[98] * 1000, 2),
