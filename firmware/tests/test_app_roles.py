@@ -150,3 +150,28 @@ def gw_key(gw, dev, hb):
 
     with open(os.path.join(hb.flash_dir, "data", "identity.cfg")) as f:
         return bytes.fromhex(json.loads(f.readline())["key"])
+
+
+@pytest.mark.timeout(60)
+def test_unprovisioned_board_serves_the_console_and_shows_unprovisioned(tmp_path):
+    import binascii
+    import json
+    import select
+
+    hb = HostBoard(str(tmp_path / "blank"), heap=HEAP, console="pipe")
+    hb.start()
+    try:
+        body = json.dumps({"id": 1, "cmd": "identify"}).encode()
+        hb.proc.stdin.write(b"FQ1 " + body + b" %08x\n" % (binascii.crc32(body) & 0xFFFFFFFF))
+        hb.proc.stdin.flush()
+        ready, _, _ = select.select([hb.proc.stdout], [], [], 10)
+        assert ready, "no console reply"
+        line = hb.proc.stdout.readline()
+        assert line.startswith(b"FQ1 "), line
+        reply = json.loads(line[4:].rsplit(b" ", 1)[0])
+        assert reply["ok"] and reply["provisioned"] is False, reply
+        wait_for(lambda: hb.led() == (1, 0, 1), 5, "the magenta 'unprovisioned' flash")
+    finally:
+        hb.stop()
+        for f in (hb.proc.stdin, hb.proc.stdout):
+            f.close()
