@@ -113,6 +113,33 @@ def test_siren_downlink_sounds_the_buzzer_pattern(village):
 
 
 @pytest.mark.timeout(60)
+def test_config_downlink_changes_settings_and_survives_a_reboot(village):
+    import json
+
+    broker, gw, board = village
+    dev = 0xA4
+    hb = board("alarm", dev)
+    gw.wait_frame(dev, "boot")
+    time.sleep(0.3)
+    gw.send(dev, frame.DOWN_CONFIG, [{1: 2, 3: 1500, 42: 9}])  # heartbeat every 2 s, hold 1.5 s
+
+    def saved():
+        with open(os.path.join(hb.flash_dir, "data", "identity.cfg")) as f:
+            return json.loads(f.readline())["settings"]
+
+    wait_for(lambda: saved()["heartbeat_interval_s"] == 2, 5, "the new settings saved in the identity")
+    assert saved()["hold_ms"] == 1500
+    gw.wait_frame(dev, "heartbeat", timeout_s=6)  # the new interval is in force already
+    hb.hold(1200)  # shorter than the new hold: no alarm
+    time.sleep(1.5)
+    assert gw.of(dev, "alarm") == []
+    hb.restart()
+    gw.wait_frame(dev, "boot", count=2)
+    hb.hold(1700)
+    gw.wait_frame(dev, "alarm")
+
+
+@pytest.mark.timeout(60)
 def test_checkin_beeps_stored_offline_then_confirmed_and_counts_a_card_once(village):
     broker, gw, board = village
     dev = 0xC1
