@@ -24,6 +24,7 @@ Exceptions (all subclass EnvelopeError, a ValueError):
 """
 
 import binascii
+import hashlib
 import json
 import struct
 from datetime import datetime, timezone
@@ -311,10 +312,13 @@ def verify_envelopes(lines, public_key, device_keys=None, first_event=None):
 
     device_keys: {(device_id, key_id): key bytes} or {device_id: key bytes} (any key id).
     first_event: the event id each gateway's chain must start at (1 for a complete dump); None
-    accepts any start (a live subscription joins mid-chain)."""
+    accepts any start (a live subscription joins mid-chain).
+
+    Streams: memory grows with the number of envelope ids (a digest each, to recognise duplicates)
+    and the longest run of unsigned envelopes, not with the size of the dump."""
     report = Report()
     device_keys = device_keys or {}
-    by_gateway, seen = {}, {}
+    chains, seen = {}, {}
     for n, line in enumerate(lines, 1):
         if isinstance(line, (str, bytes)) and not line.strip():
             continue
@@ -323,40 +327,84 @@ def verify_envelopes(lines, public_key, device_keys=None, first_event=None):
         except MalformedEnvelope as exc:
             report.problems.append("line %d: malformed envelope: %s" % (n, exc))
             continue
+        digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).digest()[:16]
         previous = seen.get(env["id"])
         if previous is not None:
-            if previous == env:
+            if previous == digest:
                 report.duplicates += 1
             else:
                 report.problems.append("line %d: %s was received twice with different content" % (n, env["id"]))
             continue
-        seen[env["id"]] = env
+        seen[env["id"]] = digest
         report.envelopes += 1
-        by_gateway.setdefault(env["gateway"], []).append((n, env))
-    for gateway, items in by_gateway.items():
-        report.gateways[gateway] = (items[0][1]["event_id"], items[-1][1]["event_id"])
-        start = items[0][1]["event_id"]
-        if first_event is not None and start != first_event:
-            report.problems.append("%s: the dump starts at event %d, expected event %d (events %d..%d missing)"
-                                   % (gateway, start, first_event, first_event, start - 1)
-                                   if start > first_event else
-                                   "%s: the dump starts at event %d, before event %d" % (gateway, start, first_event))
-        _verify_chain(gateway, items, public_key, device_keys, report)
+        chain = chains.get(env["gateway"])
+        if chain is None:
+            chain = chains[env["gateway"]] = _Chain(env["gateway"], report, public_key, device_keys)
+            start = env["event_id"]
+            if first_event is not None and start != first_event:
+                report.problems.append(
+                    "%s: the dump starts at event %d, expected event %d (events %d..%d missing)"
+                    % (env["gateway"], start, first_event, first_event, start - 1) if start > first_event else
+                    "%s: the dump starts at event %d, before event %d" % (env["gateway"], start, first_event))
+        chain.add(n, env)
+    for chain in chains.values():
+        chain.finish()
+        report.gateways[chain.gateway] = (chain.first_id, chain.last["event_id"])
     return report
 
 
-def _verify_chain(gateway, items, public_key, device_keys, report):
-    intact = []      # per item: content checks passed (hash recomputes)
-    for n, env in items:
+class _Chain:
+    """One gateway's envelopes in dump order: continuity, and signature coverage through the chain."""
+
+    def __init__(self, gateway, report, public_key, device_keys):
+        self.gateway, self.report = gateway, report
+        self.public_key, self.device_keys = public_key, device_keys
+        self.last = None        # the previous envelope of this gateway in the dump
+        self.first_id = None
+        self.pending = []       # event ids of intact envelopes, chained to `last`, awaiting a signature
+
+    def add(self, n, env):
+        problems = self.report.problems
+        if self.first_id is None:
+            self.first_id = env["event_id"]
+        intact = self._check_content(n, env)
+        if self.last is not None and not self._linked(n, self.last, env):
+            self._uncovered()
+        self.last = env
+        if not intact:
+            self._uncovered()  # a changed envelope cannot carry the proof of those before it
+            return
+        if env["sig"] is not None:
+            try:
+                check_signature(env, self.public_key)
+                self.report.signatures += 1
+                self.pending = []  # this signature proves the run before it, and itself
+                return
+            except BadSignature as exc:
+                problems.append("line %d (%s): BadSignature: %s" % (n, env["id"], exc))
+        self.pending.append(env["event_id"])
+
+    def finish(self):
+        self._uncovered()
+
+    def _uncovered(self):
+        if self.pending:
+            a, b = self.pending[0], self.pending[-1]
+            self.report.problems.append(
+                "%s: event%s %s not covered by a valid signature through an intact chain"
+                % (self.gateway, "" if a == b else "s", a if a == b else "%d..%d" % (a, b)))
+            self.pending = []
+
+    def _check_content(self, n, env):
+        report = self.report
         try:
             check_envelope(env)
-            intact.append(True)
         except EnvelopeError as exc:
             report.problems.append("line %d (%s): %s: %s" % (n, env["id"], type(exc).__name__, exc))
-            intact.append(False)
-            continue
+            return False
         if env["source"] == SOURCE_DEVICE:
-            key = device_keys.get((env["device_id"], env["key_id"]), device_keys.get(env["device_id"]))
+            keys = self.device_keys
+            key = keys.get((env["device_id"], env["key_id"]), keys.get(env["device_id"]))
             if key is None:
                 report.macs_unchecked += 1
             else:
@@ -365,46 +413,23 @@ def _verify_chain(gateway, items, public_key, device_keys, report):
                     report.macs_checked += 1
                 except BadDeviceMac as exc:
                     report.problems.append("line %d (%s): BadDeviceMac: %s" % (n, env["id"], exc))
-    # continuity: each envelope follows the previous one in the dump
-    linked = [False] * len(items)   # linked[i]: item i+1 continues item i
-    for i in range(len(items) - 1):
-        (_, a), (nb, b) = items[i], items[i + 1]
+        return True
+
+    def _linked(self, n, a, b):
+        """True when b continues a; otherwise the problem (gap, reorder, replaced event) is reported."""
         if b["event_id"] == a["event_id"] + 1:
-            if b["prev_hash"] != a["hash"]:
-                report.problems.append("line %d (%s): chain broken: prev_hash is not the hash of event %d"
-                                       % (nb, b["id"], a["event_id"]))
-            else:
-                linked[i] = True
+            if b["prev_hash"] == a["hash"]:
+                return True
+            self.report.problems.append("line %d (%s): chain broken: prev_hash is not the hash of event %d"
+                                        % (n, b["id"], a["event_id"]))
         elif b["event_id"] > a["event_id"] + 1:
             lo, hi = a["event_id"] + 1, b["event_id"] - 1
-            report.problems.append("%s: missing event%s %s between %s and %s (removed or not received)"
-                                   % (gateway, "" if lo == hi else "s", lo if lo == hi else "%d..%d" % (lo, hi),
-                                      a["id"], b["id"]))
+            self.report.problems.append(
+                "%s: missing event%s %s between %s and %s (removed or not received)"
+                % (self.gateway, "" if lo == hi else "s", lo if lo == hi else "%d..%d" % (lo, hi), a["id"], b["id"]))
         else:
-            report.problems.append("line %d (%s): out of order: follows event %d"
-                                   % (nb, b["id"], a["event_id"]))
-    # signatures, and which events a valid signature covers through an intact chain
-    covered = [False] * len(items)
-    for i in range(len(items) - 1, -1, -1):
-        n, env = items[i]
-        if env["sig"] is not None:
-            try:
-                check_signature(env, public_key)
-                report.signatures += 1
-                covered[i] = intact[i]
-                continue
-            except BadSignature as exc:
-                report.problems.append("line %d (%s): BadSignature: %s" % (n, env["id"], exc))
-        covered[i] = intact[i] and i + 1 < len(items) and linked[i] and covered[i + 1]
-    start = None
-    for i in range(len(items) + 1):
-        if i < len(items) and not covered[i] and intact[i]:
-            start = i if start is None else start
-        elif start is not None:
-            a, b = items[start][1]["event_id"], items[i - 1][1]["event_id"]
-            report.problems.append("%s: event%s %s not covered by a valid signature through an intact chain"
-                                   % (gateway, "" if a == b else "s", a if a == b else "%d..%d" % (a, b)))
-            start = None
+            self.report.problems.append("line %d (%s): out of order: follows event %d" % (n, b["id"], a["event_id"]))
+        return False
 
 
 # -- rendering (the demo) ------------------------------------------------------------------------------
