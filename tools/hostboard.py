@@ -98,6 +98,10 @@ class HostBoard:
         # Unix socket paths are limited to 107 bytes: keep them short, beside the flash dir.
         self.control_path = control_path or os.path.join(os.path.dirname(self.flash_dir),
                                                          os.path.basename(self.flash_dir)[:40] + ".ctl")
+        if len(self.control_path.encode()) > 100:
+            # sockaddr_un holds 108 bytes: fall back to a short, per-flash-dir name in /tmp.
+            digest = hashlib.sha256(self.flash_dir.encode()).hexdigest()[:16]
+            self.control_path = "/tmp/fq-%s.ctl" % digest
         self.entry = entry
         self.heap = heap
         self.hwid = hwid

@@ -177,3 +177,10 @@ def test_software_watchdog_resets_a_hung_loop(tmp_path):
     b.entry = "boards/host_console_main.py"
     with b:
         assert b.state()["reset_reason"] == 2  # watchdog
+
+
+@pytest.mark.timeout(60)
+def test_deep_flash_dir_gets_a_short_socket_path(tmp_path):
+    deep = tmp_path / ("x" * 60) / ("y" * 60) / "flash"
+    with HostBoard(deep, entry="boards/host_console_main.py") as b:
+        assert len(b.control_path) <= 100 and b.ping()["flash"] == str(deep)
