@@ -125,6 +125,9 @@ def load_public_key(text_or_path):
         except OSError as exc:
             raise KeyFileError("cannot read public key %s: %s" % (text_or_path, exc)) from exc
     text = text.strip()
+    if "PRIVATE KEY" in text:
+        raise KeyFileError("that is the gateway's private key; give its public key (print it with "
+                           "`python -m gateway.keys --key FILE`)")
     try:
         if _is_hex64(text):
             key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))

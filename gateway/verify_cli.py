@@ -77,17 +77,28 @@ def load_device_keys(path):
 
 
 def read_files(paths):
-    lines = []
+    """The lines of the dump files, one at a time (a county dump can be large)."""
     for path in paths:
         try:
             if path == "-":
-                lines.extend(sys.stdin.read().splitlines())
+                for line in sys.stdin:
+                    yield line
             else:
                 with open(path, encoding="utf-8", errors="replace") as f:
-                    lines.extend(f.read().splitlines())
+                    for line in f:
+                        yield line
         except OSError as exc:
             raise CliError("cannot read %s: %s" % (path, exc)) from exc
-    return lines
+
+
+def _shown(lines):
+    for line in lines:
+        if line.strip():
+            try:
+                print(envelope.render(envelope.loads(line)))
+            except envelope.EnvelopeError as exc:
+                print("(unreadable envelope: %s)" % exc)
+        yield line
 
 
 def subscribe(host, port, topic, count, timeout_s, username=None, password=None, cafile=None):
@@ -165,11 +176,7 @@ def run(args):
     else:
         raise CliError("give a FILE of envelopes or --broker/--topic")
     if args.show:
-        for line in lines:
-            try:
-                print(envelope.render(envelope.loads(line)))
-            except envelope.EnvelopeError as exc:
-                print("(unreadable envelope: %s)" % exc)
+        lines = _shown(lines)
     first = args.from_event if args.from_event is not None else (None if args.broker else 1)
     report = envelope.verify_envelopes(lines, public_key, device_keys, first_event=first)
     problems = extra + report.problems
