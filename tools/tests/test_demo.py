@@ -1,0 +1,35 @@
+"""`make demo` runs for real: the whole story on the sample village, end to end, then stops cleanly.
+
+This is the demo's own smoke test (the same code path `make demo` takes, minus the endless duty
+view): real Mosquitto brokers, the real gateway, eleven host boards running the firmware.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tools.testing.procs import REPO_ROOT
+
+
+@pytest.mark.timeout(400)
+def test_demo_story_runs_end_to_end_and_stops_cleanly(tmp_path):
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "demo", "--exit-after-story", "--workdir", str(workdir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=380,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    # the data path a newcomer follows, in order
+    for marker in ("frame on fq/v1/00000102/up (33 bytes)", "gateway verified", "LED blue slow blink",
+                   "county received envelope qiaotou:", "siren sounding at hh-e01", "west-lane households stay quiet",
+                   "case_escalated", "steady green = someone is coming", "closed         by p-zhou-min",
+                   "patrol_missed_checkpoint", "fengqiao verify:", "story complete"):
+        assert marker in out, "demo output lacks %r:\n%s" % (marker, out[-3000:])
+    assert "problem" not in out.split("fengqiao verify:")[1].splitlines()[0]
+    # clean stop: no host board, broker or gateway left running from this work directory
+    leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], "processes left running: %s" % leftovers
+    assert os.path.exists(workdir / "county-envelopes.jsonl")
