@@ -8,8 +8,9 @@ Steps: identify the unit (a clear error if the port is absent or the device is n
 unit) -> refuse if it already has an identity, unless --factory-reset (which erases it with the
 unit's hardware id as confirmation) -> check the gateway does not know the device id yet (when
 --gateway-config/--gateway-db is given) -> write the config with a fresh 32-byte key from
-os.urandom -> read it back and compare every field and the key fingerprint -> register the
-device and its key with the gateway (rolling the unit back to unprovisioned if that fails) ->
+os.urandom -> read it back and compare every field and the key fingerprint (a mismatch resets
+the unit) -> write --key-out and/or register the device and its key with the gateway (rolling
+the unit back to unprovisioned if that fails) ->
 print a label (device id, role, key fingerprint; never the key) -> reboot the unit.
 
 The key exists only in this process (a bytearray, zeroed at the end), on the unit, and wrapped in
@@ -255,39 +256,45 @@ def run(args):
         try:
             con.open()
             info = con.identify()
+            if args.selftest:  # before anything is erased: a failing unit keeps what it had
+                print(selftest_text(con.selftest()))
+                res = con.last_selftest
+                if not res.get("pass") or (args.role == "checkin" and res.get("reader") != "ok"):
+                    raise CliError("self-test failed (%s); fix the unit before provisioning it"
+                                   % ", ".join("%s %s" % (k, res.get(k)) for k in ("led", "buzzer", "reader")))
             if info.get("provisioned"):
                 if not args.factory_reset:
                     raise CliError("the unit on %s (hardware %s) already has an identity (device %s); refusing to "
                                    "overwrite it. Re-run with --factory-reset to erase it first."
                                    % (args.port, info.get("hwid"), "%08x" % info["device_id"] if "device_id" in info else "unreadable"))
                 con.factory_reset(info["hwid"])
-            if args.selftest:
-                print(selftest_text(con.selftest()))
-                res = con.last_selftest
-                if not res.get("pass") or (args.role == "checkin" and res.get("reader") != "ok"):
-                    raise CliError("self-test failed (%s); fix the unit before provisioning it"
-                                   % ", ".join("%s %s" % (k, res.get(k)) for k in ("led", "buzzer", "reader")))
             from tools.hostboard import key_fingerprint
 
             fingerprint = key_fingerprint(key)
             got = con.write_config(cfg)
-            if got != fingerprint:
-                raise CliError("the unit reports key fingerprint %s, expected %s: the key was damaged on the way. "
-                               "Re-run with --factory-reset." % (got, fingerprint))
-            diffs = compare_readback(cfg, con.read_config(), fingerprint)
+            diffs = [] if got == fingerprint else ["key_fingerprint"]
+            diffs = diffs or compare_readback(cfg, con.read_config(), fingerprint)
             if diffs:
-                raise CliError("read-back differs in %s; re-run with --factory-reset" % ", ".join(diffs))
+                # The unit holds something other than what was sent: never leave it like that.
+                con.factory_reset(info["hwid"])
+                raise CliError("the unit stored a different %s than was sent (a damaged transfer?); it was "
+                               "reset to unprovisioned: run the command again" % ", ".join(diffs))
+            wrote_key = False
             try:
-                if gateway is not None:
-                    gateway.register(cfg["device_id"], cfg["role"], key, cfg["key_id"])
                 if args.key_out:
                     _write_key(args.key_out, key)
+                    wrote_key = True
+                if gateway is not None:
+                    gateway.register(cfg["device_id"], cfg["role"], key, cfg["key_id"])
             except (CliError, OSError) as exc:
-                # A unit with a key nobody else holds is useless: undo it.
+                # A unit with a key nobody else holds is useless, and a key file for a unit that
+                # does not have it is misleading: undo both.
+                if wrote_key:
+                    os.unlink(args.key_out)
                 con.factory_reset(info["hwid"])
                 if isinstance(exc, OSError):
                     raise CliError("cannot write %s: %s (the unit was reset)" % (args.key_out, exc)) from exc
-                raise
+                raise CliError("%s (the unit was reset to unprovisioned)" % exc) from exc
         except NotFengqiao as exc:
             raise CliError(str(exc)) from exc
         except PortError as exc:

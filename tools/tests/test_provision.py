@@ -233,3 +233,35 @@ def test_selftest_failure_stops_provisioning(tmp_path, capsys):
                                 "--key-out", str(tmp_path / "k")))
             assert rc == 1 and "self-test failed" in capsys.readouterr().err
             assert not os.path.exists(os.path.join(hb.flash_dir, "data", "identity.cfg"))
+
+
+@pytest.mark.timeout(60)
+def test_gateway_failure_rolls_the_unit_back(unit, tmp_path, capsys):
+    db, mk = str(tmp_path / "gw.db"), str(tmp_path / "master.key")
+    key_out = tmp_path / "k"
+    rc = main(base_args(unit.port, "000000e1", "--role", "alarm", "--gateway-db", db, "--master-key", mk,
+                        "--place", "no-such-place", "--key-out", str(key_out), "--no-reboot"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "unknown place" in err and "reset to unprovisioned" in err
+    assert not os.path.exists(os.path.join(unit.flash_dir, "data", "identity.cfg"))
+    assert not key_out.exists()
+
+
+@pytest.mark.timeout(60)
+def test_read_back_mismatch_resets_the_unit(unit, tmp_path, capsys, monkeypatch):
+    """A transfer that stored something else (simulated: the read-back is altered on the way)."""
+    from tools import serialconsole
+
+    real = serialconsole.SerialConsole.read_config
+
+    def altered(self):
+        cfg = real(self)
+        cfg["broker_port"] += 1
+        return cfg
+
+    monkeypatch.setattr(serialconsole.SerialConsole, "read_config", altered)
+    rc = main(base_args(unit.port, "000000e2", "--role", "alarm", "--key-out", str(tmp_path / "k"), "--no-reboot"))
+    assert rc == 1 and "different broker_port" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(unit.flash_dir, "data", "identity.cfg"))
+    assert not (tmp_path / "k").exists()
