@@ -2,9 +2,10 @@
 compiled image), the project's Mosquitto, the real gateway with the cases plugin and the sample
 village, and `fengqiao case ...` run as its own process, as the duty officer does.
 
-Covers, from issue 5's Tests: an alarm sounds the group's sirens and nobody else's; the button's
-LED goes stored -> someone is coming when a responder acknowledges; a cancel closes the case and
-silences the sirens. (The same scenario on a real board is the lead's HIL suite.)
+Covers, from issue 5's Tests: an alarm sounds the group's sirens and nobody else's; escalation fires
+at each deadline with an injected clock; the button's LED goes stored -> someone is coming when a
+responder acknowledges; a cancel closes the case and silences the sirens. (The same scenarios on a
+real board over a serial port are the lead's HIL suite.)
 """
 
 import os
@@ -30,14 +31,10 @@ FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "2
 PRESSER, NEIGHBOUR, OTHER_GROUP, GATE = 0x101, 0x102, 0x201, 0x301
 
 
-@pytest.fixture(scope="module")
-def village(tmp_path_factory):
-    from gateway.broker import ProjectBroker
-
-    work = tmp_path_factory.mktemp("cases-fw")
-    broker = ProjectBroker(str(work / "broker")).start()
+def start_village(work, broker, devices, clock=None):
+    """The gateway (cases plugin, sample village) and one host board per (device id, registry role)."""
     raw = gateway_config(work, broker, gateway={"plugins": ["gateway.cases"]}, cases={"tick_s": 0.2})
-    app = GatewayApp(from_dict(raw))
+    app = GatewayApp(from_dict(raw), clock=clock)
     os.makedirs(app.data_dir, mode=0o700, exist_ok=True)
     db_path = os.path.join(app.data_dir, "gateway.db")
     data = parse_village(sample_text(), "sample_village.toml")
@@ -47,12 +44,12 @@ def village(tmp_path_factory):
     boards = {}
     try:
         app.start()
-        for dev, role, fw_role in ((PRESSER, "alarm_button", "alarm"), (NEIGHBOUR, "alarm_button", "alarm"),
-                                   (OTHER_GROUP, "alarm_button", "alarm"), (GATE, "checkpoint", "checkin")):
+        for dev, role in devices:
             key = os.urandom(32)
             app.registry.add_device(dev, role, None, key=key)
             broker.add_device(dev, key)
             flash = work / ("board-%x" % dev)
+            fw_role = "checkin" if role == "checkpoint" else "alarm"
             provision_dir(str(flash), {"device_id": dev, "key": key, "role": fw_role, "broker_host": "127.0.0.1",
                                        "broker_port": broker.port, "checkpoint_id": 101})
             boards[dev] = HostBoard(str(flash), heap=HEAP, args=FAST).start()
@@ -60,11 +57,32 @@ def village(tmp_path_factory):
         wait_for(lambda: {e.device_id for e in app.store.events_after(0, 1000) if e.kind == "boot"} == set(boards),
                  60, "every board's boot frame stored (connected)")
         time.sleep(0.5)                        # subscribed before boot went out; let the broker settle
-        yield app, boards, db_path
+    except BaseException:
+        stop_village(app, boards)
+        raise
+    return app, boards, db_path
+
+
+def stop_village(app, boards):
+    for hb in boards.values():
+        hb.stop()
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def village(tmp_path_factory):
+    from gateway.broker import ProjectBroker
+
+    work = tmp_path_factory.mktemp("cases-fw")
+    broker = ProjectBroker(str(work / "broker")).start()
+    try:
+        app, boards, db_path = start_village(work, broker, [
+            (PRESSER, "alarm_button"), (NEIGHBOUR, "alarm_button"), (OTHER_GROUP, "alarm_button"), (GATE, "checkpoint")])
+        try:
+            yield app, boards, db_path
+        finally:
+            stop_village(app, boards)
     finally:
-        for hb in boards.values():
-            hb.stop()
-        app.stop()
         broker.stop()
 
 
@@ -139,3 +157,32 @@ def test_triple_tap_cancel_closes_the_case_and_silences_the_sirens(village):
     got = app._plugins[-1].cases.get(case["case_id"])
     assert got["closed_by"] == "person@%08x" % PRESSER
     assert [i["role"] for i in got["inputs"]] == ["first", "cancel"]
+
+
+@pytest.mark.timeout(240)
+def test_escalation_when_nobody_answers_then_an_acknowledgement_lights_the_button(tmp_path, project_broker):
+    from gateway.clock import ManualClock
+
+    clock = ManualClock(time.time())
+    app, boards, _ = start_village(tmp_path, project_broker, [(PRESSER, "alarm_button")], clock=clock)
+    try:
+        cases = app._plugins[-1].cases
+        boards[PRESSER].hold(1300)
+        wait_for(lambda: open_case(app, PRESSER), 20, "a case for the held button")
+        case = open_case(app, PRESSER)
+        wait_led(boards[PRESSER], "stored")
+        t0 = case["opened_at"]                                     # emergency: level 3, 300 s / 1200 s
+        clock.set(t0 + 299)
+        time.sleep(0.6)
+        assert cases.get(case["case_id"])["escalated_to"] == "village"
+        clock.set(t0 + 300)
+        wait_for(lambda: cases.get(case["case_id"])["escalated_to"] == "township", 10, "escalation to the township")
+        clock.set(t0 + 1200)
+        wait_for(lambda: cases.get(case["case_id"])["escalated_to"] == "county", 10, "escalation to the county")
+        assert led_state(boards[PRESSER]) == "stored"             # still waiting for a responder
+        cases.acknowledge(case["case_id"], "p-zhou-min", "township patrol car sent")   # the duty console's call
+        wait_led(boards[PRESSER], "coming")
+        esc = [e.body for e in app.store.events_after(0, 10_000) if e.kind == "case_escalated"]
+        assert [(b["to"], b["at"] - t0) for b in esc] == [("township", 300), ("county", 1200)]
+    finally:
+        stop_village(app, boards)
