@@ -18,6 +18,8 @@
 #
 # Register map and command codes: MFRC522 datasheet rev. 3.9, sections 9.2 and 10.3.
 
+from time import ticks_diff, ticks_ms
+
 from micropython import const
 
 _COMMAND = const(0x01)
@@ -40,7 +42,8 @@ _CMD_IDLE = const(0x00)
 _CMD_TRANSCEIVE = const(0x0C)
 _CMD_SOFT_RESET = const(0x0F)
 
-_T_MODE_VALUE = const(0x8D)  # TAuto, prescaler hi 0x0D: ~25 ms receive timeout with the values below
+_T_MODE_VALUE = const(0x8D)  # TAuto, prescaler hi 0x0D: ~15 ms receive timeout with the values below
+_DEADLINE_MS = const(40)
 _IRQ_DONE = const(0x30)  # RxIRq | IdleIRq
 _IRQ_TIMER = const(0x01)
 _ERR_MASK = const(0x1B)  # BufferOvfl | CollErr | ParityErr | ProtocolErr
@@ -74,13 +77,14 @@ def crc_a(data):
 
 
 class MFRC522:
-    def __init__(self, spi, cs, rst=None, sleep_ms=None, check_every=8, poll_limit=200):
+    def __init__(self, spi, cs, rst=None, sleep_ms=None, check_every=8, poll_limit=2000):
         self.spi = spi
         self.cs = cs
         self.rst = rst
         self._sleep = sleep_ms or (lambda ms: None)
         self.check_every = check_every
-        self.poll_limit = poll_limit  # ComIrqReg polls per transceive (~25 ms timer runs out first)
+        self.poll_limit = poll_limit  # ComIrqReg polls per transceive, at most (and _DEADLINE_MS)
+        self._stuck = False
         self._w = bytearray(2)
         self._r = bytearray(2)
         self._reads = 0
@@ -149,6 +153,10 @@ class MFRC522:
             self._wreg(_FIFO_DATA, b)
         self._wreg(_COMMAND, _CMD_TRANSCEIVE)
         self._wreg(_BIT_FRAMING, 0x80 | tx_last_bits)  # StartSend
+        # The chip's own timer ends a receive after ~15 ms (prescaler 0xD3E: 2 kHz, reload 30).
+        # If neither data nor the timer shows up within _DEADLINE_MS (or poll_limit polls), the
+        # chip is not doing what we told it.
+        t0 = ticks_ms()
         n = self.poll_limit
         while True:
             irq = self._rreg(_COM_IRQ)
@@ -157,8 +165,7 @@ class MFRC522:
             if irq & _IRQ_TIMER:
                 raise _NoCard()
             n -= 1
-            if n <= 0:
-                # The timer never fired: the chip is not doing what we told it.
+            if n <= 0 or ticks_diff(ticks_ms(), t0) > _DEADLINE_MS:
                 self._stuck = True
                 raise _NoCard()
         self._wreg(_BIT_FRAMING, 0)
