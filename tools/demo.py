@@ -376,6 +376,10 @@ def _wait(pred, timeout_s, what):
         raise CliError(str(exc)) from exc
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def add_arguments(parser):
     parser.add_argument("--workdir", default="var/demo", help="where the demo keeps its files (wiped at start)")
     parser.add_argument("--no-story", action="store_true", help="only start the village and show the duty view")
@@ -387,7 +391,9 @@ def add_arguments(parser):
 def run(args):
     demo = Demo(args.workdir)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    # Ctrl-C and SIGTERM both end the duty view; installed explicitly because a shell that starts
+    # us in the background leaves SIGINT ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         demo.start(args.boards, args.heap)
         if not args.no_story:
@@ -396,12 +402,13 @@ def run(args):
             demo.n.title("story complete")
             return 0
         demo.n.title("The village keeps running. Ctrl-C stops everything cleanly.")
-        try:
-            demo.duty_view(stop)
-        except KeyboardInterrupt:
-            pass
+        demo.duty_view(stop)
+        return 0
+    except KeyboardInterrupt:
+        demo.n.title("interrupted")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         demo.n.say("stopping boards, gateway and brokers")
         demo.stop()

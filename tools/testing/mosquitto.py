@@ -44,7 +44,10 @@ class MosquittoProcess:
     def start(self, timeout_s=10):
         self.write_config()
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self._log, stderr=subprocess.STDOUT)
+        # Its own session: a Ctrl-C at the terminal reaches our process, which stops the broker
+        # last, instead of killing the broker under a gateway that is still shutting down.
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         wait_for(self._listening, timeout_s, "mosquitto to listen on 127.0.0.1:%d (log: %s)" % (self.port, self.log_path))
         return self
 
