@@ -94,6 +94,23 @@ class CasesPlugin:
             stage = stage_of(self._stage_db, ev.device_id, ev.key_id, ev.seq)
         return 0 if stage is None else stage
 
+    def counts(self):
+        """{"open": cases not closed, "pending_effects": effects waiting} (a read on our own connection)."""
+        with self._stage_lock:
+            if self._stopped:
+                return {"open": 0, "pending_effects": 0}
+            db = self._stage_db
+            return {"open": db.execute("SELECT COUNT(*) FROM cases WHERE status IN ('open', 'acknowledged')").fetchone()[0],
+                    "pending_effects": db.execute("SELECT COUNT(*) FROM case_effects WHERE done_at IS NULL").fetchone()[0]
+                    + db.execute("SELECT COUNT(*) FROM patrol_outbox WHERE done_at IS NULL").fetchone()[0]}
+
+    def export_metrics(self, metrics):
+        metrics.gauge_fn("fengqiao_cases_open", lambda: self.counts()["open"], "alarm cases not yet closed or cancelled")
+        metrics.gauge_fn("fengqiao_case_effects_pending", lambda: self.counts()["pending_effects"],
+                         "sirens, acks and case/patrol events waiting to be sent")
+        metrics.gauge_fn("fengqiao_case_effect_failures", lambda: self.cases.effect_failures + self.patrol.emit_failures,
+                         "failed attempts to send a case or patrol effect (retried, given up after 5)")
+
     def stop(self):
         """Called before the service stops: handlers and timer become no-ops, then the files close."""
         self._stopped = True
@@ -122,6 +139,9 @@ def attach(app):
     if section.get("village_file"):
         import_if_changed(app.store.path, app.config.path_of(section["village_file"]), app.registry, app.clock)
     plugin = CasesPlugin(app.store.path, app.clock, app.store, app.registry)
+    metrics = getattr(app, "metrics", None)
+    if metrics is not None:
+        plugin.export_metrics(metrics)
     return plugin.install(app.service, tick_s)
 
 

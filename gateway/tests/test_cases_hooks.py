@@ -107,3 +107,25 @@ def test_attach_imports_the_village_file_when_it_changed(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         attach(app)
     app.store.close()
+
+
+def test_metrics_gauges(tmp_path):
+    from gateway.metrics import Metrics
+
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    plugin = CasesPlugin(path, clock, store)
+    metrics = Metrics()
+    plugin.export_metrics(metrics)
+    plugin.install(StubService())
+    store.append_device_events([device_event(0x101, 1, "alarm", [1], clock.now())])
+    plugin.catch_up()
+    text = metrics.render()
+    assert "fengqiao_cases_open 1" in text and "fengqiao_case_effect_failures 0" in text
+    assert "fengqiao_case_effects_pending 10" in text       # 7 sirens, 1 ack, 2 events: nobody flushed yet
+    plugin.cases.flush(StubContext(clock, store=store))
+    assert "fengqiao_case_effects_pending 0" in metrics.render()
+    plugin.stop()
+    store.close()
