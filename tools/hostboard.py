@@ -386,7 +386,7 @@ class NullModem:
     cable: a host board's console goes on one slave (`board_fd`), and a tool opens the other by
     its path (`port`, a /dev/pts/N) as it would open /dev/ttyUSB0. Both slaves are in raw mode."""
 
-    def __init__(self, board_raw=True):
+    def __init__(self, board_raw=True, from_board=None):
         import threading
         import tty
 
@@ -396,6 +396,7 @@ class NullModem:
             tty.setraw(self.board_fd)
         tty.setraw(self._s2)
         self.port = os.ttyname(self._s2)
+        self.from_board = from_board  # optional bytes -> bytes: a noisy cable, for tests
         self._stop = False
         self.bytes_to_board = 0
         self.bytes_from_board = 0
@@ -419,6 +420,8 @@ class NullModem:
                 other = self._m2 if fd == self._m1 else self._m1
                 if fd == self._m1:
                     self.bytes_from_board += len(data)
+                    if self.from_board is not None:
+                        data = self.from_board(data)
                 else:
                     self.bytes_to_board += len(data)
                 try:

@@ -199,3 +199,45 @@ def test_console_on_a_running_role_refuses_reprovision(tmp_path):
 def read_device_id(flash):
     with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
         return json.loads(f.read().split(b"\n")[0])["device_id"]
+
+
+class LoseReplies:
+    """A noisy cable from the unit: drops whole reply lines that contain `needle` (the first
+    `count` of them) and flips a byte in the first line containing `flip`."""
+
+    def __init__(self, needle=b"", count=0, flip=None):
+        self.needle, self.count, self.flip = needle, count, flip
+        self.buf = b""
+
+    def __call__(self, data):
+        self.buf += data
+        out = b""
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            if self.count and self.needle and self.needle in line:
+                self.count -= 1
+                continue
+            if self.flip and self.flip in line:
+                line = line.replace(self.flip, self.flip[:-1] + bytes([self.flip[-1] ^ 1]), 1)
+                self.flip = None
+            out += line + b"\n"
+        return out
+
+
+@pytest.mark.timeout(60)
+def test_lost_and_damaged_replies(tmp_path):
+    """The reply to write_config is lost: the resent copy finds the unit provisioned with our key
+    and write_config still succeeds. A damaged identify reply (CRC fails) is asked again."""
+    noise = LoseReplies(needle=b'"key_fingerprint"', count=1, flip=b'"product"')
+    with NullModem(from_board=noise) as nm:
+        hb = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console=nm.board_fd)
+        hb.start()
+        try:
+            with SerialConsole(nm.port, timeout_s=0.7) as con:
+                assert con.identify()["product"] == "fengqiao"
+                assert con.last_attempts == 2
+                assert con.write_config(CFG) == key_fingerprint(bytes.fromhex(CFG["key"]))
+        finally:
+            hb.stop()
+    assert read_device_id(tmp_path / "flash") == 0x1234
+    assert noise.count == 0 and noise.flip is None  # both faults really happened
