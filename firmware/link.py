@@ -138,7 +138,10 @@ class Link:
                 self.failures += 1
                 self.last_error = "%s: %s" % (type(e).__name__, e)
                 self.log("link: %s" % self.last_error)
-            self._kill("ended")
+            finally:
+                # Also on anything else (MemoryError, a bug in a downlink handler): close the
+                # socket and say "down" before the supervisor restarts this task.
+                self._kill("ended")
             if ticks_diff(ticks_ms(), t_start) > 2 * self.backoff_max_ms:
                 backoff = self.backoff_min_ms  # a long healthy session resets the backoff
             delay = backoff + random.getrandbits(16) * (backoff // 2) // 65536

@@ -10,6 +10,9 @@ Failures it survives, and how:
   a commit record, and replaces it by `os.rename` only when complete. On boot an incomplete
   `outbox.new` is deleted; a complete one with no `outbox.log` (FAT, whose rename cannot replace a
   file, lost power between remove and rename) is adopted.
+- Flash full or failing: a refused append raises FlashFull (a kind of OutboxFull: the caller
+  says "not stored"); a refused tombstone still forgets the event in RAM (after a reboot it is
+  resent once more, a harmless duplicate); a failed compaction leaves the old file in use.
 - Flash wear: an ack appends a 12-byte tombstone; the file is rewritten only when dead bytes
   exceed `compact_bytes` (or the live data, whichever is larger), not once per ack.
 - Outbox full (`max_entries` entries or `max_bytes` of live records; the file itself stays below
@@ -56,6 +59,10 @@ class OutboxError(Exception):
 
 class OutboxFull(OutboxError):
     """The event does not fit even after dropping every lower-priority event."""
+
+
+class FlashFull(OutboxFull):
+    """The flash refused the write (file system full or failing): the event is not stored."""
 
 
 class RecordTooLarge(OutboxError):
@@ -147,6 +154,7 @@ class Outbox:
         self.dropped = 0  # events dropped to make room (counted for heartbeats/diagnostics)
         self.damaged = 0  # damaged stretches found on load
         self.compactions = 0
+        self.write_errors = 0
         self._load()
 
     # -- state ------------------------------------------------------------------------------
@@ -281,8 +289,18 @@ class Outbox:
 
     # -- changes ----------------------------------------------------------------------------
     def _write(self, rec):
-        with open(self.path, "ab") as f:
-            f.write(rec)
+        try:
+            with open(self.path, "ab") as f:
+                f.write(rec)
+        except OSError as e:
+            # Part of the record may be on flash: continue after whatever is there (the scan
+            # skips the torn bytes), so later offsets stay right.
+            try:
+                self.file_bytes = os.stat(self.path)[6]
+            except OSError:
+                pass
+            self.write_errors += 1
+            raise FlashFull(str(e))
         start = self.file_bytes
         self.file_bytes += len(rec)
         return start
@@ -321,10 +339,16 @@ class Outbox:
         i = self._find(seq)
         if i < 0:
             return False
-        self._write(_record(_KIND_REMOVE, struct.pack(">I", seq)))
+        try:
+            self._write(_record(_KIND_REMOVE, struct.pack(">I", seq)))
+        except FlashFull:
+            pass  # forgotten in RAM anyway: after a reboot it is resent once more (a duplicate)
         self._drop_index(i)
         if self._dead() > self._threshold():
-            self.compact()
+            try:
+                self.compact()
+            except OSError:
+                self.write_errors += 1  # the old file is intact; try again at the next removal
         return True
 
     def compact(self):
@@ -333,6 +357,7 @@ class Outbox:
         pos = 0
         src = None
         offs = self._offs  # updated in place (each entry is read before its offset is replaced)
+        moved = False
         try:
             try:
                 if self._n:
@@ -344,6 +369,7 @@ class Outbox:
                         rec = _record(_KIND_EVENT, payload)
                         out.write(rec)
                         offs[i] = pos + _HDR
+                        moved = True
                         pos += len(rec)
                     rec = _record(_KIND_COMMIT, b"")
                     out.write(rec)
@@ -352,7 +378,8 @@ class Outbox:
                 if src:
                     src.close()
         except Exception:  # noqa: BLE001 - MemoryError or OSError: the old file is intact
-            self._rescan()  # offsets must point into the old file again
+            if moved:
+                self._rescan()  # offsets must point into the old file again
             _remove(self._new)
             raise
         try:

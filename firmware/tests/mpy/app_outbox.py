@@ -176,6 +176,27 @@ def test_failed_compaction_keeps_the_index_pointing_at_the_old_file():
     eq(Outbox(D).seqs(), [1, 3, 4, 5, 6, 7], "compacts fine afterwards")
 
 
+def test_flash_refusing_writes_is_survived():
+    from outbox import FlashFull
+
+    ob = Outbox(D)
+    ob.put(1, PRIO_ALARM, b"a1")
+    ob.put(2, PRIO_NORMAL, b"c2")
+    os.rename(ob.path, D + "/saved")
+    os.mkdir(ob.path)  # every append now fails
+    try:
+        ob.put(3, PRIO_ALARM, b"a3")
+        check(False, "put must raise")
+    except FlashFull:
+        pass
+    check(isinstance(FlashFull("x"), OutboxFull), "FlashFull is a kind of OutboxFull")
+    check(ob.remove(2), "remove still forgets in RAM")
+    eq(ob.seqs(), [1], "RAM index")
+    os.rmdir(ob.path)
+    os.rename(D + "/saved", ob.path)
+    eq(Outbox(D).seqs(), [1, 2], "after reboot the unrecorded removal is resent once more")
+
+
 def test_seq_never_reused_across_reopen():
     last = 0
     writes = 0
