@@ -66,11 +66,20 @@ class Patrol:
                  "every board's boot frame stored")
 
     def walk_to(self, t):
-        """Move the gateway's clock to t and give the boards the new time (an ack carries it)."""
+        """Move the gateway's clock to t and give the boards the new time (an ack carries it).
+
+        A chirp (siren pattern 3) follows each ack on the same topic; downlinks are handled in
+        order, so once the board has chirped it has taken the new time."""
         self.clock.set(t)
+        marks = {}
         for dev, seq in self.boot.items():
+            if not self.boards[dev].state()["net"]:
+                continue                          # offline: keeps the time it had
+            marks[dev] = len(self.boards[dev].buzzer_history())
             self.app.ctx.send_ack(dev, seq, 0)
-        time.sleep(0.5)
+            self.app.ctx.send_downlink(dev, 0x82, [True, 3, 0])
+        for dev, n in marks.items():
+            wait_for(lambda: len(self.boards[dev].buzzer_history()) > n, 15, "board %08x to take the new time" % dev)
 
     def checkins(self, dev):
         return [e for e in self.app.store.events_after(0, 100_000) if e.kind == "checkin" and e.device_id == dev]
