@@ -9,6 +9,11 @@ One run, on the project's Mosquitto (password per device, SPEC ACL, plain listen
       to the device AND acknowledged by the county broker (counted by a county subscriber);
   (c) p50/p99 device-to-ack latency at a fixed offered load (default 1,000 events/s).
 
+(a) and (b) run `--repeat` times each (default 2) and the best run of each is reported, with all
+runs listed: on a shared machine other processes steal CPU at random moments, and the best run is
+the least disturbed estimate. CPU microseconds per event (gateway, bare responder) are printed too:
+they vary much less than rates with the load of the machine.
+
 Devices: `--devices` simulated devices spread over `--procs` processes. Each device is its own
 MQTT connection (a small raw-socket MQTT 3.1.1 client, so the simulators stay cheaper than the
 thing measured), builds its frames with protocol.frame, keeps ONE uplink in flight like the
@@ -43,6 +48,8 @@ def add_arguments(parser):
     parser.add_argument("--events", type=int, default=20_000, help="events per rate measurement (default 20000)")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered load for the latency run, events/s")
     parser.add_argument("--latency-s", type=float, default=8.0, help="duration of the latency run (default 8 s)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of (a) and of (b); the best of each is reported (a shared machine is noisy)")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL", help="gateway SQLite sync")
     parser.add_argument("--workdir", help="keep the files of the run in a new directory under this one")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under py-spy (if installed), save FILE")
@@ -437,8 +444,8 @@ def run(args):
     from tools.testing.mosquitto import MosquittoProcess
     from tools.testing.procs import REPO_ROOT, wait_for
 
-    if args.devices < args.procs or args.events < args.devices:
-        raise CliError("need --devices >= --procs and --events >= --devices")
+    if args.devices < args.procs or args.events < args.devices or args.repeat < 1:
+        raise CliError("need --devices >= --procs, --events >= --devices and --repeat >= 1")
     tmp = None
     if args.workdir:  # a fresh run directory inside it, so a re-run never meets old devices or brokers
         os.makedirs(args.workdir, exist_ok=True)
@@ -457,6 +464,7 @@ def run(args):
     user, password = broker.gateway_credentials
     sims = responder = gw = counter = profiler = None
     result = {"bench": "gateway", "devices": args.devices, "sim_processes": args.procs, "events": n_events,
+              "repeat": args.repeat,
               "cores": os.cpu_count(), "synchronous": args.synchronous}
     try:
         # (a) the bare limit
@@ -467,15 +475,19 @@ def run(args):
         if not ready.wait(20):
             raise CliError("bare responder did not subscribe")
         sims = Sims(ctx, devices, args.procs, "127.0.0.1", broker.port)
-        _say(args, "(a) bare paho responder: %d events from %d devices ..." % (n_events, args.devices))
-        meter = CpuMeter({"responder": [responder.pid], "broker": [broker.pid], "simulators": sims.pids})
-        total, bare = _rate(sims.run(("max", per_device)))
-        result["cpu_cores_used_a"] = meter.shares()
-        result["responder_cpu_us_per_event"] = round(meter.seconds("responder") / n_events * 1e6)
-        if total != n_events:
-            raise CliError("bare run: only %d of %d answered" % (total, n_events))
+        runs = []
+        for i in range(args.repeat):
+            _say(args, "(a) bare paho responder, run %d/%d: %d events from %d devices ..."
+                 % (i + 1, args.repeat, n_events, args.devices))
+            meter = CpuMeter({"responder": [responder.pid], "broker": [broker.pid], "simulators": sims.pids})
+            total, rate = _rate(sims.run(("max", per_device)))
+            if total != n_events:
+                raise CliError("bare run: only %d of %d answered" % (total, n_events))
+            runs.append((rate, meter.shares(), round(meter.seconds("responder") / n_events * 1e6)))
+            _say(args, "    %.0f events/s  cpu (cores): %s; responder %d us/event" % runs[-1])
+        bare, result["cpu_cores_used_a"], result["responder_cpu_us_per_event"] = max(runs, key=lambda r: r[0])
+        result["bare_runs_events_per_s"] = [round(r[0]) for r in runs]
         result["bare_limit_events_per_s"] = round(bare)
-        _say(args, "    %.0f events/s  cpu (cores): %s" % (bare, result["cpu_cores_used_a"]))
         responder.kill()
         responder.join(5)
         responder = None
@@ -506,23 +518,29 @@ def run(args):
             profiler = subprocess.Popen(["py-spy", "record", "--pid", str(gw.pid), "-o", args.profile, "-f", "raw",
                                          "--threads", "--nonblocking", "-r", "250"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _say(args, "(b) gateway: %d events, verified + stored (sync %s) + acked + forwarded ..."
-             % (n_events, args.synchronous))
-        meter = CpuMeter({"gateway": [gw.pid], "broker": [broker.pid], "county_broker": [county.proc.pid],
-                          "simulators": sims.pids})
-        results = sims.run(("max", per_device))
-        wait_for(lambda: counter.count >= n_events, 120, "the county to receive %d envelopes" % n_events)
-        result["cpu_cores_used_b"] = meter.shares()
-        # CPU per event does not depend on how busy the machine is: the figure to compare runs with
-        result["gateway_cpu_us_per_event"] = round(meter.seconds("gateway") / n_events * 1e6)
-        total, rate = _rate(results, counter.last)
+        runs = []
+        for i in range(args.repeat):
+            _say(args, "(b) gateway, run %d/%d: %d events, verified + stored (sync %s) + acked + forwarded ..."
+                 % (i + 1, args.repeat, n_events, args.synchronous))
+            meter = CpuMeter({"gateway": [gw.pid], "broker": [broker.pid], "county_broker": [county.proc.pid],
+                              "simulators": sims.pids})
+            expected = counter.count + n_events
+            results = sims.run(("max", per_device))
+            wait_for(lambda: counter.count >= expected, 120, "the county to receive %d envelopes" % expected)
+            _total, rate = _rate(results, counter.last)
+            # CPU per event hardly depends on how busy the machine is: the figure to compare runs with
+            runs.append((rate, meter.shares(), round(meter.seconds("gateway") / n_events * 1e6)))
+            _say(args, "    %.0f events/s (%.2f x bare)  cpu (cores): %s; gateway %d us/event"
+                 % (rate, rate / bare, runs[-1][1], runs[-1][2]))
+        rate, result["cpu_cores_used_b"], result["gateway_cpu_us_per_event"] = max(runs, key=lambda r: r[0])
+        result["gateway_runs_events_per_s"] = [round(r[0]) for r in runs]
         result["gateway_events_per_s"] = round(rate)
-        result["forwarded"] = counter.count
+        result["forwarded"] = counter.count  # over all (b) runs: repeat x events
         result["ratio"] = round(rate / bare, 3)
-        _say(args, "    %.0f events/s (ratio %.2f to the bare limit)  cpu (cores): %s; gateway %d us/event"
-             " (bare responder %d us/event)" % (rate, rate / bare, result["cpu_cores_used_b"],
-                                                result["gateway_cpu_us_per_event"],
-                                                result["responder_cpu_us_per_event"]))
+        # the same comparison in CPU per event: robust against other processes taking the cores
+        result["cpu_ratio"] = round(result["responder_cpu_us_per_event"] / max(result["gateway_cpu_us_per_event"], 1), 3)
+        _say(args, "    best: %.0f events/s, ratio %.2f to the best bare run; CPU-per-event ratio %.2f"
+             % (rate, rate / bare, result["cpu_ratio"]))
 
         # (c) latency at a fixed offered load
         _say(args, "(c) latency at %.0f events/s for %.0f s ..." % (args.rate, args.latency_s))
@@ -569,7 +587,7 @@ def run(args):
         for line in profile_summary(args.profile):
             _say(args, "  " + line)
     if not args.json:
-        for k in ("bare_limit_events_per_s", "gateway_events_per_s", "ratio", "p50_ms", "p99_ms"):
+        for k in ("bare_limit_events_per_s", "gateway_events_per_s", "ratio", "cpu_ratio", "p50_ms", "p99_ms"):
             print("%-26s %s" % (k, result[k]))
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -12,7 +12,7 @@ from tools.testing.procs import REPO_ROOT
 @pytest.mark.timeout(150)
 def test_bench_gateway_smoke(tmp_path):
     argv = [sys.executable, "-m", "tools.cli", "bench", "gateway", "--json", "--devices", "4", "--procs", "1",
-            "--events", "40", "--rate", "40", "--latency-s", "1", "--workdir", str(tmp_path)]
+            "--events", "40", "--repeat", "1", "--rate", "40", "--latency-s", "1", "--workdir", str(tmp_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=140, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
