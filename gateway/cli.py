@@ -52,7 +52,7 @@ class GatewayApp:
         b = self.config["broker"]
         return ProjectBroker(self.config.path_of(b["workdir"]), port=b["port"] or None, tls_port=b["tls_port"],
                              bind=b["bind"], hostnames=b["hostnames"], plain_listener=bool(b["port"]),
-                             inflight=self.config["pipeline"]["mqtt_inflight"])
+                             inflight=self.config["pipeline"]["broker_inflight"])
 
     def open_registry(self):
         from gateway.registry import Registry
@@ -85,7 +85,7 @@ class GatewayApp:
             settings = MqttSettings(b["host"], b["port"], user, password, client_id=b["client_id"])
         self.service = GatewayService(self.store, self.registry, self.clock, settings, self.metrics,
                                       max_batch=p["max_batch"], device_rate_per_s=p["device_rate_per_s"],
-                                      device_burst=p["device_burst"], mqtt_inflight=p["mqtt_inflight"],
+                                      device_burst=p["device_burst"],
                                       log_per_reason_per_min=p["log_per_reason_per_min"])
         self.ctx = self.service.ctx
         self.supervisor = Supervisor(self.ctx, s["default_heartbeat_interval_s"], s["offline_factor"],
