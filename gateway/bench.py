@@ -311,7 +311,9 @@ def responder_main(host, port, username, password, ready):
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare-responder", protocol=mqtt.MQTTv311)
     c.username_pw_set(username, password)
-    c.max_inflight_messages_set(1000)
+    # 0 = no client-side limit: with a limit, paho 2.2 walks every queued message on each PUBACK
+    # (_update_inflight), which would make this "limit" artificially low (the gateway also uses 0).
+    c.max_inflight_messages_set(0)
 
     def on_message(client, userdata, msg):
         client.publish(msg.topic[:-2] + "down", msg.payload, qos=1)  # fq/v1/<id>/up -> .../down
