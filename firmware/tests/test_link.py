@@ -56,14 +56,12 @@ def test_reconnect_after_broker_restart_resends_in_order(tmp_path, broker):
             time.sleep(1.6)
         time.sleep(0.5)
         broker.start()
-        first = gw.wait_frame(dev, "alarm", timeout_s=30, count=3)
-        alarms = gw.of(dev, "alarm")
-        seqs = [f.seq for f in alarms]
-        assert seqs == sorted(seqs) and len(set(seqs)) == 3, seqs  # in order, none lost
-        assert first.seq == seqs[2]
-        # Acked: nothing left to resend (the outbox holds nothing after the acks).
-        time.sleep(1.5)
-        assert len(gw.of(dev, "alarm")) == 3 or len(set(f.seq for f in gw.of(dev, "alarm"))) == 3
+        wait_for(lambda: len(set(f.seq for f in gw.of(dev, "alarm"))) >= 3, 30,
+                 "3 distinct alarms after the broker came back (got %r)" % [f.seq for f in gw.of(dev)])
+        arrivals = [f.seq for f in gw.of(dev, "alarm")]
+        firsts = [s for i, s in enumerate(arrivals) if s not in arrivals[:i]]
+        # In order and none lost; a duplicate (a resend after a lost ack) is allowed by SPEC 4.
+        assert firsts == sorted(firsts) and len(firsts) == 3, arrivals
     finally:
         hb.stop()
         gw.close()
