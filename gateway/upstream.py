@@ -86,7 +86,7 @@ class UpstreamError(RuntimeError):
 class Upstream:
     def __init__(self, store, signing_key, gateway_id, host, port, topic, *, clock=None, name="county",
                  username=None, password=None, cafile=None, client_id=None, batch_max=50, window=4,
-                 keepalive_s=15, reconnect_min_s=0.2, reconnect_max_s=30.0, cursor_every_s=0.2,
+                 keepalive_s=15, reconnect_min_s=0.2, reconnect_max_s=30.0, cursor_every_s=0.5,
                  connect_timeout_s=5.0):
         if not gateway_id or ":" in gateway_id:
             raise UpstreamError("gateway id must be non-empty text without ':' (it prefixes envelope ids)")
