@@ -1,4 +1,5 @@
-"""Helpers for the unit tests of cases, patrols, village import and reports (not used at run time).
+"""Helpers for the tests of cases, patrols, village import and reports, and for `fengqiao bench cases`
+(the sample village); the gateway itself never imports this module.
 
 `StubContext` stands in for the gateway's GatewayContext in *unit* tests only (the integration
 test uses the real gateway service): it records downlinks, acks and emitted events, and appends
