@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_device_seq
     ON events(device_id, key_id, seq) WHERE source = 'device';
+CREATE INDEX IF NOT EXISTS events_gateway_kind ON events(kind, event_id) WHERE source = 'gateway';
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -235,6 +236,15 @@ class EventStore:
             "SELECT %s FROM events WHERE source = 'device' AND device_id = ? AND key_id = ? AND seq = ?" % _COLUMNS,
             (device_id, key_id, seq)).fetchone()
         return _row_to_event(row) if row else None
+
+    def gateway_events(self, kinds, after=0, limit=None):
+        """Gateway events of the given kinds, in log order (indexed: cheap on a long log)."""
+        kinds = list(kinds)
+        sql = "SELECT %s FROM events WHERE source = 'gateway' AND kind IN (%s) AND event_id > ? ORDER BY event_id" % (
+            _COLUMNS, ",".join("?" * len(kinds)))
+        if limit:
+            sql += " LIMIT %d" % int(limit)
+        return [_row_to_event(r) for r in self._reader().execute(sql, kinds + [after]).fetchall()]
 
     def highest_seqs(self):
         """{(device_id, key_id): highest stored seq} (the persisted sequence state)."""

@@ -49,15 +49,9 @@ class Supervisor:
         for dev in self.ctx.registry.devices():
             if dev.status == "active":
                 self.last_seen[dev.device_id] = now
-        after = 0
-        while True:  # only gateway events of our kinds matter; the log is read once at startup
-            batch = self.ctx.store.events_after(after, 5000)
-            if not batch:
-                break
-            for ev in batch:
-                if ev.source == SOURCE_GATEWAY and ev.kind in KINDS and ev.device_id is not None:
-                    self._apply(ev.kind, ev.device_id)
-            after = batch[-1].event_id
+        for ev in self.ctx.store.gateway_events(KINDS):  # indexed; read once at startup
+            if ev.source == SOURCE_GATEWAY and ev.device_id is not None:
+                self._apply(ev.kind, ev.device_id)
 
     def _apply(self, kind, device_id):
         flag = {"device_offline": (self.offline, True), "device_online": (self.offline, False),

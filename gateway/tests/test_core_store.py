@@ -31,6 +31,8 @@ def test_append_numbers_and_chains(tmp_path):
     assert store.find_device_event(42, 1, 2).event_id == 2
     assert store.find_device_event(42, 1, 3) is None
     assert store.highest_seqs() == {(42, 1): 2}
+    assert store.gateway_events(["device_offline", "tamper_open"]) == [ev]
+    assert store.gateway_events(["alarm"]) == []  # device events are not gateway events
     store.close()
 
 
