@@ -102,3 +102,10 @@ def test_event_store_commits_do_not_flush_the_key_cache(reg, tmp_path):
     store.append_device_events([NewDeviceEvent("alarm", 0x2A, 1, 1, [0], b"f", "t", None)])
     assert reg.refresh_if_changed() is False
     store.close()
+
+
+def test_sqlite_registry_implements_the_interface():
+    from gateway.registry import RegistryInterface
+
+    wanted = {n for n in vars(RegistryInterface) if not n.startswith("_")}
+    assert wanted and all(callable(getattr(Registry, n, None)) for n in wanted)
