@@ -332,7 +332,8 @@ class Upstream:
             if left <= 0 or self._stopping.is_set():
                 raise TimeoutError("no CONNACK within %.1f s" % self.connect_timeout_s)
             r, _w, _x = select.select([sock], [], [], min(left, 0.2))
-            if r and client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+            rc = client.loop_read() if r else mqtt.MQTT_ERR_SUCCESS
+            if rc != mqtt.MQTT_ERR_SUCCESS and self._connack is None:
                 raise ConnectionError("connection closed before CONNACK")
         if self._connack.is_failure:
             raise ConnectionRefusedError("upstream broker refused the connection: %s" % self._connack)
