@@ -349,6 +349,13 @@ class GatewayService:
                 client.ack(inc.mid, inc.qos)
             if o.status != pipeline.REJECTED:
                 latencies.append(time.monotonic() - inc.received_mono)
+        if log.isEnabledFor(logging.DEBUG):  # `[log] level = "debug"`: follow each frame (demo)
+            for o in outs:
+                if o.status != pipeline.REJECTED:
+                    ev = o.stored
+                    log.debug("uplink %s" % ("verified, stored, acked" if ev else "duplicate, re-acked"), extra={"fields": {
+                        "device": "%08x" % o.device_id, "kind": o.kind, "seq": o.seq, "event_id": ev and ev.event_id,
+                        "hash": ev and ev.hash.hex()[:16], "frame": o.incoming.payload.hex(), "skew_s": o.skew_s}})
         for kind, n in kinds.items():
             metrics.inc("fengqiao_events_total", {"kind": kind}, n)
         if dups:

@@ -65,3 +65,5 @@ def test_json_logs_and_rate_limit():
     assert {"msg": "suppressed similar messages", "key": "BadMac", "suppressed": 7}.items() <= lines[4].items()
     assert len(lines) == 6
     logger.handlers[:] = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

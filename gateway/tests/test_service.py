@@ -130,3 +130,22 @@ def test_flooding_device_is_throttled_without_delaying_others(running_gateway, p
     # Nothing unacknowledged was stored, nothing acknowledged is missing.
     stored = {e.seq for e in app.store.events_after(0, 1000) if e.device_id == A}
     assert flood.acked() == stored
+
+
+@pytest.mark.timeout(60)
+def test_debug_log_follows_a_frame(running_gateway, project_broker, clients, caplog):
+    import logging
+
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    with caplog.at_level(logging.DEBUG, logger="fengqiao.service"):
+        logging.getLogger("fengqiao.service").setLevel(logging.DEBUG)
+        try:
+            dev.send(1)
+            wait_for(lambda: 1 in dev.acked(), 10, "ack")
+        finally:
+            logging.getLogger("fengqiao.service").setLevel(logging.NOTSET)
+    (rec,) = [r for r in caplog.records if r.getMessage() == "uplink verified, stored, acked"]
+    assert rec.fields["device"] == "0000002a" and rec.fields["event_id"] == 1
+    assert rec.fields["frame"] == dev.frame(1).hex()
