@@ -459,6 +459,10 @@ def attach(app):
     metrics = getattr(app, "metrics", None)
     if metrics is not None:
         metrics.gauge_fn("fengqiao_forward_queue_depth", up.queue_depth)
+        metrics.gauge_fn("fengqiao_upstream_connected", lambda: int(up.stats()["connected"]),
+                         "1 while connected to the upstream (county) broker")
+        metrics.gauge_fn("fengqiao_upstream_forwarded_event_id", lambda: up.cursor()[0],
+                         "Last event id the upstream broker acknowledged")
     log.info("upstream forwarding to %s:%d topic %s as %s (key %s), resuming after event %d",
              up.host, up.port, up.topic, gateway_id, key.key_id, up.cursor()[0])
     return _Plugin(up.start())

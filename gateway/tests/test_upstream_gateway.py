@@ -54,7 +54,9 @@ def test_gateway_forwards_everything_in_order_once_across_a_county_outage(
         app.ctx.emit("case_dispatched", {"case": 1, "to": "grid-3"}, device_id=0x2A, actor="duty-1")
         total = app.store.head()[0]
         assert total == 47
-        assert "fengqiao_forward_queue_depth 41" in _metrics(app)
+        wait_for(lambda: "fengqiao_upstream_connected 0" in _metrics(app), 10, "the outage on /metrics")
+        text = _metrics(app)
+        assert "fengqiao_forward_queue_depth 41" in text and "fengqiao_upstream_forwarded_event_id 6" in text
 
         time.sleep(1.0)  # down "for a while": the forwarder keeps retrying
         county.start()
