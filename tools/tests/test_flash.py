@@ -99,3 +99,24 @@ def test_stale_twins_never_touch_data_and_cover_packages():
     compile(code, "cleanup", "exec")  # valid Python (and MicroPython: only os.remove and try)
     argv = flash.mpremote_argv("/dev/ttyUSB0", ["console", "main.py"], twins=twins)
     assert argv[3] == "exec" and argv[5] == "+" and argv[6:9] == ["fs", "cp", "-r"]
+
+
+def test_frozen_manifest_lists_every_module_but_the_entry_point(tmp_path, capsys):
+    out = tmp_path / "manifest.py"
+    assert main(["flash", "--board", "picow", "--manifest", str(out)]) == 0
+    text = out.read_text()
+    compile(text, str(out), "exec")  # manifests are Python
+    frozen = []
+
+    def module(name, base_path):
+        assert os.path.isfile(os.path.join(base_path, name))
+        frozen.append(name)
+
+    def package(top, files, base_path):
+        for f in files:
+            assert os.path.isfile(os.path.join(base_path, top, f)), (top, f)
+            frozen.append("%s/%s" % (top, f))
+
+    exec(text, {"include": lambda path: None, "module": module, "package": package})
+    assert sorted(frozen) == sorted(d for d in dests("picow") if d != "main.py")
+    assert "boards/host_wdt.py" not in frozen and "protocol/frame.py" in frozen
