@@ -267,10 +267,15 @@ def run(args):
     check_port(args.port)
     with tempfile.TemporaryDirectory(prefix="fengqiao-flash-") as tmp:
         written = stage(tmp, args.board, mpy=not args.source)
+        twins = stale_twins(written)
         if args.entry_only:
+            # Files on the board's file system come before .frozen on sys.path: remove every
+            # copied module of an earlier flash so the frozen ones are the ones imported.
+            twins = sorted(set(twins) | {n for n in _image_names(args.board, True) + _image_names(args.board, False)
+                                         if n not in ENTRY_POINTS})
             written = [w for w in written if w in ENTRY_POINTS]
         items = sorted({p.split("/")[0] for p in written})
-        argv = mpremote_argv(args.port, items, reset=not args.no_reset, twins=stale_twins(written))
+        argv = mpremote_argv(args.port, items, reset=not args.no_reset, twins=twins)
         try:
             r = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=600)
         except FileNotFoundError as exc:
