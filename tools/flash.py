@@ -265,25 +265,25 @@ def run(args):
             print(rel)
         return 0
     check_port(args.port)
-    with tempfile.TemporaryDirectory(prefix="fengqiao-flash-") as tmp:
-        written = stage(tmp, args.board, mpy=not args.source)
-        twins = stale_twins(written)
-        if args.entry_only:
-            # Files on the board's file system come before .frozen on sys.path: remove every
-            # copied module of an earlier flash so the frozen ones are the ones imported.
-            twins = sorted(set(twins) | {n for n in _image_names(args.board, True) + _image_names(args.board, False)
-                                         if n not in ENTRY_POINTS})
-            written = [w for w in written if w in ENTRY_POINTS]
-        items = sorted({p.split("/")[0] for p in written})
-        argv = mpremote_argv(args.port, items, reset=not args.no_reset, twins=twins)
-        try:
-            r = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=600)
-        except FileNotFoundError as exc:
-            raise CliError("mpremote not found (pip install mpremote)") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise CliError("mpremote did not finish within 10 minutes on %s" % args.port) from exc
-        if r.returncode != 0:
-            raise CliError("mpremote failed on %s:\n%s" % (args.port, (r.stderr or r.stdout).strip()[-800:]))
+    image = build_image(args.board, mpy=not args.source)  # staged once per source change
+    written = _image_names(args.board, not args.source)
+    twins = stale_twins(written)
+    if args.entry_only:
+        # Files on the board's file system come before .frozen on sys.path: remove every
+        # copied module of an earlier flash so the frozen ones are the ones imported.
+        twins = sorted(set(twins) | {n for n in _image_names(args.board, True) + _image_names(args.board, False)
+                                     if n not in ENTRY_POINTS})
+        written = [w for w in written if w in ENTRY_POINTS]
+    items = sorted({p.split("/")[0] for p in written})
+    argv = mpremote_argv(args.port, items, reset=not args.no_reset, twins=twins)
+    try:
+        r = subprocess.run(argv, cwd=image, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as exc:
+        raise CliError("mpremote not found (pip install mpremote)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CliError("mpremote did not finish within 10 minutes on %s" % args.port) from exc
+    if r.returncode != 0:
+        raise CliError("mpremote failed on %s:\n%s" % (args.port, (r.stderr or r.stdout).strip()[-800:]))
     print("flashed %d files to %s (%s%s)" % (len(written), args.port, args.board, "" if args.source else ", mpy"))
     return 0
 

@@ -120,3 +120,44 @@ def test_frozen_manifest_lists_every_module_but_the_entry_point(tmp_path, capsys
     exec(text, {"include": lambda path: None, "module": module, "package": package})
     assert sorted(frozen) == sorted(d for d in dests("picow") if d != "main.py")
     assert "boards/host_wdt.py" not in frozen and "protocol/frame.py" in frozen
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("entry_only", [False, True])
+def test_run_hands_mpremote_the_staged_image(monkeypatch, capsys, entry_only):
+    """Up to the mpremote call (the board itself is the stubbed neighbour here): what is staged,
+    what is cleaned up, what is copied."""
+    import subprocess
+
+    real_run = subprocess.run
+    seen = {}
+
+    def fake_run(argv, **kw):
+        if os.path.basename(argv[0]) == "mpremote":
+            seen["argv"] = argv
+            seen["files"] = sorted(os.path.relpath(os.path.join(d, f), kw["cwd"])
+                                   for d, _, fs in os.walk(kw["cwd"]) for f in fs)
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(flash.subprocess, "run", fake_run)
+    master, slave = os.openpty()
+    try:
+        port = os.ttyname(slave)
+        args = ["flash", "--board", "esp32", "--port", port] + (["--entry-only"] if entry_only else [])
+        assert main(args) == 0, capsys.readouterr().err
+    finally:
+        os.close(master)
+        os.close(slave)
+    argv = seen["argv"]
+    assert argv[1:3] == ["connect", port] and argv[3] == "exec" and argv[-2:] == ["+", "reset"]
+    cp = argv.index("cp")
+    items = argv[cp + 2: argv.index(":", cp)]
+    cleanup = argv[4]
+    if entry_only:
+        assert items == ["main.py"] and "'/console/__init__.mpy'" in cleanup and "'/main.py'" not in cleanup
+    else:
+        assert "main.py" in items and "console" in items and "protocol" in items
+        assert "console/__init__.mpy" in seen["files"] and "boards/esp32.mpy" in seen["files"]
+        assert "'/console.py'" in cleanup and "'/main.mpy'" in cleanup
+    assert "flashed" in capsys.readouterr().out
