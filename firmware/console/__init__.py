@@ -1,8 +1,8 @@
 # The provisioning console: a line-framed JSON request/response protocol on the serial console,
 # driven by `fengqiao provision`. Specification: CONSOLE.md (this file implements it).
 #
-#     FQ1 {"id": 7, "cmd": "identify"} 1c291ca3\n        request
-#     FQ1 {"id": 7, "ok": true, ...} 5e0b4c1d\n          reply
+#     FQ1 {"id": 1, "cmd": "identify"} bad47d60\n                         request
+#     FQ1 {"product": "fengqiao", ..., "id": 1, ...} c4f1fd0d\n          reply
 #
 # Failures it survives: line noise, boot/log output or a person typing on the same stream (no
 # "FQ1 " prefix, bad CRC, bad JSON: an error reply, the console carries on), a line longer than
@@ -169,8 +169,10 @@ class Console:
             raise ConsoleError("not_provisioned", "no identity on this unit")
         except identity.CorruptConfig as e:
             raise ConsoleError("corrupt_config", str(e.args[0]) if e.args else "corrupt")
-        key = cfg.pop("key")
-        cfg["key_fingerprint"] = identity.fingerprint(key)
+        # Secrets never leave the unit, only their fingerprints: the key and the Wi-Fi password.
+        cfg["key_fingerprint"] = identity.fingerprint(cfg.pop("key"))
+        pw = cfg.pop("wifi_password", "")
+        cfg["wifi_password_fingerprint"] = identity.fingerprint(pw.encode()) if pw else ""
         return {"cfg": cfg}
 
 

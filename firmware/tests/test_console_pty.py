@@ -50,6 +50,9 @@ def test_identify_write_read_back_refuse_and_reset(board):
         assert fp == key_fingerprint(bytes.fromhex(CFG["key"]))
         back = con.read_config()
         assert "key" not in back and back["key_fingerprint"] == fp
+        # The Wi-Fi password is a secret too: only its fingerprint comes back.
+        assert "wifi_password" not in back and "s3cret" not in json.dumps(back)
+        assert back["wifi_password_fingerprint"] == key_fingerprint(b"s3cret")
         assert (back["device_id"], back["role"], back["checkpoint_id"], back["wifi_ssid"]) == (0x1234, "checkin", 9, "village")
         # Refused re-provision: the stored identity is untouched.
         with pytest.raises(DeviceError) as exc:

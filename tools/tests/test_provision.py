@@ -80,6 +80,18 @@ def test_provision_cli_over_pty_then_refuse_then_factory_reset(unit, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_wifi_password_from_file_never_printed(unit, tmp_path, capsys):
+    pw = tmp_path / "wifi.txt"
+    pw.write_text("correct horse battery\n")
+    rc = main(base_args(unit.port, "000000f1", "--role", "alarm", "--wifi-ssid", "village-office",
+                        "--wifi-password-file", str(pw), "--key-out", str(tmp_path / "k"), "--no-reboot"))
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "correct horse" not in captured.out + captured.err
+    stored = read_identity(unit.flash_dir)
+    assert (stored["wifi_ssid"], stored["wifi_password"]) == ("village-office", "correct horse battery")
+
+
 def test_refusal_message(unit, tmp_path, capsys):
     assert main(base_args(unit.port, "00000001", "--role", "alarm", "--key-out", str(tmp_path / "a"), "--no-reboot")) == 0
     capsys.readouterr()
