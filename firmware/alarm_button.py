@@ -22,9 +22,18 @@ Buzzer: a short chirp when the hold is recognised; the `siren` downlink plays it
 
 If the outbox is full of unsent alarms (see outbox.py) a new alarm is refused: the LED shows
 "failing" and the buzzer "error", and the older alarms keep being resent.
+
+The open alarm survives a reboot or power cut: its seq and newest ack stage (or "closed") are
+kept in `data/alarm.state` (9 bytes with a CRC, written by new file + rename on each change: a
+few writes per alarm); an alarm still waiting in the outbox that is newer than that record (the
+power went between the two writes, or the file is torn) is the open one. So after the power comes back the light goes on saying "failing"/"sending", then
+"stored" and "coming" as the acks for the alarm pressed before the cut arrive.
 """
 
 import asyncio
+import os
+import struct
+from binascii import crc32
 from time import ticks_diff, ticks_ms
 
 from drivers.button import HOLD, TAPS, Button
@@ -35,6 +44,8 @@ from protocol import frame
 
 FAILING_S = 20
 OPEN_S = 7200
+_NO_STAGE = 255
+_CLOSED = 254
 
 
 class AlarmButton:
@@ -53,7 +64,47 @@ class AlarmButton:
         self.stage = None  # newest ack stage for the open alarm (None = not acked yet)
         self.since_ms = ticks_ms()  # when the open alarm last changed
         self.refused = False
+        self._state_path = uplink.outbox.path.rsplit("/", 1)[0] + "/alarm.state"
+        self._restore()
         uplink.listeners.append(self)
+
+    # -- the open alarm across reboots --------------------------------------------------------
+    def _restore(self):
+        seq, stage = 0, _CLOSED
+        try:
+            with open(self._state_path, "rb") as f:
+                raw = f.read(16)
+            if len(raw) == 9 and struct.unpack(">I", raw[5:])[0] == crc32(raw[:5]) & 0xFFFFFFFF:
+                seq, stage = struct.unpack(">IB", raw)
+        except OSError:
+            pass
+        newest = 0
+        ob = self.uplink.outbox
+        for s in ob.seqs():  # oldest first: the last alarm found is the newest
+            try:
+                _prio, rec = ob.read(s)
+            except (KeyError, OSError):
+                continue
+            if rec and rec[0] == frame.UP_ALARM:
+                newest = s
+        if newest > seq:  # pressed after the state was last written (or the file is torn)
+            self.alarm_seq = newest
+        elif seq and stage != _CLOSED:
+            self.alarm_seq = seq
+            self.stage = None if stage == _NO_STAGE else stage
+
+    def _save(self, closed_seq=0):
+        try:
+            if self.alarm_seq is None:
+                body = struct.pack(">IB", closed_seq, _CLOSED)
+            else:
+                body = struct.pack(">IB", self.alarm_seq, _NO_STAGE if self.stage is None else self.stage)
+            tmp = self._state_path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
+            os.rename(tmp, self._state_path)
+        except OSError:
+            pass  # only the light after a reboot depends on it; the alarm itself is in the outbox
 
     # -- state -> LED -------------------------------------------------------------------------
     def state(self):
@@ -67,9 +118,11 @@ class AlarmButton:
         return "coming" if self.stage >= 2 else "stored"
 
     def _close(self):
+        seq = self.alarm_seq or 0
         self.alarm_seq = None
         self.cancel_seq = None
         self.stage = None
+        self._save(seq)
 
     # -- gestures -----------------------------------------------------------------------------
     def raise_alarm(self, kind=0):
@@ -85,6 +138,7 @@ class AlarmButton:
         self.stage = None
         self.since_ms = ticks_ms()
         self.buzzer.beep("stored")
+        self._save()
         return seq
 
     def cancel(self):
@@ -107,6 +161,7 @@ class AlarmButton:
             elif self.stage is None or stage > self.stage:
                 self.stage = stage
                 self.since_ms = ticks_ms()
+                self._save()
         elif seq == self.cancel_seq:
             self._close()
 

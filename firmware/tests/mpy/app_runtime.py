@@ -301,6 +301,43 @@ def test_alarm_triple_tap_cancels_open_alarm_only():
     check(alarm in up.outbox, "alarm still waiting for its own ack")
 
 
+def test_open_alarm_survives_a_reboot():
+    from alarm_button import AlarmButton
+
+    board, up, role = _alarm_role()
+    _hold(board, role, 1100)
+    seq = role.alarm_seq
+    role.on_ack(seq, 0)
+    # Reboot: new objects on the same flash.
+    up2 = Uplink(cfg(), D, Clock())
+    up2.link = FakeLink()
+    role2 = AlarmButton(board, up2, cfg()["settings"])
+    role2.step()
+    eq((role2.alarm_seq, role2.stage, role2.led.state), (seq, 0, "stored"), "restored from alarm.state")
+    role2.on_ack(seq, 2)
+    role2.step()
+    eq(role2.led.state, "coming", "later stage after the reboot")
+    role2.on_ack(seq, 3)
+    up3 = Uplink(cfg(), D, Clock())
+    eq(AlarmButton(board, up3, cfg()["settings"]).alarm_seq, None, "closed stays closed")
+
+
+def test_unacked_alarm_found_in_outbox_when_state_file_is_torn():
+    from alarm_button import AlarmButton
+
+    board, up, role = _alarm_role()
+    _hold(board, role, 1100)
+    seq = role.alarm_seq
+    with open(D + "/alarm.state", "wb") as f:
+        f.write(b"\x00\x01")  # torn
+    up2 = Uplink(cfg(), D, Clock())
+    up2.link = FakeLink()
+    up2.link.up = False
+    role2 = AlarmButton(board, up2, cfg()["settings"])
+    role2.step()
+    eq((role2.alarm_seq, role2.led.state), (seq, "failing"), "newest waiting alarm is the open one")
+
+
 def test_siren_downlink_plays_buzzer():
     board, up, role = _alarm_role()
     up.on_message(*downlink(1, frame.DOWN_SIREN, [True, 0, 0]))
