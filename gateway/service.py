@@ -58,41 +58,6 @@ class MqttSettings:
     keepalive_s: int = 30
 
 
-class _ReadBufferedClient(mqtt.Client):
-    """paho Client reading the socket 64 KiB at a time instead of 3 recv() calls per packet.
-
-    paho 2.2 reads a packet as recv(1) for the command byte, recv(1) per length byte, then the
-    rest: at thousands of packets per second those system calls (each a GIL release/re-acquire
-    next to the busy pipeline thread) cost more than the verification itself. The bytes already
-    read are served from the buffer, and loop_read() continues while the buffer holds bytes
-    (select() cannot see them). The buffer is dropped with the socket. Private paho methods,
-    pinned paho-mqtt 2.2.0; test_service_* exercise it on every run."""
-
-    _rbuf = b""
-    _rpos = 0
-
-    def _sock_recv(self, bufsize):
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
-            buf = super()._sock_recv(65536)   # raises BlockingIOError when nothing is there
-            if not buf:
-                return buf                     # EOF: paho handles the lost connection
-            self._rbuf, pos = buf, 0
-        end = pos + bufsize
-        self._rpos = end
-        return buf[pos:end]
-
-    def loop_read(self, max_packets=1):
-        rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
-            rc = super().loop_read(1)
-        return rc
-
-    def _sock_close(self):
-        self._rbuf, self._rpos = b"", 0
-        super()._sock_close()
-
-
 class GatewayContext:
     """What handlers and timers get: the clock, the store, the registry, and ways to act."""
 
@@ -150,7 +115,7 @@ class GatewayService:
         self._downlink_lock = threading.Lock()
         self._threads = []
         self.processed = 0
-        self._client = _ReadBufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
                                    clean_session=False, manual_ack=True)
         self._client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
         if mqtt_settings.tls_ca:
