@@ -14,6 +14,7 @@ previous hash, and so on: one signature proves its batch (SPEC 10.4 says how to 
     check_device_mac(env, device_key)               # raises BadDeviceMac
     report = verify_envelopes(lines, public_key, device_keys)   # whole dump: chain + coverage
     print(render(env))                              # human-readable, for the demo
+    print(render(build(store.get(event_id), gw)))   # the same from the gateway's own store
 
 Exceptions (all subclass EnvelopeError, a ValueError):
     MalformedEnvelope    not JSON, a missing field, a wrong type or length
@@ -34,6 +35,12 @@ from cryptography.exceptions import InvalidSignature
 
 from gateway.events import SOURCE_DEVICE, SOURCE_GATEWAY, UPLINK_KINDS, ZERO_HASH
 from gateway.store import body_json, chain_hash, record_bytes, to_us
+
+__all__ = [
+    "VERSION", "SIGNATURE_CONTEXT", "EnvelopeError", "MalformedEnvelope", "InconsistentEnvelope", "BadHash",
+    "BadSignature", "BadDeviceMac", "build", "sign", "sign_batch", "signature_input", "dumps", "loads",
+    "record_of", "check_envelope", "check_signature", "check_device_mac", "verify_envelopes", "Report", "render",
+]
 
 VERSION = 1
 SIGNATURE_CONTEXT = "fengqiao/v1/envelope"

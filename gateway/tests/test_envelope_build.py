@@ -182,3 +182,14 @@ def test_spec_example_verifies_and_matches_the_code():
     assert envelope.record_of(env).hex() == hexes["record"]
     assert envelope.signature_input(env["gateway"], env["event_id"], bytes.fromhex(env["hash"])).hex() == hexes["sig_input"]
     assert envelope.sign(dict(env), key)["sig"] == env["sig"]  # Ed25519 is deterministic
+
+
+def test_exception_tree_is_exported():
+    names = {"MalformedEnvelope", "InconsistentEnvelope", "BadHash", "BadSignature", "BadDeviceMac"}
+    assert names <= set(envelope.__all__)
+    for name in names:
+        cls = getattr(envelope, name)
+        assert issubclass(cls, envelope.EnvelopeError) and issubclass(cls, ValueError)
+        assert name in envelope.__doc__
+    for name in envelope.__all__:
+        assert hasattr(envelope, name), name
