@@ -20,6 +20,13 @@ Failures it survives, and what it does:
 - Power cut: nothing to recover here (clean session, no state); the outbox resends what was not
   acknowledged, in order, after the next connect.
 - Broker sends garbage or oversize packets: mqtt.BadPacket, session closed and reopened.
+- Anything unexpected inside a session (MemoryError, a bug in a downlink handler): the socket is
+  closed and the link marked down before the exception reaches the supervisor, which restarts
+  this task.
+
+Known limits: the DNS lookup (socket.getaddrinfo) blocks on MicroPython; provision the broker as
+the host name in its certificate, served by the village router's DNS or a static entry, so it
+answers fast. TLS verifies the certificate against that host name (server_hostname).
 
 One QoS 1 publish is in flight at a time (publish() holds a lock until its PUBACK); the device
 subscribes to its own downlink topic at QoS 1 and PUBACKs every QoS 1 PUBLISH it receives.
