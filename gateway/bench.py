@@ -7,7 +7,8 @@ One run, on the project's Mosquitto (password per device, SPEC ACL, plain listen
   (b) the gateway (`fengqiao gateway run` in its own process, SQLite synchronous=FULL, upstream
       plugin forwarding to a second "county" Mosquitto): events/s verified, stored, acknowledged
       to the device AND acknowledged by the county broker (counted by a county subscriber);
-  (c) p50/p99 device-to-ack latency at a fixed offered load (default 1,000 events/s).
+  (c) p50/p99 device-to-ack latency at a fixed offered load (default 1,000 events/s), and p50/p99
+      of stored -> received by the county subscriber (the forwarding delay) in the same run.
 
 (a) and (b) run `--repeat` times each (default 2) and the best run of each is reported, with all
 runs listed: on a shared machine other processes steal CPU at random moments, and the best run is
@@ -24,6 +25,7 @@ the rate (real devices send a few frames a minute). The last line printed is one
 
 import json
 import multiprocessing
+import re
 import os
 import selectors
 import signal
@@ -367,6 +369,9 @@ def _rate(results, t_end=None):
     return total, total / max(t1 - t0, 1e-9)
 
 
+_RECEIVED_AT = re.compile(rb'"received_at_us":(\d+)')
+
+
 class CountyCounter:
     """Counts envelopes arriving at the county broker (one line each)."""
 
@@ -374,6 +379,7 @@ class CountyCounter:
         import paho.mqtt.client as mqtt
 
         self.count, self.last = 0, 0.0
+        self.delays = []
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-county", protocol=mqtt.MQTTv311)
         self.c.on_connect = lambda client, u, f, rc, p: client.subscribe("fq/v1/county/#", qos=1)
@@ -384,9 +390,15 @@ class CountyCounter:
         if not self.ready.wait(10):
             raise RuntimeError("county counter not subscribed")
 
+    measure = False      # while True: store-to-county delay of every envelope into `delays`
+
     def _on_message(self, client, userdata, msg):
+        now = time.time()
         self.count += msg.payload.count(b"\n") + 1
-        self.last = time.time()
+        self.last = now
+        if self.measure:
+            for us in _RECEIVED_AT.findall(msg.payload):
+                self.delays.append(now - int(us) / 1e6)
 
     def stop(self):
         self.c.disconnect()
@@ -546,7 +558,14 @@ def run(args):
 
         # (c) latency at a fixed offered load
         _say(args, "(c) latency at %.0f events/s for %.0f s ..." % (args.rate, args.latency_s))
+        counter.delays, counter.measure = [], True
         res = sims.run(("paced", args.rate / args.procs, args.latency_s))
+        time.sleep(0.5)
+        counter.measure = False
+        fwd = sorted(counter.delays)
+        if len(fwd) > 1:  # stored (gateway clock) -> at the county subscriber (same machine clock)
+            fq = statistics.quantiles(fwd, n=100, method="inclusive")
+            result.update(forward_p50_ms=round(fq[49] * 1000, 2), forward_p99_ms=round(fq[98] * 1000, 2))
         lat = sorted(x for r in res for x in r["latencies"])
         sent = sum(r["sent"] for r in res)
         if not lat:
@@ -556,7 +575,9 @@ def run(args):
                       achieved_events_per_s=round(sent / max(r["elapsed"] for r in res)),
                       p50_ms=round(q[49] * 1000, 2), p99_ms=round(q[98] * 1000, 2),
                       max_ms=round(lat[-1] * 1000, 2))
-        _say(args, "    p50 %.2f ms, p99 %.2f ms (%d acks)" % (result["p50_ms"], result["p99_ms"], len(lat)))
+        _say(args, "    p50 %.2f ms, p99 %.2f ms (%d acks); stored -> county p50 %s ms, p99 %s ms"
+             % (result["p50_ms"], result["p99_ms"], len(lat), result.get("forward_p50_ms"),
+                result.get("forward_p99_ms")))
         result["goals"] = GOALS
         result["met"] = {"events_per_s": rate >= GOALS["events_per_s"], "ratio": rate / bare >= GOALS["ratio"],
                          "p99_ms": result["p99_ms"] <= GOALS["p99_ms"]}
