@@ -229,3 +229,31 @@ def test_county_refusing_our_publishes_keeps_the_cursor(tmp_path):
         up.close()
         store.close()
         broker.stop()
+
+
+@pytest.mark.timeout(90)
+def test_gateway_restarted_during_the_outage_resumes_from_the_cursor(tmp_path, county):
+    broker, rec = county
+    key = SigningKey.load_or_create(tmp_path / "gw.pem")
+    clock = ManualClock()
+    store = EventStore(tmp_path / "g.db", clock)
+    up = _upstream(store, key, broker).start()
+    store.append_device_events([alarm(s) for s in range(1, 11)])
+    assert up.wait_forwarded(10, 20)
+    broker.stop()
+    for hour in range(3):  # hours of outage on the gateway clock; events keep being stored
+        clock.advance(3600)
+        store.append_device_events([alarm(s) for s in range(11 + 10 * hour, 21 + 10 * hour)])
+    up.close()
+    store.close()
+
+    store = EventStore(tmp_path / "g.db", clock)  # the gateway restarts, the county is still away
+    up = _upstream(store, key, broker).start()
+    assert up.cursor()[0] == 10 and up.queue_depth() == 30
+    store.append_gateway_event("device_offline", {"silent_s": 10800}, device_id=0x2A)
+    broker.start()
+    assert up.wait_forwarded(41, 30), up.stats()
+    _check_dump(tmp_path, rec, key, 41)
+    assert rec.duplicates == 0
+    up.close()
+    store.close()
