@@ -113,6 +113,23 @@ def test_siren_downlink_sounds_the_buzzer_pattern(village):
 
 
 @pytest.mark.timeout(60)
+def test_tamper_and_low_battery_raise_their_events_once(village):
+    broker, gw, board = village
+    dev = 0xA5
+    hb = board("alarm", dev, low_battery_mv=3400)
+    gw.wait_frame(dev, "boot")
+    hb.tamper(True)
+    assert gw.wait_frame(dev, "tamper").body == [True]
+    hb.tamper(False)
+    assert gw.wait_frame(dev, "tamper", count=2).body == [False]
+    hb.battery(3300)
+    assert gw.wait_frame(dev, "battery_low", timeout_s=10).body[0] < 3400
+    hb.battery(3350)  # still below: no second event
+    time.sleep(4)
+    assert len(gw.of(dev, "battery_low")) == 1
+
+
+@pytest.mark.timeout(60)
 def test_config_downlink_changes_settings_and_survives_a_reboot(village):
     import json
 
