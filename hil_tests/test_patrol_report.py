@@ -14,9 +14,11 @@ The scenario on one local date (Dongshan village, UTC+8):
              after its deadline: the late visit does not count)
       21:00  late: Huang Bo starts 7 min after the planned start (window 5 min), then on time;
              a visitor's unknown card is the school's visit (counted, flagged)
+      21:30  out of order (grace 5 min): Gao Yan goes to the ancestral hall before the well, both in time
     route-west (team-west): well, ancestral hall at 0, 5 min
       22:00  not started: nobody came
 
+The gateway's own end-of-round evaluations and live missed-checkpoint events are checked too.
 Then `fengqiao report patrol --date D --out DIR --config gateway.toml` runs as its own process,
 as an operator would, and the CSV (one row per round), the per route and team summary it prints,
 and the HTML page are checked against figures computed here from the scenario (`expected_round`
@@ -56,8 +58,9 @@ LOCAL = datetime.timezone(datetime.timedelta(hours=8))  # the sample village's u
 DEVICES = {"cp-gate": (0x301, 101), "cp-school": (0x302, 102), "cp-well": (0x303, 103), "cp-temple": (0x304, 104)}
 
 WANG, ZHAO, HUANG = "04a1b2c3", "04112233445566", "0499aabb"    # cards of the sample's patrol members
+GAO = "04beef01"                                                # added to the patrol team below
 STRANGER = "04deadbe"                                           # on nobody's list
-KNOWN_CARDS = {WANG, ZHAO, HUANG}
+KNOWN_CARDS = {WANG, ZHAO, HUANG, GAO, "04c0ffee"}
 
 ROUTES = {
     "route-loop": {"name": "Evening loop: gate, school, well, ancestral hall", "team": "team-dongshan",
@@ -70,18 +73,24 @@ SCHEDULES = {
     "loop-2000": ("route-loop", "20:00", 5, 20, 2),
     "loop-2030": ("route-loop", "20:30", 5, 20, 2),
     "loop-2100": ("route-loop", "21:00", 5, 20, 2),
+    "loop-2130": ("route-loop", "21:30", 5, 20, 5),
     "west-2200": ("route-west", "22:00", 5, 15, 2),
 }
 # (round, checkpoint, minutes after the planned start, card), in the order they are walked.
 # One card per round: a check-in point counts the same card once per 10 minutes of its own uptime.
+# Taps of one card are spaced so that no walk between checkpoints is faster than the sample's 8 km/h
+# (the checkpoints are 300-500 m apart): the only flagged check-in is the stranger's.
 TAPS = [
     ("loop-2000", "cp-gate", 1, WANG), ("loop-2000", "cp-school", 6, WANG),
     ("loop-2000", "cp-well", 11, WANG), ("loop-2000", "cp-temple", 16, WANG),
     ("loop-2030", "cp-gate", 1, ZHAO), ("loop-2030", "cp-well", 14, ZHAO), ("loop-2030", "cp-temple", 17, ZHAO),
     ("loop-2100", "cp-gate", 7, HUANG), ("loop-2100", "cp-school", 12, STRANGER),
     ("loop-2100", "cp-well", 17, HUANG), ("loop-2100", "cp-temple", 22, HUANG),
+    ("loop-2130", "cp-gate", 1, GAO), ("loop-2130", "cp-school", 6, GAO),
+    ("loop-2130", "cp-temple", 11, GAO), ("loop-2130", "cp-well", 15, GAO),
 ]
-INTENT = {"loop-2000": "complete", "loop-2030": "missed", "loop-2100": "late", "west-2200": "not_started"}
+INTENT = {"loop-2000": "complete", "loop-2030": "missed", "loop-2100": "late", "loop-2130": "out_of_order",
+          "west-2200": "not_started"}
 REPORT_END = "22:30"     # every round is over
 
 
@@ -95,14 +104,17 @@ def tap_time(round_id, minutes):
 
 
 def village_text():
-    """The sample village with its route and schedules replaced by the scenario's, plus a second team."""
+    """The sample village with its route and schedules replaced by the scenario's, plus a second team
+    (team-west, Li Na) and one more member of the sample's patrol team (Gao Yan)."""
     text = sample_text()
     head, sep, rest = text.partition("# ---- patrol route and its rounds")
     _, sep2, tail = rest.partition("# ---- graded response")
     assert sep and sep2, "the sample village's patrol section moved: adapt village_text()"
     out = ['[[team]]\nid = "team-west"\nname = "West lane night watch"\nvillage = "vil-dongshan"\n',
            '[[person]]\nid = "p-li-na"\nname = "Li Na"\nrole = "patrol"\nplace = "vil-dongshan"\n'
-           'team = "team-west"\ncards = ["04c0ffee"]\n']
+           'team = "team-west"\ncards = ["04c0ffee"]\n',
+           '[[person]]\nid = "p-gao-yan"\nname = "Gao Yan"\nrole = "patrol"\nplace = "vil-dongshan"\n'
+           'team = "team-dongshan"\ncards = ["%s"]\n' % GAO]
     for rid, r in ROUTES.items():
         cps = ", ".join('"%s"' % c for c in r["checkpoints"])
         minutes = ", ".join(str(m) for m in r["expected_min"])
@@ -330,7 +342,7 @@ def test_patrol_report_figures_match_the_scenario_walked_on_real_checkin_points(
                 "compliance %.1f%%" % (route, team, g["rounds"], g["complete"], g["late"], g["out_of_order"],
                                        g["missed"], g["not_started"], g["compliance_pct"]))
         assert line in stdout.splitlines(), "summary line %r not printed:\n%s" % (line, stdout)
-    assert summaries[("route-loop", "team-dongshan")]["compliance_pct"] == 83.3      # 10 of 12 visits, by hand
+    assert summaries[("route-loop", "team-dongshan")]["compliance_pct"] == 87.5      # 14 of 16 visits, by hand
     assert summaries[("route-west", "team-west")]["compliance_pct"] == 0.0
 
     # the HTML page names each route, its compliance and the checkpoints missed
