@@ -182,6 +182,8 @@ def add_arguments(parser):
         return p
 
     cmd("init", "create data dir, master key, broker CA/certificates and database")
+    cmd("pubkey", "print the upstream signing public key (for `fengqiao verify --pubkey`)").add_argument(
+        "--hex", action="store_true", help="64 hex characters instead of PEM")
     r = cmd("run", "run the broker (if managed) and the gateway until SIGTERM/Ctrl-C")
     r.add_argument("--log-format", choices=("json", "text"), help="override [log] format")
     dev = sub.add_parser("device", help="add | revoke | rotate | list devices")
@@ -264,6 +266,11 @@ def run(args):
 
     cfg = _config(args)
     app = GatewayApp(cfg)
+    if args.action == "pubkey":
+        from gateway.upstream import public_key_text
+
+        print(public_key_text(cfg, args.hex))
+        return 0
     if args.action == "run":
         setup_logging(cfg["log"]["level"], args.log_format or cfg["log"]["format"])
         try:

@@ -441,6 +441,22 @@ class Upstream:
             self.counters["published_messages"] += 1
 
 
+DEFAULT_KEY_FILE = "upstream_signing_key.pem"
+
+
+def signing_key_path(config):
+    """Where the gateway's Ed25519 key is: [upstream] key_file, under the data dir."""
+    return config.path_of(config.section("upstream").get("key_file", DEFAULT_KEY_FILE))
+
+
+def public_key_text(config, raw_hex=False):
+    """The gateway's public key for `fengqiao verify --pubkey` (the key is created if missing)."""
+    from gateway.keys import SigningKey
+
+    key = SigningKey.load_or_create(signing_key_path(config))
+    return key.public.raw.hex() if raw_hex else key.public_pem().rstrip("\n")
+
+
 def attach(app):
     """Gateway plugin entry point: start forwarding if the config has an [upstream] table."""
     from gateway.keys import SigningKey
@@ -452,7 +468,7 @@ def attach(app):
     gateway_id = section.get("gateway_id")
     if not gateway_id:
         raise UpstreamError("[upstream] needs 'gateway_id' (it prefixes every envelope id)")
-    key = SigningKey.load_or_create(app.config.path_of(section.get("key_file", "upstream_signing_key.pem")))
+    key = SigningKey.load_or_create(signing_key_path(app.config))
     if section.get("cafile"):
         section["cafile"] = app.config.path_of(section["cafile"])
     up = Upstream.from_config(section, app.store, key, gateway_id, clock=app.clock)

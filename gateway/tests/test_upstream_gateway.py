@@ -77,3 +77,22 @@ def test_gateway_forwards_everything_in_order_once_across_a_county_outage(
     finally:
         rec.stop()
         county.stop()
+
+
+def test_gateway_pubkey_prints_the_key_that_signs_envelopes(tmp_path, capsys):
+    from gateway.config import load_config
+    from gateway.upstream import signing_key_path
+    from tools.cli import main as cli_main
+
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[gateway]\ndata_dir = "data"\n[upstream]\ngateway_id = "tw"\nhost = "127.0.0.1"\n'
+                   'port = 1\ntopic = "fq/v1/county/tw"\nkey_file = "keys/up.pem"\n')
+    assert cli_main(["gateway", "pubkey", "--config", str(cfg)]) == 0
+    pem = capsys.readouterr().out
+    assert cli_main(["gateway", "pubkey", "--config", str(cfg), "--hex"]) == 0
+    raw = capsys.readouterr().out.strip()
+    path = signing_key_path(load_config(str(cfg)))
+    assert path == str(tmp_path / "data" / "keys" / "up.pem") and os.stat(path).st_mode & 0o777 == 0o600
+    key = SigningKey.load_or_create(path)
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----") and key.public_pem().strip() == pem.strip()
+    assert raw == key.public.raw.hex()
