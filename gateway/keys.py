@@ -13,8 +13,8 @@ Failures the key file survives or reports:
 - a file readable by group or others: refused (KeyFileError), like ssh does, rather than silently used;
 - a file that is not an unencrypted Ed25519 PKCS#8 PEM: KeyFileError naming the file.
 
-Printing the public key (PEM; `--hex` for the raw 32 bytes): `python -m gateway.keys --key FILE`.
-`add_arguments`/`run` below are ready to be the `fengqiao gateway pubkey` subcommand.
+Printing the public key (PEM; `--hex` for the raw 32 bytes): `fengqiao gateway pubkey --config FILE`
+(the key named by the config), or `python -m gateway.keys --key FILE` (any key file).
 """
 
 import hashlib
@@ -127,7 +127,7 @@ def load_public_key(text_or_path):
     text = text.strip()
     if "PRIVATE KEY" in text:
         raise KeyFileError("that is the gateway's private key; give its public key (print it with "
-                           "`python -m gateway.keys --key FILE`)")
+                           "`fengqiao gateway pubkey --config FILE`)")
     try:
         if _is_hex64(text):
             key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
@@ -167,7 +167,7 @@ def run(args):
     return 0
 
 
-if __name__ == "__main__":  # `python -m gateway.keys --key FILE` until `fengqiao gateway pubkey` is wired
+if __name__ == "__main__":  # `python -m gateway.keys --key FILE`
     import argparse
 
     _p = argparse.ArgumentParser(prog="python -m gateway.keys", description=HELP)

@@ -1,5 +1,6 @@
 """`fengqiao verify`: check upstream envelopes offline with only the gateway's public key.
 
+    fengqiao gateway pubkey --config gateway.toml > gateway.pub      # on the gateway, once
     fengqiao verify envelopes.jsonl --pubkey gateway.pub [--device-keys keys.txt] [--show]
     fengqiao verify --broker HOST:PORT --topic 'fq/v1/county/#' --count 100 --timeout 30 --pubkey ...
 
