@@ -90,7 +90,11 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90):
                           "broker_port": broker.port, "checkpoint_id": 3,
                           "settings": {"heartbeat_interval_s": 3600}})
     broker.add_device(dev, key)
-    gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
+    try:
+        gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
+    except RuntimeError as exc:
+        broker.stop()
+        raise ScenarioFailed("set-up: %s" % exc)
     gw.add_device(dev, key)
     hb = HostBoard(flash, heap="%dk" % heap_kb, args=["--heap-log", "--backoff-min-ms", "200",
                                                       "--backoff-max-ms", "1000"])

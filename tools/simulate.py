@@ -70,8 +70,10 @@ class ScriptedGateway:
         self.client.reconnect_delay_set(0.2, 2)
         self.client.connect(host, port)
         self.client.loop_start()
-        if not self._connected.wait(10):
-            raise RuntimeError("scripted gateway could not connect to %s:%d" % (host, port))
+        if not self._connected.wait(20):
+            self.client.loop_stop()
+            raise RuntimeError("scripted gateway got no CONNACK from %s:%d in 20 s (is that port really "
+                               "our broker? free_port() races with other processes)" % (host, port))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         client.subscribe("fq/v1/+/up", qos=1)
