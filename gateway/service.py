@@ -8,13 +8,14 @@
 
 Threads and the order that makes "acknowledged" mean "stored":
 
-    paho network thread   on_message: throttle check, append (topic, payload, mid) to a deque
-    pipeline thread       drain the deque (up to max_batch) -> gateway.pipeline.process_batch
-                          -> ONE store transaction (fsync) -> device `ack` frames (stage 0, or the
-                          current stage for a duplicate) -> MQTT PUBACKs (paho manual_ack) ->
-                          supervision -> hand the events to the handler thread
-    handler thread        event handlers (cases, ...): their exceptions are logged and counted
-    timer thread          periodic functions (supervision, escalation deadlines, patrols)
+    MQTT thread       the only user of the paho client: read (on_message: throttle check, queue),
+                      then per batch of up to max_batch frames: gateway.pipeline.process_batch
+                      -> ONE store transaction (fsync) -> device `ack` frames (stage 0, or the
+                      current stage for a duplicate) -> MQTT PUBACKs (paho manual_ack) ->
+                      supervision -> hand the events to the handler thread; then publish the
+                      downlinks other threads queued (ctx.send_ack / send_downlink)
+    handler thread    event handlers (cases, ...): their exceptions are logged and counted
+    timer thread      periodic functions (supervision, escalation deadlines, patrols)
 
 The gateway's MQTT session is persistent (clean_session=False, fixed client id) and PUBACKs are
 sent only after the commit, so a crash at any instant leaves every uncommitted uplink queued in
@@ -30,6 +31,7 @@ the same way ("Throttled") before any verification work, so it cannot delay the 
 
 import collections
 import logging
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -106,7 +108,7 @@ class GatewayService:
         self._observers = []        # fn(outcomes) in the pipeline thread after acks (supervision)
         self._stage_lookup = None
         self._incoming = collections.deque()
-        self._wake = threading.Event()
+        self._outbox = collections.deque()  # (topic, frame) downlinks from handler/timer threads
         self._handler_q = collections.deque()
         self._handler_wake = threading.Event()
         self._stopping = threading.Event()
@@ -123,7 +125,6 @@ class GatewayService:
         # 0 = no limit on our QoS 1 acks in flight: with a limit, paho 2.2 walks every queued
         # message on each PUBACK (_update_inflight), quadratic under load.
         self._client.max_inflight_messages_set(0)
-        self._client.reconnect_delay_set(0.1, 5)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -151,12 +152,10 @@ class GatewayService:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self):
-        for name, target in (("pipeline", self._pipeline_loop), ("handlers", self._handler_loop), ("timers", self._timer_loop)):
+        for name, target in (("mqtt", self._io_loop), ("handlers", self._handler_loop), ("timers", self._timer_loop)):
             t = threading.Thread(target=target, name="fengqiao-" + name, daemon=True)
             t.start()
             self._threads.append(t)
-        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
-        self._client.loop_start()
         return self
 
     def wait_connected(self, timeout_s=10):
@@ -170,12 +169,9 @@ class GatewayService:
     def stop(self):
         """Finish the batch in hand, then disconnect (unacknowledged messages stay at the broker)."""
         self._stopping.set()
-        self._wake.set()
         self._handler_wake.set()
         for t in self._threads:
             t.join(10)
-        self._client.disconnect()
-        self._client.loop_stop()
 
     # -- MQTT callbacks (paho network thread) --------------------------------------------------------
 
@@ -220,16 +216,38 @@ class GatewayService:
                 client.ack(msg.mid, msg.qos)
             return
         self._incoming.append(pipeline.Incoming(topic, msg.payload, msg.mid, msg.qos, now))
-        if not self._wake.is_set():
-            self._wake.set()
 
     # -- pipeline thread -------------------------------------------------------------------------------
 
-    def _pipeline_loop(self):
-        dq = self._incoming
+    def _io_loop(self):
+        """The only thread that touches the paho client: network I/O, then verify/store/ack.
+
+        One thread rather than paho's loop_start() thread plus a pipeline thread: two busy Python
+        threads hand the GIL to each other at every system call, which on a loaded 2-core
+        machine cost more than the work itself. Reads are drained (up to max_batch) before a
+        batch is processed; downlinks from other threads arrive through self._outbox."""
+        client, s = self._client, self.settings
+        dq, outbox = self._incoming, self._outbox
+        client.connect_async(s.host, s.port, s.keepalive_s)
+        delay = 0.1
         while not self._stopping.is_set():
-            self._wake.wait(0.2)
-            self._wake.clear()
+            if client.socket() is None:
+                try:
+                    client.reconnect()
+                    delay = 0.1
+                except (OSError, ValueError) as exc:  # refused, unreachable, TLS failure, timeout
+                    self.rejection_log.warning("cannot connect to the broker; retrying", "connect",
+                                               {"error": str(exc), "retry_s": delay})
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            rc = client.loop(0 if (dq or outbox) else 0.05)
+            sock = client.socket()
+            while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and len(dq) < self.max_batch:
+                if not select.select([sock], [], [], 0)[0]:
+                    break
+                rc = client.loop_read()
+                sock = client.socket()
             while dq and not self._stopping.is_set():
                 gen = self._gen
                 batch = []
@@ -239,6 +257,15 @@ class GatewayService:
                 except IndexError:
                     pass
                 self.process(batch, gen)
+            while outbox:
+                topic, data = outbox.popleft()
+                client.publish(topic, data, qos=1)
+        while outbox:
+            topic, data = outbox.popleft()
+            client.publish(topic, data, qos=1)
+        if client.socket() is not None:
+            client.loop_write()
+            client.disconnect()
 
     def _place_of(self, device_id):
         dev = self.registry.device(device_id)
@@ -347,7 +374,10 @@ class GatewayService:
         with self._downlink_lock:
             seq = self.registry.next_downlink_seq(device_id)
             topic, data = self.signer.build(msg_type, device_id, key_id, seq, now_i, body)
-            self._client.publish(topic, data, qos=1)
+            if threading.current_thread() is self._threads[0]:
+                self._client.publish(topic, data, qos=1)
+            else:
+                self._outbox.append((topic, data))   # published by the MQTT thread, in order
         return seq
 
     # -- handlers and timers ---------------------------------------------------------------------------

@@ -149,3 +149,18 @@ def test_debug_log_follows_a_frame(running_gateway, project_broker, clients, cap
     (rec,) = [r for r in caplog.records if r.getMessage() == "uplink verified, stored, acked"]
     assert rec.fields["device"] == "0000002a" and rec.fields["event_id"] == 1
     assert rec.fields["frame"] == dev.frame(1).hex()
+
+
+@pytest.mark.timeout(90)
+def test_gateway_reconnects_after_broker_restart(running_gateway, project_broker, clients):
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    project_broker.stop()
+    wait_for(lambda: not app.service.connected, 10, "gateway to notice the broker is gone")
+    time.sleep(0.5)  # a few failed reconnects, with back-off
+    project_broker.start()
+    app.service.wait_connected(20)
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    dev.send(1)
+    wait_for(lambda: 1 in dev.acked(), 10, "ack after the broker restart")
+    assert app.store.count() == 1
