@@ -327,9 +327,13 @@ class HostBoard:
         """Raw button levels over time, e.g. [(1, 5), (0, 3), (1, 4), (0, 0)] (level, ms)."""
         self.request("button_script", steps=[[int(l), int(ms)] for l, ms in steps])
 
-    def card(self, uid):
-        """Put a card with this UID (bytes or hex, 4/7/10 bytes) in the reader's field."""
-        self.request("card", uid=_uid_hex(uid))
+    def card(self, uid, uid2=None):
+        """Put a card with this UID (bytes or hex, 4/7/10 bytes) in the reader's field; with
+        uid2, two cards at once (a collision: the reader reads neither)."""
+        if uid2 is None:
+            self.request("card", uid=_uid_hex(uid))
+        else:
+            self.request("card", uid=_uid_hex(uid), uid2=_uid_hex(uid2))
 
     def remove_card(self):
         self.request("card", uid=None)

@@ -315,8 +315,12 @@ class Board:
                 else:
                     raise ValueError("kind: lockup or glitch")
             elif r.get("uid"):
-                uid = r["uid"]
-                self.chip.present(bytes(int(uid[i:i + 2], 16) for i in range(0, len(uid), 2)))
+                uid = [bytes(int(u[i:i + 2], 16) for i in range(0, len(u), 2)) for u in (r["uid"], r.get("uid2"))
+                       if u]
+                if len(uid) == 2:
+                    self.chip.present_two(uid[0], uid[1])
+                else:
+                    self.chip.present(uid[0])
             else:
                 self.chip.remove()
         elif op == "battery":

@@ -9,7 +9,9 @@
 # check, cascade tag 0x88 and SAK bit 0x04 for 7- and 10-byte UIDs, and HLTA.
 # Faults: lock_up() (MISO reads 0x00 and writes are ignored until the RST pin is pulsed low) and
 # glitch() (registers fall back to reset values, as after a brown-out).
-# Not modelled: bit-level anticollision with several cards, MIFARE authentication, CRC coprocessor.
+# Two cards in the field answer together: differing bits set ErrorReg.CollErr (present_two()).
+# Not modelled: resolving that collision bit by bit (the driver reads no card then; the patrol
+# member taps again alone), MIFARE authentication, the CRC coprocessor.
 
 from drivers.mfrc522 import crc_a
 
@@ -76,6 +78,7 @@ class SimMFRC522:
     def __init__(self, version=0x92, record=False):
         self.version = version
         self.card = None
+        self.second = None
         self.locked = False
         self.record = record
         self.frames = []  # frames transmitted to the card (with record=True)
@@ -106,6 +109,12 @@ class SimMFRC522:
 
     def present(self, uid, sak=0x08):
         self.card = Card(uid, sak) if uid else None
+        self.second = None
+
+    def present_two(self, uid_a, uid_b):
+        """Two cards in the field: their anticollision answers collide (ErrorReg.CollErr)."""
+        self.card = Card(uid_a)
+        self.second = Card(uid_b)
 
     def remove(self):
         self.card = None
@@ -200,6 +209,13 @@ class SimMFRC522:
         resp = None
         if self.card is not None and (regs[0x14] & 0x03) == 0x03:
             resp = self.card.handle(frame, last_bits)
+            other = self.second.handle(frame, last_bits) if self.second is not None else None
+            if resp is not None and other is not None and resp != other:
+                # Both answered with different bits: the receiver sees a collision.
+                regs[0x06] |= 0x08  # CollErr
+                resp = bytes(a | b for a, b in zip(resp, other))
+            elif resp is None:
+                resp = other
         if resp is not None:
             self.fifo = bytearray(resp)
             regs[0x04] |= 0x30  # RxIRq | IdleIRq

@@ -19,14 +19,18 @@ class StdConsole:
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
         self._one = bytearray(1)
+        self._chunk = bytearray(0)
         self.closed = False
 
     def read(self, n=64):
-        """Up to n bytes that are already waiting, or None."""
+        """Up to n bytes that are already waiting (bytes), or None."""
         if self.closed:
             return None
-        out = None
-        while n > 0:
+        if len(self._chunk) < n:
+            self._chunk = bytearray(n)  # reused: one buffer, not a growing one per call
+        buf = self._chunk
+        k = 0
+        while k < n:
             ev = self._poll.poll(0)
             if not ev or not (ev[0][1] & select.POLLIN):
                 if ev and ev[0][1] & (select.POLLHUP | select.POLLERR):
@@ -39,11 +43,9 @@ class StdConsole:
             if not got:
                 self._close()
                 break
-            if out is None:
-                out = bytearray()
-            out.append(self._one[0])
-            n -= 1
-        return out
+            buf[k] = self._one[0]
+            k += 1
+        return bytes(buf[:k]) if k else None
 
     def _close(self):
         # End of input (stdin at EOF, pty hung up): stop polling it instead of spinning.

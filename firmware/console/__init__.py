@@ -72,34 +72,43 @@ class Console:
 
     # -- stream ---------------------------------------------------------------------------------
     def poll(self):
-        """Read what is waiting, answer complete lines. Never blocks, never raises."""
+        """Read what is waiting, answer complete lines. Never blocks, never raises.
+
+        Bytes are moved a chunk at a time (not one append per byte): a growing bytearray is
+        reallocated at each step, and on a 64 KB heap those holes are what runs out first."""
         try:
             data = self.board.console.read(256)
         except OSError:
             data = None
         if not data:
             return False
-        for b in data:
-            if b == 0x0A:
-                if self._skipping:
-                    self._skipping = False
-                    self._send({"id": None, "ok": False, "error": "too_long",
-                                "detail": "line longer than %d bytes" % MAX_LINE})
-                elif self._buf:
-                    line = self._buf
-                    self._buf = bytearray()
-                    self.handle_line(line)
-            elif not self._skipping:
-                if len(self._buf) >= MAX_LINE:
+        i = 0
+        n = len(data)
+        while i < n:
+            nl = data.find(b"\n", i)
+            end = n if nl < 0 else nl
+            if not self._skipping and end > i:
+                if len(self._buf) + end - i > MAX_LINE:
                     self._buf = bytearray()
                     self._skipping = True
                 else:
                     try:
-                        self._buf.append(b)
+                        self._buf.extend(data[i:end])
                     except MemoryError:
                         # No room for this line now: drop it, say so, keep the unit running.
                         self._buf = bytearray()
                         self._skipping = True
+            if nl < 0:
+                break
+            if self._skipping:
+                self._skipping = False
+                self._send({"id": None, "ok": False, "error": "too_long",
+                            "detail": "line longer than %d bytes" % MAX_LINE})
+            elif self._buf:
+                line = self._buf
+                self._buf = bytearray()
+                self.handle_line(line)
+            i = nl + 1
         return True
 
     def _send(self, obj):

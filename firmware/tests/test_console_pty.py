@@ -114,6 +114,12 @@ def test_selftest_drives_led_buzzer_and_reads_reader(board):
     colours = [v for _, v in board.led_history()]
     assert colours == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
     assert [v for _, v in board.buzzer_history()] == [1, 0]
+    # Two cards at once: the reader reports none rather than a mixed-up UID.
+    board.card("04a1b2c3d4e5f6", uid2="08112233")
+    with SerialConsole(board.port) as con:
+        res = con.selftest()
+    assert res["reader"] == "ok" and res["card"] is None
+    assert board.state()["card"] == "04a1b2c3d4e5f6"
     # A locked-up reader is re-initialised by the self-test (RST pulse) and reported healthy.
     board.reader_fault("lockup")
     with SerialConsole(board.port) as con:

@@ -68,6 +68,14 @@ chip.present(uid4)
 chip.card._cl = lambda level: b"\xde\xad\xbe\xef\x00"
 eq("bad_bcc_none", r.read_uid(), None)
 
+# Two cards at once: the collision is reported as no card, never as a mixed-up UID; the one
+# left in the field alone is read next time.
+chip, r = reader(record=False)
+chip.present_two(uid4, b"\x11\x22\x33\x44")
+eq("two_cards_none", r.read_uid(), None)
+chip.present(uid4)
+eq("one_card_again", r.read_uid(), uid4)
+
 # A SAK with a broken CRC: None.
 chip, r = reader(record=False)
 chip.present(uid4)
