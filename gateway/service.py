@@ -116,6 +116,7 @@ class GatewayService:
         self._gen = 0               # connection generation: PUBACK only on the arrival connection
         self._downlink_lock = threading.Lock()
         self._threads = []
+        self._io_thread = None
         self.processed = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
                                    clean_session=False, manual_ack=True)
@@ -154,8 +155,10 @@ class GatewayService:
     def start(self):
         for name, target in (("mqtt", self._io_loop), ("handlers", self._handler_loop), ("timers", self._timer_loop)):
             t = threading.Thread(target=target, name="fengqiao-" + name, daemon=True)
-            t.start()
             self._threads.append(t)
+        self._io_thread = self._threads[0]
+        for t in self._threads:
+            t.start()
         return self
 
     def wait_connected(self, timeout_s=10):
@@ -374,7 +377,7 @@ class GatewayService:
         with self._downlink_lock:
             seq = self.registry.next_downlink_seq(device_id)
             topic, data = self.signer.build(msg_type, device_id, key_id, seq, now_i, body)
-            if threading.current_thread() is self._threads[0]:
+            if threading.current_thread() is self._io_thread:
                 self._client.publish(topic, data, qos=1)
             else:
                 self._outbox.append((topic, data))   # published by the MQTT thread, in order
