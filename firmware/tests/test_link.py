@@ -130,6 +130,7 @@ class FreezableProxy:
         import threading
 
         self.target_port = target_port
+        self.delay_s = 0.0  # a slow broker: every chunk held this long before it is passed on
         self.frozen = threading.Event()
         self.srv = socket.socket()
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -165,6 +166,8 @@ class FreezableProxy:
                 return
             if self.frozen.is_set():
                 continue  # swallowed: nothing arrives, nothing is closed
+            if self.delay_s:
+                time.sleep(self.delay_s)
             try:
                 b.sendall(data)
             except OSError:
@@ -242,3 +245,29 @@ def test_power_cut_after_the_press_loses_nothing_and_reuses_no_seq(tmp_path, bro
     finally:
         hb.stop()
         gw.close()
+
+
+@pytest.mark.timeout(90)
+def test_slow_broker_is_waited_for_not_given_up_on(tmp_path, broker):
+    dev = 0xB6
+    proxy = FreezableProxy(broker.port)
+    proxy.delay_s = 1.5  # every packet 1.5 s late each way: CONNECT -> CONNACK takes 3 s
+    key = os.urandom(32)
+    provision_dir(str(tmp_path / "b6"), {"device_id": dev, "key": key, "role": "alarm",
+                                         "broker_host": "127.0.0.1", "broker_port": proxy.port})
+    broker.add_device(dev, key)
+    hb = HostBoard(str(tmp_path / "b6"), heap=HEAP, args=["--keepalive-s", "30"])
+    gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
+    gw.add_device(dev, key)
+    try:
+        hb.start()
+        gw.wait_frame(dev, "boot", timeout_s=30)
+        hb.hold(1200)
+        gw.wait_frame(dev, "alarm", timeout_s=30)
+        assert hb.ping()["ok"]  # the board stayed responsive while it waited
+        log = _log(hb)
+        assert "session 1 up" in log and "session 2 up" not in log, log[-1500:]  # no give-up
+    finally:
+        hb.stop()
+        gw.close()
+        proxy.close()
