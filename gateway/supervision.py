@@ -5,9 +5,10 @@ Every verified uplink (not only heartbeats) proves the device is alive. A device
 `offline_factor`; its next uplink raises `device_online`. With a 30 s heartbeat, factor 2.5 and a
 5 s check, a silent mains-powered button is reported within 75-80 s (goal: 90 s).
 
-Battery: a `battery_low` uplink, or a heartbeat under `low_battery_mv`, raises `battery_low`; a
-heartbeat at least `battery_ok_mv` (hysteresis) raises `battery_ok`. Tamper: a `tamper` uplink
-with open=true raises `tamper_open`, open=false `tamper_closed`. Each is raised once per change
+Battery: a `battery_low` uplink, or a heartbeat under `low_battery_mv`, raises
+`device_battery_low`; a heartbeat at least `battery_ok_mv` (hysteresis) raises `device_battery_ok`.
+Tamper: a `tamper` uplink with open=true raises `device_tamper_open`, open=false
+`device_tamper_closed`. (Gateway kinds start with `device_` so they never read as device frames.) Each is raised once per change
 (stored and forwarded like any other event), so a flapping value does not flood the log.
 
 State after a restart: the offline / battery / tamper flags are rebuilt from the gateway events
@@ -22,11 +23,12 @@ from gateway.events import SOURCE_GATEWAY
 
 log = logging.getLogger("fengqiao.supervision")
 
-KINDS = ("device_offline", "device_online", "battery_low", "battery_ok", "tamper_open", "tamper_closed")
+KINDS = ("device_offline", "device_online", "device_battery_low", "device_battery_ok", "device_tamper_open",
+         "device_tamper_closed")
 
 
 class Supervisor:
-    def __init__(self, ctx, default_interval_s=30, offline_factor=2.5, low_battery_mv=3300, battery_ok_mv=3500):
+    def __init__(self, ctx, default_interval_s=30, offline_factor=2.5, low_battery_mv=3400, battery_ok_mv=3600):
         self.ctx = ctx
         self.default_interval_s = default_interval_s
         self.factor = offline_factor
@@ -55,8 +57,8 @@ class Supervisor:
 
     def _apply(self, kind, device_id):
         flag = {"device_offline": (self.offline, True), "device_online": (self.offline, False),
-                "battery_low": (self.battery_low, True), "battery_ok": (self.battery_low, False),
-                "tamper_open": (self.tamper_open, True), "tamper_closed": (self.tamper_open, False)}[kind]
+                "device_battery_low": (self.battery_low, True), "device_battery_ok": (self.battery_low, False),
+                "device_tamper_open": (self.tamper_open, True), "device_tamper_closed": (self.tamper_open, False)}[kind]
         (flag[0].add if flag[1] else flag[0].discard)(device_id)
 
     def interval_s(self, device_id):
@@ -82,18 +84,18 @@ class Supervisor:
                     self._emit("device_online", d, {"after_offline": True})
             kind, body = o.kind, o.new.body
             if kind == "battery_low" and d not in self.battery_low:
-                self._emit("battery_low", d, {"battery_mv": body[0], "source": "battery_low"})
+                self._emit("device_battery_low", d, {"battery_mv": body[0], "source": "battery_low"})
             elif kind == "heartbeat":
                 mv = body[0]
                 if mv < self.low_battery_mv and d not in self.battery_low:
-                    self._emit("battery_low", d, {"battery_mv": mv, "source": "heartbeat"})
+                    self._emit("device_battery_low", d, {"battery_mv": mv, "source": "heartbeat"})
                 elif mv >= self.battery_ok_mv and d in self.battery_low:
-                    self._emit("battery_ok", d, {"battery_mv": mv})
+                    self._emit("device_battery_ok", d, {"battery_mv": mv})
             elif kind == "tamper":
                 if body[0] and d not in self.tamper_open:
-                    self._emit("tamper_open", d, {})
+                    self._emit("device_tamper_open", d, {})
                 elif not body[0] and d in self.tamper_open:
-                    self._emit("tamper_closed", d, {})
+                    self._emit("device_tamper_closed", d, {})
 
     def check(self):
         """Timer: raise device_offline for every active device silent past its window."""

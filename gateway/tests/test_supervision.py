@@ -70,7 +70,8 @@ def test_battery_and_tamper_raised_once_per_change(ctx):
     sup.observe([_up(2, "battery_low", (3240,)), _up(2, "heartbeat", (3400, 1, 0, None, 1))])
     sup.observe([_up(2, "heartbeat", (3600, 1, 0, None, 1))])
     sup.observe([_up(1, "tamper", (True,)), _up(1, "tamper", (True,)), _up(1, "tamper", (False,))])
-    assert _kinds(ctx) == [("battery_low", 2), ("battery_ok", 2), ("tamper_open", 1), ("tamper_closed", 1)]
+    assert _kinds(ctx) == [("device_battery_low", 2), ("device_battery_ok", 2), ("device_tamper_open", 1),
+                           ("device_tamper_closed", 1)]
 
 
 def test_state_survives_restart(ctx):
