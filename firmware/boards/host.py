@@ -23,6 +23,7 @@ import sys
 import time
 
 from boards.stdconsole import StdConsole
+from boards.wiring_host import WIRING
 
 _HISTORY = 256  # changes kept per LED/buzzer history
 _MAX_CLIENTS = 4
@@ -117,9 +118,9 @@ class Board:
         self._script = None  # [(level, ms), ...] played from _script_t0
         self._script_t0 = 0
         self._tamper = 0
-        self._mv = int(o.get("battery-mv") or 4000)
+        self._mv = int(o.get("battery-mv") or WIRING["battery"]["mv"])
         self._net = True
-        self.led = _Out(self, (0, 0, 0), not o.get("single-led"))
+        self.led = _Out(self, (0, 0, 0), WIRING["led"]["rgb"] and not o.get("single-led"))
         self.buzzer = _Out(self, 0)
         self.chip = None  # the simulated MFRC522, made on first use
         self._reader = None
@@ -165,7 +166,7 @@ class Board:
         if self.chip is None and not self.options.get("no-rfid"):
             from boards.sim_mfrc522 import SimMFRC522
 
-            self.chip = SimMFRC522(0x92)
+            self.chip = SimMFRC522(WIRING["rfid"]["version"])
         return self.chip
 
     def rfid(self):
