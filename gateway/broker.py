@@ -71,6 +71,9 @@ autosave_interval 30
 # 0 = no limit: never drop QoS 1 messages queued for the gateway (default 1000 drops silently).
 max_queued_messages 0
 max_inflight_messages {inflight}
+# Frames are at most 256 bytes: a client sending a packet over 2 KiB is disconnected by the
+# broker (the gateway still sees, counts and rejects frames of 257 bytes .. 2 KiB as Oversize).
+max_packet_size 2048
 set_tcp_nodelay true
 # $SYS every 2 s: the gateway reads clients/connected for /metrics
 sys_interval 2

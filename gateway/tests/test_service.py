@@ -164,3 +164,15 @@ def test_gateway_reconnects_after_broker_restart(running_gateway, project_broker
     dev.send(1)
     wait_for(lambda: 1 in dev.acked(), 10, "ack after the broker restart")
     assert app.store.count() == 1
+
+
+@pytest.mark.timeout(60)
+def test_oversize_counted_and_huge_packets_refused_by_the_broker(running_gateway, project_broker, clients):
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    dev.send_raw(b"\x01\x03" + bytes(400))
+    wait_for(lambda: app.metrics.counter("fengqiao_rejections_total", {"reason": "Oversize"}) == 1, 10, "Oversize")
+    dev.mqtt.client.publish(dev.topic, bytes(100_000), qos=1)
+    wait_for(dev.mqtt.disconnected.is_set, 10, "broker to drop a client sending 100 kB")
+    assert app.store.count() == 0 and app.service.connected
