@@ -37,12 +37,15 @@ def village(tmp_path_factory):
         provision_dir(str(flash), cfg)
         broker.add_device(dev, key)
         gw.add_device(dev, key)
-        hb = HostBoard(str(flash), heap=HEAP, args=FAST).start()
+        hb = HostBoard(str(flash), heap=HEAP, args=FAST, wdt=True).start()  # watchdog armed: must be fed
         boards.append(hb)
         return hb
 
     yield broker, gw, board
     for hb in boards:
+        # With --wdt a board whose supervisor stopped feeding is killed (reset reason 2): every
+        # board must still be the process we started (one start each, except deliberate restarts).
+        assert hb.alive, "board %s died (watchdog?): %s" % (hb.flash_dir, hb.log_tail(800))
         hb.stop()
     gw.close()
     broker.stop()
