@@ -139,6 +139,7 @@ class Link:
         backoff = self.backoff_min_ms
         while True:
             t_start = ticks_ms()
+            sessions_before = self.sessions
             try:
                 await self._session()
             except (mqtt.MqttError, OSError, NetworkDown, LinkDown) as e:
@@ -149,8 +150,10 @@ class Link:
                 # Also on anything else (MemoryError, a bug in a downlink handler): close the
                 # socket and say "down" before the supervisor restarts this task.
                 self._kill("ended")
-            if ticks_diff(ticks_ms(), t_start) > 2 * self.backoff_max_ms:
-                backoff = self.backoff_min_ms  # a long healthy session resets the backoff
+            if self.sessions != sessions_before and ticks_diff(ticks_ms(), t_start) > 10000:
+                # A session that came up and lasted resets the backoff; one that the broker
+                # drops at once (a kick loop) keeps it growing.
+                backoff = self.backoff_min_ms
             delay = backoff + random.getrandbits(16) * (backoff // 2) // 65536
             await asyncio.sleep_ms(delay)
             backoff = min(backoff * 2, self.backoff_max_ms)

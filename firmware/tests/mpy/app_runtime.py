@@ -137,6 +137,34 @@ def test_tls_context_rejects_non_pem_ca():
         pass
 
 
+def test_link_backoff_doubles_with_jitter_up_to_the_cap():
+    import asyncio
+    from link import Link
+
+    calls = []
+
+    class NoNet:
+        def network_up(self, cfg):
+            calls.append(time.ticks_ms())
+            return False
+
+    c = cfg()
+    c.update({"broker_host": "127.0.0.1", "broker_port": 1, "tls": False})
+    link = Link(NoNet(), c, None, log=lambda m: None, backoff_min_ms=50, backoff_max_ms=400)
+
+    async def scenario():
+        t = asyncio.create_task(link.run())
+        await asyncio.sleep_ms(2600)
+        t.cancel()
+
+    asyncio.run(scenario())
+    gaps = [time.ticks_diff(b, a) for a, b in zip(calls, calls[1:])]
+    check(len(gaps) >= 5, "attempts: %r" % gaps)
+    for i, want in enumerate((50, 100, 200, 400, 400)):
+        check(want <= gaps[i] <= want * 1.5 + 150, "gap %d = %d, want %d..%d" % (i, gaps[i], want, want * 1.5))
+    check(len(set(gaps)) > 1 and not link.up and link.failures == len(calls), "jittered, down, counted")
+
+
 # -- uplink ---------------------------------------------------------------------------------
 def test_uplink_emit_build_and_ack_removes_and_sets_clock():
     c = Clock()
