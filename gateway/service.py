@@ -32,6 +32,7 @@ the same way ("Throttled") before any verification work, so it cannot delay the 
 import collections
 import logging
 import select
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ class GatewayService:
         self._stage_lookup = None
         self._incoming = collections.deque()
         self._outbox = collections.deque()  # (topic, frame) downlinks from handler/timer threads
+        self._wake_r, self._wake_w = socket.socketpair()   # wakes the MQTT thread for the outbox
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._handler_q = collections.deque()
         self._handler_wake = threading.Event()
         self._stopping = threading.Event()
@@ -173,8 +177,17 @@ class GatewayService:
         """Finish the batch in hand, then disconnect (unacknowledged messages stay at the broker)."""
         self._stopping.set()
         self._handler_wake.set()
+        self._wake()
         for t in self._threads:
             t.join(10)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self):
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):  # already pending, or closed at shutdown
+            pass
 
     # -- MQTT callbacks (paho network thread) --------------------------------------------------------
 
@@ -244,7 +257,18 @@ class GatewayService:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-            rc = client.loop(0 if (dq or outbox) else 0.05)
+            if not (dq or outbox):  # idle: sleep until the broker or another thread has something
+                sock = client.socket()
+                if sock is not None:
+                    try:
+                        select.select([sock, self._wake_r], [sock] if client.want_write() else [], [], 1.0)
+                    except (OSError, ValueError):  # the socket closed under us: loop() reports it
+                        pass
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            rc = client.loop(0)
             sock = client.socket()
             while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and len(dq) < self.max_batch:
                 if not select.select([sock], [], [], 0)[0]:
@@ -381,6 +405,7 @@ class GatewayService:
                 self._client.publish(topic, data, qos=1)
             else:
                 self._outbox.append((topic, data))   # published by the MQTT thread, in order
+                self._wake()
         return seq
 
     # -- handlers and timers ---------------------------------------------------------------------------
