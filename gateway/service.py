@@ -61,6 +61,12 @@ class MqttSettings:
     keepalive_s: int = 30
 
 
+def _tls_pending(sock):
+    """Bytes already decrypted inside an SSL socket: select() cannot see them."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending and pending())
+
+
 class GatewayContext:
     """What handlers and timers get: the clock, the store, the registry, and ways to act."""
 
@@ -133,6 +139,8 @@ class GatewayService:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._rx = 0                # packets handled by paho (read-loop progress)
         store.subscribe(self._on_store_commit)
         self.metrics.gauge_fn("fengqiao_incoming_queue_depth", lambda: len(self._incoming))
 
@@ -205,7 +213,11 @@ class GatewayService:
         if not self._stopping.is_set():
             log.warning("disconnected from broker; reconnecting", extra={"fields": {"reason": str(reason_code)}})
 
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._rx += 1  # a PUBACK for one of our downlinks: the read loop made progress
+
     def _on_message(self, client, userdata, msg):
+        self._rx += 1
         try:
             self._receive(client, msg)
         except Exception:  # paho would re-raise and stop its network thread: never let it
@@ -259,7 +271,7 @@ class GatewayService:
                     continue
             if not (dq or outbox):  # idle: sleep until the broker or another thread has something
                 sock = client.socket()
-                if sock is not None:
+                if sock is not None and not _tls_pending(sock):
                     try:
                         select.select([sock, self._wake_r], [sock] if client.want_write() else [], [], 1.0)
                     except (OSError, ValueError):  # the socket closed under us: loop() reports it
@@ -269,12 +281,13 @@ class GatewayService:
                 except BlockingIOError:
                     pass
             rc = client.loop(0)
-            sock = client.socket()
-            while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and len(dq) < self.max_batch:
-                if not select.select([sock], [], [], 0)[0]:
-                    break
+            # Drain what has arrived (up to a batch) while each read makes progress. Progress, not
+            # select(): a TLS socket can hold whole records that select() and pending() miss.
+            while rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and len(dq) < self.max_batch:
+                before = self._rx
                 rc = client.loop_read()
-                sock = client.socket()
+                if self._rx == before:
+                    break
             while dq and not self._stopping.is_set():
                 gen = self._gen
                 batch = []

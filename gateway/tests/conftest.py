@@ -170,7 +170,10 @@ def running_gateway(tmp_path, project_broker):
     apps = []
 
     def start(**sections):
-        app = GatewayApp(from_dict(gateway_config(tmp_path, project_broker, **sections)))
+        raw = gateway_config(tmp_path, project_broker)
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        app = GatewayApp(from_dict(raw))
         apps.append(app)
         try:
             return app.start()

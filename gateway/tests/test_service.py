@@ -176,3 +176,15 @@ def test_oversize_counted_and_huge_packets_refused_by_the_broker(running_gateway
     dev.mqtt.client.publish(dev.topic, bytes(100_000), qos=1)
     wait_for(dev.mqtt.disconnected.is_set, 10, "broker to drop a client sending 100 kB")
     assert app.store.count() == 0 and app.service.connected
+
+
+@pytest.mark.timeout(60)
+def test_gateway_over_tls(running_gateway, project_broker, clients):
+    app = running_gateway(broker={"use_tls": True}, pipeline={"device_rate_per_s": 1000.0, "device_burst": 1000})
+    assert app.service.settings.port == project_broker.tls_port and app.service.settings.tls_ca
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    for seq in range(1, 201):
+        dev.send(seq, wait=False)
+    wait_for(lambda: len(dev.acked()) == 200, 20, "200 acks through a TLS gateway connection")
+    assert app.store.count() == 200
