@@ -85,7 +85,7 @@ class GatewayApp:
             settings = MqttSettings(b["host"], b["port"], user, password, client_id=b["client_id"])
         self.service = GatewayService(self.store, self.registry, self.clock, settings, self.metrics,
                                       max_batch=p["max_batch"], device_rate_per_s=p["device_rate_per_s"],
-                                      device_burst=p["device_burst"],
+                                      device_burst=p["device_burst"], backlog_grace_s=p["backlog_grace_s"],
                                       log_per_reason_per_min=p["log_per_reason_per_min"])
         self.ctx = self.service.ctx
         self.supervisor = Supervisor(self.ctx, s["default_heartbeat_interval_s"], s["offline_factor"],

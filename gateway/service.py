@@ -98,13 +98,14 @@ class GatewayContext:
 
 class GatewayService:
     def __init__(self, store, registry, clock, mqtt_settings, metrics=None, max_batch=2000,
-                 device_rate_per_s=20.0, device_burst=100, log_per_reason_per_min=10):
+                 device_rate_per_s=20.0, device_burst=100, log_per_reason_per_min=10, backlog_grace_s=30.0):
         self.store = store
         self.registry = registry
         self.clock = clock
         self.settings = mqtt_settings
         self.metrics = metrics or Metrics()
         self.max_batch = max_batch
+        self.backlog_grace_s = backlog_grace_s
         self.ctx = GatewayContext(self)
         self.signer = pipeline.DownlinkSigner(registry.device_key)
         self.seqs = pipeline.SeqState(store.highest_seqs())
@@ -123,6 +124,7 @@ class GatewayService:
         self._handler_wake = threading.Event()
         self._stopping = threading.Event()
         self._connected = threading.Event()
+        self._throttle_from = 0.0
         self._gen = 0               # connection generation: PUBACK only on the arrival connection
         self._downlink_lock = threading.Lock()
         self._threads = []
@@ -204,6 +206,9 @@ class GatewayService:
             log.error("broker refused the gateway", extra={"fields": {"reason": str(reason_code)}})
             return
         self._gen += 1
+        # The backlog Mosquitto kept for us while we were away (hours of heartbeats from one
+        # device) is not a flood: no throttling while it drains.
+        self._throttle_from = time.monotonic() + self.backlog_grace_s
         client.subscribe([(UPLINK_FILTER, 1), (SYS_CLIENTS, 0)])
         self._connected.set()
         log.info("connected to broker", extra={"fields": {"session_present": flags.session_present}})
@@ -237,7 +242,7 @@ class GatewayService:
                 client.ack(msg.mid, msg.qos)
             return
         now = time.monotonic()
-        if not self.buckets.allow(topic, now):
+        if now > self._throttle_from and not self.buckets.allow(topic, now):
             self.metrics.inc("fengqiao_rejections_total", {"reason": "Throttled"})
             self.rejection_log.warning("uplink rejected", "Throttled", {"topic": topic})
             if msg.qos:

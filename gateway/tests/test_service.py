@@ -111,7 +111,7 @@ def test_handlers_timers_and_context(running_gateway, project_broker, clients):
 
 @pytest.mark.timeout(90)
 def test_flooding_device_is_throttled_without_delaying_others(running_gateway, project_broker, clients):
-    app = running_gateway(pipeline={"device_rate_per_s": 20.0, "device_burst": 20})
+    app = running_gateway(pipeline={"device_rate_per_s": 20.0, "device_burst": 20, "backlog_grace_s": 0.0})
     _provision(app, project_broker, (A, KEY_A), (B, KEY_B))
     flood = SimDevice(project_broker, A, KEY_A, clients).start()
     calm = SimDevice(project_broker, B, KEY_B, clients).start()
@@ -130,6 +130,17 @@ def test_flooding_device_is_throttled_without_delaying_others(running_gateway, p
     # Nothing unacknowledged was stored, nothing acknowledged is missing.
     stored = {e.seq for e in app.store.events_after(0, 1000) if e.device_id == A}
     assert flood.acked() == stored
+
+
+@pytest.mark.timeout(60)
+def test_no_throttling_while_the_backlog_drains(running_gateway, project_broker, clients):
+    app = running_gateway(pipeline={"device_rate_per_s": 1.0, "device_burst": 5, "backlog_grace_s": 60.0})
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    for seq in range(1, 51):
+        dev.send(seq, frame.UP_HEARTBEAT, (3700, seq, 0, None, 10000), wait=False)
+    wait_for(lambda: len(dev.acked()) == 50, 15, "all 50 acked within the grace period")
+    assert app.metrics.counter("fengqiao_rejections_total", {"reason": "Throttled"}) == 0
 
 
 @pytest.mark.timeout(60)
