@@ -178,8 +178,8 @@ class PatrolService:
                 for spec in rounds.planned_rounds(d, date):
                     if now < spec["earliest_start"]:
                         continue
-                    if d.imported_at <= now and spec["latest_start"] < d.imported_at:
-                        continue  # its start was over before the route was configured: nobody was asked to walk it
+                    if not asked_to_walk(d, spec, now):
+                        continue
                     result = self.evaluate(spec, now)
                     queued += self._alerts(spec, result, now)
                     if result["final"]:
@@ -229,7 +229,8 @@ class PatrolService:
         d = self.directory()
         if d is None:
             return []
-        return [(spec, self.evaluate(spec, now)) for spec in rounds.planned_rounds(d, date, village)]
+        return [(spec, self.evaluate(spec, now)) for spec in rounds.planned_rounds(d, date, village)
+                if asked_to_walk(d, spec, now)]
 
     def checkins_between(self, t0, t1, card=None):
         sql = ("SELECT event_id, device_id, checkpoint_no, place_id, card, person_id, device_time, received_at, time, flags"
@@ -291,3 +292,13 @@ def summarize(result):
         "checkpoints": [{"place": c["place"], "status": c["status"], "visited_at": c["visited_at"], "card": c["card"]}
                         for c in result["checkpoints"]],
     }
+
+
+def asked_to_walk(directory, spec, now=None):
+    """False for a round whose start window was over before its schedule was first configured:
+    nobody was asked to walk it. Uses the schedule's first import (kept across re-imports), so
+    editing the village file later never hides earlier rounds from re-evaluation or reports."""
+    since = directory.schedule_since.get(spec["schedule"], 0.0)
+    if now is not None and since > now:
+        return True  # a clock set before the import (tests, replays): judge every round
+    return spec["latest_start"] >= since

@@ -161,3 +161,63 @@ def test_a_late_delivered_checkin_can_flag_its_neighbour_as_too_fast(scen):
     scen.tap("cp-gate", t, delivered_at=t + 3600)                    # the earlier one, from an outbox
     flagged = [e[1] for e in scen.ctx.emitted if e[0] == "patrol_checkin_flagged"]
     assert len(flagged) == 1 and flagged[0]["checkpoint"] == "cp-school" and "too_fast" in flagged[0]["flags"]
+
+
+# -- which rounds were asked of anyone: first configuration vs later edits of the village file -------
+
+def _walk_night_loop(svc, mk, clock, start, offline_until=None):
+    """The four checkpoints, 10 min apart from `start`; delivered live, or all at `offline_until`."""
+    taps = [(0x301, 101), (0x302, 102), (0x303, 103), (0x304, 104)]
+    for i, (dev, no) in enumerate(taps):
+        t = int(start + 60 + i * 600)
+        if offline_until is None:
+            clock.set(t)
+            svc.on_event(mk.checkin(dev, no, "04a1b2c3"))
+            svc.tick()
+        else:
+            clock.set(offline_until)
+            svc.on_event(mk.checkin(dev, no, "04a1b2c3", device_time=t, received_at=clock.now()))
+
+
+def test_an_edit_of_the_village_file_does_not_stop_re_evaluation_of_earlier_rounds(tmp_path):
+    from gateway.village.config import parse_village
+    from gateway.village.db import import_village
+    from gateway.village.testing import sample_text
+
+    d = datetime.date(2026, 3, 14)
+    mid = rounds.local_midnight(d, 8 * 3600)
+    clock = ManualClock(mid + 3600)
+    db = sample_db(str(tmp_path / "g.db"))
+    svc, mk = PatrolService(db, clock), EventMaker(clock)
+    clock.set(mid + 3.5 * 3600)
+    svc.tick()                                           # 03:30: the 02:00 round is over, nothing arrived
+    key = "night-late/route-night/2026-03-14"
+    assert db.execute("SELECT status FROM patrol_rounds WHERE round_key = ?", (key,)).fetchone() == ("not_started",)
+    clock.set(mid + 8 * 3600)                            # 08:00: a phone number is corrected and re-imported
+    import_village(db, parse_village(sample_text().replace("0000 0101", "0000 0199"), "v.toml"), "edit", clock.now())
+    _walk_night_loop(svc, mk, clock, mid + 2 * 3600, offline_until=mid + 9 * 3600)   # 09:00: the sync
+    queued = svc.tick()
+    assert "patrol_round_reevaluated" in queued
+    assert db.execute("SELECT status FROM patrol_rounds WHERE round_key = ?", (key,)).fetchone() == ("complete",)
+
+
+def test_a_round_over_before_the_first_import_is_in_neither_the_live_evaluation_nor_the_report(tmp_path):
+    from gateway.reports.build import patrol_report
+    from gateway.village.config import parse_village
+    from gateway.village.db import import_village, open_db
+    from gateway.village.testing import sample_text
+
+    d = datetime.date(2026, 3, 14)
+    mid = rounds.local_midnight(d, 8 * 3600)
+    clock = ManualClock(mid + 10 * 3600)
+    db = open_db(str(tmp_path / "g.db"))
+    import_village(db, parse_village(sample_text(), "v.toml"), "first", clock.now())   # first configured at 10:00
+    svc, mk = PatrolService(db, clock), EventMaker(clock)
+    _walk_night_loop(svc, mk, clock, mid + 21 * 3600)
+    clock.set(mid + 23.5 * 3600)
+    svc.tick()
+    live = dict(db.execute("SELECT round_key, status FROM patrol_rounds").fetchall())
+    assert live == {"night-early/route-night/2026-03-14": "complete"}
+    rows, summaries = patrol_report(svc, svc.directory(), d, now=clock.now())
+    assert [(r["schedule"], r["status"]) for r in rows] == [("night-early", "complete")]
+    assert [(g["route"], g["compliance_pct"]) for g in summaries] == [("route-night", 100.0)]

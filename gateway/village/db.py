@@ -103,6 +103,11 @@ def import_village(db, data, source="", now=0.0):
         old = db.execute("SELECT value FROM village_meta WHERE key = 'import_id'").fetchone()
         meta["import_id"] = str(int(old[0]) + 1 if old else 1)
         db.executemany("INSERT OR REPLACE INTO village_meta VALUES (?,?)", list(meta.items()))
+        # When each schedule was first configured, kept across re-imports: a round whose start was
+        # over before its schedule existed was never asked of anyone (live evaluation and reports
+        # both skip it), while a later edit of the file must not hide earlier rounds.
+        db.executemany("INSERT OR IGNORE INTO village_meta VALUES (?,?)",
+                       [("schedule_since:" + s["id"], repr(float(now))) for s in data["schedules"]])
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -154,6 +159,7 @@ def load_directory(db, registry=None):
     d = Directory(json.loads(meta["settings"]), places, groups, teams, people, routes, schedules, levels, rules,
                   devices, import_id=int(meta.get("import_id", 0)), has_registry=bool(registered))
     d.imported_at = float(meta.get("imported_at", 0.0))
+    d.schedule_since = {k.split(":", 1)[1]: float(v) for k, v in meta.items() if k.startswith("schedule_since:")}
     return d
 
 
@@ -222,6 +228,7 @@ class Directory:
         self.import_id = import_id
         self.has_registry = has_registry
         self.imported_at = 0.0          # when this configuration was imported (Unix seconds; 0 = unknown)
+        self.schedule_since = {}        # schedule id -> when it was first configured (kept across imports)
         self.group_of_household = {h: g["id"] for g in groups.values() for h in g["households"]}
         self.card_owner = {uid: pid for pid, p in people.items() for uid in p["cards"]}
         self.checkpoint_place = {p["checkpoint"]: pid for pid, p in places.items() if p["checkpoint"] is not None}
