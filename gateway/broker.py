@@ -13,6 +13,10 @@ Files in `workdir` (all created once, then reused): ca.pem/ca.key, server.pem/se
 gateway.secret (0600), passwd (Mosquitto `$7$` PBKDF2-SHA512 hashes, written by us, atomically),
 acl, mosquitto.conf, mosquitto.pid, mosquitto.log, mosquitto.db (broker persistence).
 
+Restart after a crash: a Mosquitto left running by a gateway killed with -9 is found through
+mosquitto.pid (and /proc: it must be Mosquitto on this workdir's config) and stopped, then a
+fresh one starts (SIGTERM lets it save its queues first).
+
 Reload: the password and ACL files are rewritten whole (temp file + rename) and Mosquitto gets
 SIGHUP, which re-reads them without a restart; other clients stay connected. A broker started by
 another process (e.g. `fengqiao gateway run`) is found through mosquitto.pid, so `fengqiao gateway
@@ -31,6 +35,7 @@ import os
 import pwd
 import secrets
 import signal
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -103,6 +108,15 @@ def _write_atomic(path, text, mode=0o600):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _alive(pid):
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class ProjectBroker:
@@ -229,12 +243,36 @@ class ProjectBroker:
 
     def start(self, timeout_s=10):
         self.setup()
+        self._stop_orphan()
         # MosquittoProcess formats {placeholders}: our text is already final, so escape braces.
         text = self.config_text().replace("{", "{{").replace("}", "}}")
         self._proc = MosquittoProcess(self.workdir, text, port=self.port or self.tls_port)
         self._proc.start(timeout_s)
         _write_atomic(self.pid_path, "%d\n" % self._proc.proc.pid, 0o644)
         return self
+
+    def _stop_orphan(self):
+        """A gateway killed with -9 leaves its Mosquitto running (it saves its queues on SIGTERM):
+        stop that broker, found by mosquitto.pid and checked to be Mosquitto on OUR config file,
+        so this start can bind the same ports with the current configuration."""
+        try:
+            with open(self.pid_path) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            return False
+        conf = os.path.join(self.workdir, "mosquitto.conf").encode()
+        if not argv or not argv[0].endswith(b"mosquitto") or conf not in argv:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline += 5
+            time.sleep(0.05)
+        return True
 
     @property
     def pid(self):

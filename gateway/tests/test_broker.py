@@ -101,3 +101,20 @@ def test_reload_from_another_process_via_pid_file(project_broker, clients):
     other.add_device(A, KEY_A)
     a = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
     assert a.connect()
+
+
+@pytest.mark.timeout(60)
+def test_start_replaces_a_broker_left_by_a_killed_gateway(tmp_path, clients):
+    first = ProjectBroker(tmp_path / "b").start()
+    runner = first._proc
+    orphan = runner.proc                      # the gateway that ran it died: nobody stops it
+    first._proc = None
+    second = ProjectBroker(tmp_path / "b", port=first.port, tls_port=first.tls_port).start()
+    try:
+        orphan.wait(10)                       # stopped by the new start (reaped here: our child)
+        assert second.pid != orphan.pid and second.running()
+        second.add_device(A, KEY_A)
+        assert clients(second.port, *second.device_credentials(A, KEY_A)).connect()
+    finally:
+        second.stop()
+        runner._log.close()
