@@ -31,7 +31,7 @@ from protocol.errors import BadBody, MalformedFrame, NonCanonical
 MAX_DEPTH = const(4)
 MAX_STRING = const(64)
 MAX_ITEMS = const(16)
-_U64_MAX = 0xFFFFFFFFFFFFFFFF  # not const(): a big int on small-int ports
+_U64_MAX = const(0xFFFFFFFFFFFFFFFF)  # a constant object where it exceeds small ints
 
 _NULL = const(0xF6)
 _TRUE = const(0xF5)

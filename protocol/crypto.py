@@ -3,9 +3,18 @@ section 2. MicroPython has neither `hmac` nor `compare_digest`, so both are writ
 
 import hashlib
 
-_LABEL_UP = b"fengqiao/v1/up"
-_LABEL_DOWN = b"fengqiao/v1/down"
-_LABEL_MQTT = b"fengqiao/v1/mqtt"
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+# const(): private names vanish at compile time (no global, no qstr in a board's heap).
+_LABEL_UP = const(b"fengqiao/v1/up")
+_LABEL_DOWN = const(b"fengqiao/v1/down")
+_LABEL_MQTT = const(b"fengqiao/v1/mqtt")
 
 
 def hmac_sha256(key, msg):

@@ -66,8 +66,10 @@ HEADER_LEN = const(15)
 MAC_LEN = const(16)
 MIN_FRAME = const(32)
 MAX_FRAME = const(256)
-_HEADER_FMT = ">BBIBII"
-_U32 = 0xFFFFFFFF  # not const(): over 30 bits is a big int on small-int ports
+# const(): private names vanish at compile time (no global, no qstr in a board's heap); a value
+# over the small-int range is stored as a constant object.
+_HEADER_FMT = const(">BBIBII")
+_U32 = const(0xFFFFFFFF)
 
 
 

@@ -2,6 +2,14 @@
 
 A table, not code, because bytecode costs heap on the device."""
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
 from protocol.errors import BadBody, UnknownType
 
 TYPE_NAMES = {
@@ -25,8 +33,8 @@ RESET_REASONS = {0: "power_on", 1: "hard_reset", 2: "watchdog", 3: "deep_sleep_w
 CONFIG_KEYS = {1: "heartbeat_interval_s", 2: "checkin_repeat_s", 3: "hold_ms", 4: "low_battery_mv"}
 UID_LENGTHS = (4, 7, 10)
 
-_U16 = 0xFFFF
-_U32 = 0xFFFFFFFF
+_U16 = const(0xFFFF)  # const(): no global, no qstr on the device
+_U32 = const(0xFFFFFFFF)
 
 # Body schemas. One letter per array element: B uint <= 255, H uint <= 65535, I uint <= 2^32-1, S uint 1..2^32-1
 # (a seq), b bool, r rssi (null or -128..127), u card UID (bytes of 4, 7 or 10), m config map

@@ -14,6 +14,13 @@ as a directory and a control socket (firmware/boards/HOSTBOARD.md). This module 
 
 The board runs from a compiled image (tools.flash.build_image: firmware + protocol device code,
 mpy-cross'd), as a real board does: compiling source at import time does not fit a 64 KB heap.
+By default the code sits in "flash": the image is packed as ROMFS (tools.flash.build_romfs) and
+tools/romfs_launch.py maps it into the MicroPython process, which imports the .mpy files from
+/rom in place, as an ESP32 or Pico W with a ROMFS partition does; the heap then holds only what
+a board's heap holds. That needs the pip-packaged Unix port (`micropython_run`); with another
+`micropython` binary ($FENGQIAO_MICROPYTHON, a native build on PATH) or HostBoard(romfs=False) or
+FENGQIAO_ROMFS=0 the board imports plain .mpy files from the image directory instead, and the
+bytecode takes heap (a bigger -X heapsize is needed, see firmware/boards/HOSTBOARD.md).
 Errors: HostBoardError (did not start, socket gone); ControlError (the board refused an op).
 """
 
@@ -24,6 +31,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from tools.testing.micropython import micropython_binary
@@ -81,6 +89,45 @@ def provision_dir(flash_dir, cfg):
     return key_fingerprint(bytes.fromhex(key) if isinstance(key, str) else key)
 
 
+ROMFS_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "romfs_launch.py")
+
+
+def romfs_available():
+    """True when host boards can run their code from ROMFS: the `micropython` in use is the pip
+    package's in-process wrapper (not an explicit or native binary), its `micropython_run` is
+    importable here, and FENGQIAO_ROMFS is not "0"."""
+    import importlib.util
+
+    if os.environ.get("FENGQIAO_ROMFS", "1") == "0" or os.environ.get("FENGQIAO_MICROPYTHON"):
+        return False
+    if importlib.util.find_spec("micropython_run") is None:
+        return False
+    try:
+        with open(micropython_binary(), "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"micropython_unix" in head
+
+
+def image_run_argv(script, args=(), heap="1m", romfs=None, image=None):
+    """(argv, env, cwd) to run a MicroPython script against the host image the way host boards
+    run it: with the code in ROMFS (only the image and the frozen modules importable) when
+    romfs_available(), else plain .mpy files from the image directory. For helpers such as the
+    firmware bench's prefill and code-size probes, so their figures match the board's."""
+    from tools.flash import build_image, build_romfs
+
+    image = image or build_image("host")
+    romfs = romfs_available() if romfs is None else romfs
+    env = dict(os.environ, MICROPYPATH=image + ":.frozen")
+    if romfs:
+        argv = [sys.executable, ROMFS_LAUNCHER, build_romfs("host", image), "-X", "heapsize=%s" % heap,
+                os.path.abspath(str(script))]
+    else:
+        argv = [micropython_binary(), "-X", "heapsize=%s" % heap, str(script)]
+    return argv + [str(a) for a in args], env, image
+
+
 def _uid_hex(uid):
     if isinstance(uid, (bytes, bytearray)):
         return uid.hex()
@@ -92,7 +139,7 @@ class HostBoard:
 
     def __init__(self, flash_dir, control_path=None, entry="main.py", heap="64k", hwid=None,
                  args=(), console=None, log_path=None, image=None, single_led=False, no_rfid=False,
-                 wdt=False, env=None):
+                 wdt=False, env=None, romfs=None):
         self.flash_dir = os.path.abspath(str(flash_dir))
         os.makedirs(self.flash_dir, exist_ok=True)
         # Unix socket paths are limited to 107 bytes: keep them short, beside the flash dir.
@@ -111,6 +158,8 @@ class HostBoard:
         self._image = image
         self.flags = [f for f, on in (("--single-led", single_led), ("--no-rfid", no_rfid), ("--wdt", wdt)) if on]
         self.env = env
+        self.romfs = romfs_available() if romfs is None else bool(romfs)
+        self._romfs_image = None
         self.proc = None
         self._sock = None
         self._rfile = None
@@ -125,9 +174,29 @@ class HostBoard:
             self._image = build_image("host")
         return self._image
 
+    @property
+    def romfs_image(self):
+        """The ROMFS file the board maps as its flash (only when self.romfs)."""
+        if self._romfs_image is None:
+            from tools.flash import build_romfs
+            self._romfs_image = build_romfs("host", self.image)
+        return self._romfs_image
+
+    @property
+    def code_in_flash(self):
+        """True: the code runs in place from ROMFS (heap = data); False: plain .mpy files in the heap."""
+        return self.romfs
+
     def argv(self):
-        argv = [micropython_binary(), "-X", "heapsize=%s" % self.heap, os.path.join(self.image, self.entry),
-                "--flash", self.flash_dir, "--control", self.control_path]
+        if self.romfs:
+            module = self.entry  # a module of the image ("main.py" -> main), or a script file's path
+            if not os.path.isabs(module) and module.endswith(".py"):
+                module = module[:-3].replace("/", ".")
+            argv = [sys.executable, ROMFS_LAUNCHER, self.romfs_image, "-X", "heapsize=%s" % self.heap, module,
+                    "--flash", self.flash_dir, "--control", self.control_path]
+        else:
+            argv = [micropython_binary(), "-X", "heapsize=%s" % self.heap, os.path.join(self.image, self.entry),
+                    "--flash", self.flash_dir, "--control", self.control_path]
         if self.hwid:
             argv += ["--hwid", self.hwid]
         return argv + self.flags + self.args
@@ -138,15 +207,21 @@ class HostBoard:
         if os.path.exists(self.control_path):
             os.unlink(self.control_path)  # a stale socket from a killed run would accept nothing
         env = dict(os.environ if self.env is None else self.env)
-        env["MICROPYPATH"] = self.image  # the image only: never the source tree
+        env["MICROPYPATH"] = self.image  # the image only: never the source tree (ROMFS: the launcher sets it)
+        argv = self.argv()
         self._log = open(self.log_path, "ab")
+        self._log.write(("hostboard: %s, heap %s\n" % (
+            "code in flash (ROMFS %s)" % os.path.basename(self.romfs_image) if self.romfs else
+            "code in the heap (plain .mpy files from %s: no micropython_run for ROMFS, or romfs=False)"
+            % self.image, self.heap)).encode())
+        self._log.flush()
         if self.console == "pipe":
             stdin, stdout = subprocess.PIPE, subprocess.PIPE
         elif isinstance(self.console, int):
             stdin = stdout = self.console
         else:
             stdin, stdout = subprocess.DEVNULL, self._log
-        self.proc = subprocess.Popen(self.argv(), stdin=stdin, stdout=stdout, stderr=self._log,
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=self._log,
                                      env=env, cwd=self.image, start_new_session=True)
         self.starts += 1
         self._con_buf = b""

@@ -21,15 +21,19 @@ import socket
 import struct
 import sys
 import time
+from array import array
+
+from micropython import const
 
 from boards.stdconsole import StdConsole
 from boards.wiring_host import WIRING
 
-_HISTORY = 256  # changes kept per LED/buzzer history
-_MAX_CLIENTS = 4
-_MAX_LINE = 2048
-_OPTS = ("--flash", "--control", "--hwid", "--battery-mv")
-_FLAGS = ("--single-led", "--no-rfid", "--wdt")
+# const(): private names that vanish at compile time (no global, no qstr in the heap).
+_HISTORY = const(256)  # changes kept per LED/buzzer history
+_MAX_CLIENTS = const(4)
+_MAX_LINE = const(2048)
+_OPTS = const(("--flash", "--control", "--hwid", "--battery-mv"))
+_FLAGS = const(("--single-led", "--no-rfid", "--wdt"))
 
 
 def _read(p):
@@ -48,22 +52,24 @@ def _mkdir(p):
 
 
 class _Out:
-    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes:
-    # hist entries are [index, t_ms, value].
+    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes in a
+    # ring of the last _HISTORY: times (ms since start, u32: 49 days) and values (rgb as r<<2|g<<1|b).
+    # 1.3 KB each; the first version, a list of tuples, grew to ~25 KB of a 64-bit heap.
     def __init__(self, board, value, is_rgb=True):
         self.b = board
         self.v = value
         self.n = 0
-        self.hist = []
+        self.hist = array("I", bytes(4 * _HISTORY))
+        self.vals = bytearray(_HISTORY)
         self.is_rgb = is_rgb
 
     def _set(self, v):
         if v != self.v:
             self.v = v
-            self.hist.append((self.n, self.b.now_ms(), v))
+            i = self.n % _HISTORY
+            self.hist[i] = self.b.now_ms()
+            self.vals[i] = v[0] << 2 | v[1] << 1 | v[2] if type(v) is tuple else v
             self.n += 1
-            if len(self.hist) > _HISTORY:
-                self.hist.pop(0)
 
     def rgb(self, r, g, b):
         if self.is_rgb:
@@ -78,8 +84,21 @@ class _Out:
     def off(self):
         self._set(0 if self.v in (0, 1) else (0, 0, 0))
 
-    def since(self, i):
-        return [[t, list(v) if type(v) is tuple else v] for (n, t, v) in self.hist if n >= i]
+    def since(self, i, step=16):
+        """JSON text pieces of the changes with index >= i, `step` changes per piece (so a full
+        history never sits in the heap at once): [[t, [r, g, b] or 0/1], ...]."""
+        rgb = type(self.v) is tuple
+        k = max(i, self.n - _HISTORY, 0)
+        yield "["
+        while k < self.n:
+            part = []
+            for k in range(k, min(k + step, self.n)):
+                t = self.hist[k % _HISTORY]
+                x = self.vals[k % _HISTORY]
+                part.append("[%d, [%d, %d, %d]]" % (t, x >> 2, x >> 1 & 1, x & 1) if rgb else "[%d, %d]" % (t, x))
+            k += 1
+            yield ", ".join(part) + (", " if k < self.n else "")
+        yield "]"
 
 
 class Board:
@@ -281,12 +300,22 @@ class Board:
                 self._send(obj, res)
 
     def _send(self, conn, obj):
-        data = json.dumps(obj).encode() + b"\n"
-        # A client that stops reading must not hang the board: at most 2 s per reply.
+        hist = obj.pop("history", None)  # a generator of JSON text pieces (led / buzzer ops)
+        data = json.dumps(obj).encode()
+        if hist is None:
+            data += b"\n"
+        else:
+            data = data[:-1] + b', "history": '
+        # A client that stops reading must not hang the board: at most 2 s per piece.
         conn.settimeout(2)
         try:
             while data:
                 data = data[conn.send(data):]
+                if not data and hist is not None:
+                    try:
+                        data = next(hist).encode()
+                    except StopIteration:
+                        data, hist = b"}\n", None
         except OSError:
             pass  # gone or stuck: the reply is lost, its next recv() (or EOF) drops it
         conn.setblocking(False)
@@ -340,6 +369,7 @@ class Board:
             if op == "led":
                 out["rgb"] = list(v)
             out["count"] = o.n
+            # The history goes out as text, a piece at a time: _send writes it after the rest.
             out["history"] = o.since(int(r.get("since", 0)))
         elif op == "state":
             c = self.chip.card if self.chip else None

@@ -14,13 +14,17 @@ import binascii
 import json
 
 import identity
+from micropython import const
 
 PREFIX = b"FQ1 "
 MAX_LINE = 4096  # a config with a 2 KB CA certificate in JSON fits with room to spare
 PROTO = 1
 FW_DEFAULT = 10000  # 1.0.0 unless the application passes its own version
 # Commands in console/admin.py (imported on first use, so a running role does not hold them).
-_ADMIN = ("write_config", "factory_reset", "selftest", "reboot")
+_ADMIN = const(("write_config", "factory_reset", "selftest", "reboot"))
+# Commands answered here (or a handler set on the instance). Looked up by name only once known:
+# getattr() with a string interns it as a qstr for good, so made-up command names would leak heap.
+_OWN = const(("identify", "read_config"))
 
 
 class ConsoleError(Exception):
@@ -135,7 +139,9 @@ class Console:
                 rid = None
                 raise ConsoleError("bad_request", "id must be an integer 0..2^31-1")
             cmd = req.get("cmd")
-            handler = getattr(self, "_cmd_" + cmd, None) if type(cmd) is str else None
+            handler = None
+            if type(cmd) is str and (cmd in _OWN or "_cmd_" + cmd in self.__dict__):
+                handler = getattr(self, "_cmd_" + cmd)
             if handler is None and cmd in _ADMIN:
                 from console import admin
 

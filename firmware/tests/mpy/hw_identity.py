@@ -187,4 +187,14 @@ eq("two_frames_crlf", [x["id"] for x in rs], [14, 15])
 con._cmd_boom = lambda req: 1 // 0
 r = ask({"id": 16, "cmd": "boom"})[0]
 eq("handler_exception_internal", (r["id"], r["error"]), (16, "internal"))
+# Made-up command names are refused without being interned as qstrs (which are never freed).
+import gc
+
+ask({"id": 17, "cmd": "warmup"})
+gc.collect()
+before = gc.mem_alloc()
+for i in range(300):
+    ask({"id": 18, "cmd": "nosuch%d" % i})
+gc.collect()
+check("unknown_cmds_leak_nothing", gc.mem_alloc() - before < 512, "grew %d bytes" % (gc.mem_alloc() - before))
 done()
