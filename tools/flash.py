@@ -10,6 +10,8 @@ host board uses the same image, built by `build_image`).
     fengqiao flash --board picow --list                       # show the files, touch nothing
     fengqiao flash --board esp32 --manifest frozen.py         # freeze the modules into a build
     fengqiao flash --board esp32 --port /dev/ttyUSB0 --entry-only   # then copy main.py only
+    fengqiao flash --board esp32 --romfs fw.romfs             # a ROMFS image of the modules, then:
+    mpremote romfs deploy fw.romfs                            #   (MicroPython >= 1.25) + --entry-only
 
 Copying .mpy files puts the bytecode in RAM when imported; freezing it into the firmware image
 (MicroPython's FROZEN_MANIFEST) keeps it in flash, which is how the heap goal is met on a
@@ -274,6 +276,9 @@ def add_arguments(parser):
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
     parser.add_argument("--manifest", metavar="FILE",
                         help="write a FROZEN_MANIFEST for a MicroPython build with the modules frozen, and exit")
+    parser.add_argument("--romfs", metavar="FILE",
+                        help="write a ROMFS image of the compiled modules (for `mpremote romfs deploy FILE` on "
+                             "MicroPython >= 1.25: the code then runs in place from flash), and exit")
     parser.add_argument("--entry-only", action="store_true",
                         help="copy only main.py (the modules are frozen into the firmware)")
 
@@ -320,6 +325,11 @@ def check_port(port):
 
 
 def run(args):
+    if getattr(args, "romfs", None):
+        shutil.copyfile(build_romfs(args.board), args.romfs)
+        print("wrote %s (%d bytes): `mpremote connect PORT romfs deploy %s`, then `fengqiao flash --board %s "
+              "--port PORT --entry-only`" % (args.romfs, os.path.getsize(args.romfs), args.romfs, args.board))
+        return 0
     if args.manifest:
         with open(args.manifest, "w", encoding="utf-8") as f:
             f.write(manifest_text(args.board))

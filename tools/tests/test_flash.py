@@ -161,3 +161,18 @@ def test_run_hands_mpremote_the_staged_image(monkeypatch, capsys, entry_only):
         assert "console/__init__.mpy" in seen["files"] and "boards/esp32.mpy" in seen["files"]
         assert "'/console.py'" in cleanup and "'/main.mpy'" in cleanup
     assert "flashed" in capsys.readouterr().out
+
+
+def test_romfs_image_holds_every_module_compiled(tmp_path, capsys):
+    """The ROMFS image (mpremote's VfsRom format) has one .mpy per module, entry point included,
+    each compiled with its board path (/rom/...) as source name; the host board runs from it."""
+    out = tmp_path / "fw.romfs"
+    assert main(["flash", "--board", "picow", "--romfs", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.startswith(b"\xd2\xcd\x31")  # the ROMFS header
+    for _src, rel in flash.image_files("picow"):
+        name = rel.rsplit("/", 1)[-1][:-3] + ".mpy"
+        assert name.encode() in data, name
+        assert ("/rom/" + rel[:-3] + ".mpy").encode() in data, rel
+    assert b"main.py" not in data  # compiled too: nothing is compiled from source on the board
+    assert "mpremote connect PORT romfs deploy" in capsys.readouterr().out
