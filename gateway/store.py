@@ -12,7 +12,7 @@ the gateway acknowledges a device only after that return. A process killed at an
 committed the whole batch or none of it. UPDATE and DELETE on `events` are refused by triggers, and
 (device_id, key_id, seq) is unique among device events, so a frame is stored at most once.
 
-Hash chain (what a receiver recomputes; also SPEC section 9):
+Hash chain (what a receiver recomputes; also SPEC section 10):
 
     hash(event) = SHA-256(prev_hash || record)          prev_hash of event 1 = 32 zero bytes
 
