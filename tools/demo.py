@@ -190,8 +190,8 @@ class Demo:
                    if ev.device_id is not None else ev.actor or "gateway")
             detail = ""
             if ev.source == "gateway" and isinstance(ev.body, dict):
-                detail = " " + ", ".join("%s=%s" % (k, v) for k, v in sorted(ev.body.items())
-                                         if k not in ("case_id",) and not isinstance(v, (dict, list)))[:110]
+                detail = " " + ", ".join("%s=%s" % (k, _show_value(v)) for k, v in sorted(ev.body.items())
+                                         if k not in ("case_id", "at") and not isinstance(v, (dict, list)))[:120]
             self.n.say("gateway stored event #%d %-26s %s%s" % (ev.event_id, ev.kind, who, detail), indent=1)
 
     # -- the story ------------------------------------------------------------------------------
@@ -317,10 +317,16 @@ class Demo:
                    % os.path.relpath(self.recorder.path), indent=1)
 
     # -- the duty view ----------------------------------------------------------------------------
-    def duty_view(self, stop):
+    def duty_view(self, stop, every_s=60.0):
+        """A summary whenever something changed (checked every 5 s), and at least every minute."""
+        last, last_at = None, 0.0
         while not stop.wait(5.0):
             cases = self.plugin_cases().list_cases()
             open_cases = [c for c in cases if c["status"] not in ("closed", "cancelled")]
+            now_state = (self.app.store.count(), len(open_cases), self.recorder.count())
+            if now_state == last and time.monotonic() - last_at < every_s:
+                continue
+            last, last_at = now_state, time.monotonic()
             self.n.title("duty view  %s" % time.strftime("%H:%M:%S"))
             self.n.say("boards %d | events stored %d | open cases %d | envelopes at county %d"
                        % (len(self.boards), self.app.store.count(), len(open_cases), self.recorder.count()))
@@ -352,6 +358,13 @@ def _utc_offset(data):
     sign = -1 if str(off).startswith("-") else 1
     hh, mm = str(off).lstrip("+-").split(":")
     return datetime.timezone(sign * datetime.timedelta(hours=int(hh), minutes=int(mm)))
+
+
+def _show_value(v):
+    """Unix times as local clock times; everything else as it is."""
+    if isinstance(v, float) and v > 1e9:
+        return time.strftime("%H:%M:%S", time.localtime(v))
+    return v
 
 
 def _first(events, kind):
