@@ -169,7 +169,7 @@ def romfs_path(image):
     return image.rstrip("/" + os.sep) + ".romfs"
 
 
-def build_romfs(board="host", image=None):
+def build_romfs(board="host"):
     """A ROMFS image (MicroPython VfsRom, the `mpremote romfs build` format) of the board's
     modules, next to the staged image directory; built once per source change, atomically.
 
@@ -181,7 +181,7 @@ def build_romfs(board="host", image=None):
     qstr (~36 fewer in the heap). Returns the path."""
     from concurrent.futures import ThreadPoolExecutor
 
-    image = image or build_image(board)
+    image = build_image(board)  # the ROMFS belongs to the staged image of the same sources
     out = romfs_path(image)
     if os.path.isfile(out):
         return out

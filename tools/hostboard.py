@@ -107,6 +107,8 @@ def romfs_available():
             head = f.read(256)
     except OSError:
         return False
+    except RuntimeError:  # no `micropython` command at all: the launcher needs only micropython_run
+        return True
     return head.startswith(b"#!") and b"micropython_unix" in head
 
 
@@ -121,7 +123,7 @@ def image_run_argv(script, args=(), heap="1m", romfs=None, image=None):
     romfs = romfs_available() if romfs is None else romfs
     env = dict(os.environ, MICROPYPATH=image + ":.frozen")
     if romfs:
-        argv = [sys.executable, ROMFS_LAUNCHER, build_romfs("host", image), "-X", "heapsize=%s" % heap,
+        argv = [sys.executable, ROMFS_LAUNCHER, build_romfs("host"), "-X", "heapsize=%s" % heap,
                 os.path.abspath(str(script))]
     else:
         argv = [micropython_binary(), "-X", "heapsize=%s" % heap, str(script)]
@@ -158,7 +160,8 @@ class HostBoard:
         self._image = image
         self.flags = [f for f, on in (("--single-led", single_led), ("--no-rfid", no_rfid), ("--wdt", wdt)) if on]
         self.env = env
-        self.romfs = romfs_available() if romfs is None else bool(romfs)
+        # ROMFS of the current sources by default; a caller's own image= directory runs as files.
+        self.romfs = (romfs_available() and image is None) if romfs is None else bool(romfs)
         self._romfs_image = None
         self.proc = None
         self._sock = None
@@ -177,9 +180,10 @@ class HostBoard:
     @property
     def romfs_image(self):
         """The ROMFS file the board maps as its flash (only when self.romfs)."""
-        if self._romfs_image is None:
+        if self._romfs_image is None or not os.path.exists(self._romfs_image):
+            # (again if an old image was pruned while this board was off: the current sources)
             from tools.flash import build_romfs
-            self._romfs_image = build_romfs("host", self.image)
+            self._romfs_image = build_romfs("host")
         return self._romfs_image
 
     @property

