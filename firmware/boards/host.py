@@ -52,23 +52,25 @@ def _mkdir(p):
 
 
 class _Out:
-    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes in a
-    # ring of the last _HISTORY: times (ms since start, u32: 49 days) and values (rgb as r<<2|g<<1|b).
-    # 1.3 KB each; the first version, a list of tuples, grew to ~25 KB of a 64-bit heap.
+    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes: one
+    # u32 per change, t_ms << 3 | value (rgb as r<<2|g<<1|b; t_ms wraps after 6.2 days), growing
+    # to _HISTORY entries (1 KB) and then used as a ring. The first version, a list of tuples,
+    # grew to ~25 KB of a 64-bit heap.
     def __init__(self, board, value, is_rgb=True):
         self.b = board
         self.v = value
         self.n = 0
-        self.hist = array("I", bytes(4 * _HISTORY))
-        self.vals = bytearray(_HISTORY)
+        self.hist = array("I")
         self.is_rgb = is_rgb
 
     def _set(self, v):
         if v != self.v:
             self.v = v
-            i = self.n % _HISTORY
-            self.hist[i] = self.b.now_ms()
-            self.vals[i] = v[0] << 2 | v[1] << 1 | v[2] if type(v) is tuple else v
+            e = (self.b.now_ms() & 0x1FFFFFFF) << 3 | (v[0] << 2 | v[1] << 1 | v[2] if type(v) is tuple else v)
+            if self.n < _HISTORY:
+                self.hist.append(e)
+            else:
+                self.hist[self.n % _HISTORY] = e
             self.n += 1
 
     def rgb(self, r, g, b):
@@ -93,9 +95,9 @@ class _Out:
         while k < self.n:
             part = []
             for k in range(k, min(k + step, self.n)):
-                t = self.hist[k % _HISTORY]
-                x = self.vals[k % _HISTORY]
-                part.append("[%d, [%d, %d, %d]]" % (t, x >> 2, x >> 1 & 1, x & 1) if rgb else "[%d, %d]" % (t, x))
+                e = self.hist[k % _HISTORY]
+                x = e & 7
+                part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if rgb else "[%d, %d]" % (e >> 3, x))
             k += 1
             yield ", ".join(part) + (", " if k < self.n else "")
         yield "]"
