@@ -17,6 +17,10 @@ class MosquittoMissing(RuntimeError):
     """Mosquitto is not installed (`apt-get install mosquitto`; `make test` does it as root)."""
 
 
+class MosquittoExited(RuntimeError):
+    """Mosquitto stopped during start-up; the message carries the end of its log."""
+
+
 class MosquittoProcess:
     """Start/stop/restart/reload one mosquitto with `config_text` in `workdir`.
 
@@ -41,21 +45,40 @@ class MosquittoProcess:
         with open(self.conf_path, "w") as f:
             f.write(text)
 
-    def start(self, timeout_s=10):
+    def start(self, timeout_s=10, busy_retry_s=5.0):
+        """Start and wait until it listens. A port still held for a moment (a restart on the same
+        port, a client that happened to get it) is retried for `busy_retry_s`."""
         self.write_config()
-        self._log = open(self.log_path, "ab")
-        # Its own session: a Ctrl-C at the terminal reaches our process, which stops the broker
-        # last, instead of killing the broker under a gateway that is still shutting down.
-        self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_for(self._listening, timeout_s, "mosquitto to listen on 127.0.0.1:%d (log: %s)" % (self.port, self.log_path))
-        return self
+        deadline = time.monotonic() + busy_retry_s
+        while True:
+            self._log = open(self.log_path, "ab")
+            # Its own session: a Ctrl-C at the terminal reaches our process, which stops the broker
+            # last, instead of killing the broker under a gateway that is still shutting down.
+            self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdout=self._log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                wait_for(self._listening, timeout_s,
+                         "mosquitto to listen on 127.0.0.1:%d (log: %s)" % (self.port, self.log_path))
+                return self
+            except MosquittoExited as exc:
+                self._close_log()
+                if "Address already in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _close_log(self):
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
 
     def _listening(self):
         if self.proc.poll() is not None:
             with open(self.log_path, "rb") as f:
                 tail = f.read()[-2000:].decode(errors="replace")
-            raise RuntimeError("mosquitto exited with %s:\n%s" % (self.proc.returncode, tail))
+            raise MosquittoExited("mosquitto exited with %s:\n%s" % (self.proc.returncode, tail))
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return True
@@ -74,9 +97,7 @@ class MosquittoProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
-            self._log = None
+        self._close_log()
         self.proc = None
 
     def restart(self, down_s=0.0):

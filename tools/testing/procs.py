@@ -12,8 +12,24 @@ class WaitTimeout(AssertionError):
     """A wait ran out of time; the message says what it was waiting for."""
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel hands out for
+# bind(0) is also what it gives the next *outgoing* connection, so a broker started on it a moment
+# later can find it taken by one of our own clients ("Address already in use").
+_LOW, _HIGH = 20000, 32000
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port on loopback that nobody listens on right now."""
+    """A TCP port on loopback that nobody listens on right now (outside the ephemeral range)."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(_LOW, _HIGH)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
