@@ -174,14 +174,16 @@ def code_bytes(image, role):
     """Heap taken by the role's modules once imported (bytecode + module-level objects)."""
     import subprocess
 
-    from tools.testing.micropython import micropython_binary
+    from tools.hostboard import image_run_argv
 
     fd, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(fd, "w") as f:
         f.write(CODE)
     try:
-        p = subprocess.run([micropython_binary(), "-X", "heapsize=1m", path, role], capture_output=True,
-                           text=True, env=dict(os.environ, MICROPYPATH=image + ":.frozen"), cwd=image, timeout=30)
+        # the same way the board runs its code (from ROMFS when available), so that code_bytes and
+        # the board's own live figures are comparable
+        argv, env, cwd = image_run_argv(path, [role], heap="1m", image=image)
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=30)
     finally:
         os.unlink(path)
     for line in p.stdout.splitlines():
