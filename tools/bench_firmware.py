@@ -225,7 +225,7 @@ def run(args):
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     report = (lambda msg: None) if args.json else print
     result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48,
-              "port": "unix-64bit (bytecode in the heap)"}
+              "port": "unix-64bit, code %s" % ("in ROMFS (executed in place)" if _romfs() else "as .mpy files (bytecode in the heap)")}
     try:
         for role in roles:
             result[role] = measure(role, workdir, heaps, args.events, report)
@@ -235,3 +235,9 @@ def run(args):
     if any(result[r]["heap_kb"] is None for r in roles):
         raise CliError("no heap size tried was enough for every role")
     return 0
+
+
+def _romfs():
+    from tools.hostboard import romfs_available
+
+    return romfs_available()
