@@ -435,25 +435,9 @@ def _say(args, text):
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
-def _write_toml(path, raw):
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[%s]" % ", ".join(val(x) for x in v)
-        return repr(v)
-
-    with open(path, "w") as f:
-        for name, values in raw.items():
-            f.write("[%s]\n" % name)
-            for k, v in values.items():
-                f.write("%s = %s\n" % (k, val(v)))
-
-
 def run(args):
     from gateway.broker import ProjectBroker
+    from gateway.config import write_config
     from tools.errors import CliError
     from tools.testing.mosquitto import MosquittoProcess
     from tools.testing.procs import REPO_ROOT, wait_for
@@ -518,7 +502,7 @@ def run(args):
                          "topic": "fq/v1/county/bench-township"},
         }
         cfg_path = os.path.join(workdir, "gateway.toml")
-        _write_toml(cfg_path, cfg)
+        write_config(cfg_path, cfg)
         _register(cfg, devices)
         counter = CountyCounter(county.port)
         gw_log = open(os.path.join(workdir, "gateway.log"), "ab")

@@ -8,6 +8,7 @@ file's directory. Unknown keys in the core sections are errors (a typo must not 
 back to a default); sections the core does not know are kept for plugins.
 """
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -88,3 +89,23 @@ def from_dict(raw, path="<dict>"):
         raise ConfigError("[pipeline] synchronous must be FULL or NORMAL")
     base = os.path.dirname(os.path.abspath(path)) if path != "<dict>" else os.getcwd()
     return Config(str(path), base, values)
+
+
+def write_config(path, raw):
+    """Write a config dict {section: {key: value}} as TOML (what load_config reads back);
+    for tools and tests that make a gateway config. Returns the path as a string."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)   # a JSON string is a valid TOML basic string (quotes, backslashes)
+        if isinstance(v, list):
+            return "[%s]" % ", ".join(val(x) for x in v)
+        return repr(v)
+
+    with open(path, "w") as f:
+        for name, values in raw.items():
+            f.write("[%s]\n" % name)
+            for k, v in values.items():
+                f.write("%s = %s\n" % (k, val(v)))
+    return str(path)

@@ -87,7 +87,7 @@ def clients():
 # -- a running gateway and simulated devices ----------------------------------------------------
 
 from gateway.cli import GatewayApp  # noqa: E402
-from gateway.config import from_dict  # noqa: E402
+from gateway.config import from_dict, write_config  # noqa: E402,F401  (write_config: re-exported for tests)
 from protocol import frame as pframe  # noqa: E402
 
 
@@ -102,24 +102,6 @@ def gateway_config(tmp_path, broker, **sections):
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return raw
-
-
-def write_config(path, raw):
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"%s"' % v
-        if isinstance(v, list):
-            return "[%s]" % ", ".join(val(x) for x in v)
-        return repr(v)
-
-    with open(path, "w") as f:
-        for name, values in raw.items():
-            f.write("[%s]\n" % name)
-            for k, v in values.items():
-                f.write("%s = %s\n" % (k, val(v)))
-    return str(path)
 
 
 class SimDevice:
