@@ -10,12 +10,16 @@ For each role (alarm, checkin) and each heap size tried (smallest first, until o
    action once more (hold the button / present a card) and wait for that frame and its ack;
 4. the run passes if all of that happened with no MemoryError and the board still alive.
 
-Figures per role: `heap_kb` (smallest heap of those tried that passed), `live_after_boot`
-(bytes in use after start-up: on the Unix port this includes the loaded bytecode, which a
-board with frozen modules keeps in flash), `code_bytes` (heap taken by importing the role's
-modules alone), `live_peak` (highest live heap after a collection: the GC high-water mark),
-`data_peak` (live_peak - code_bytes: what the run itself needs on top of its code), `alloc_peak`
-(highest gc.mem_alloc() sampled, garbage included).
+Figures per role: `heap_kb` (smallest heap of those tried that passed; `failed_kb` lists the
+smaller ones that did not), `live_after_boot` (bytes in use after start-up), `code_bytes` (heap
+taken by importing the role's modules alone: module, function and class objects, constants and
+qstr pool entries; the bytecode itself stays in ROMFS, as on a board with a ROMFS partition or
+frozen modules), `qstrs` (names in the heap's qstr pool after those imports: the pool grows by
+doubling, and above 620 names it takes another 7.1 KB block), `live_peak` (highest live heap
+after a collection: the GC high-water mark), `data_peak` (live_peak - code_bytes: what the run
+itself needs on top of its code), `alloc_peak` (highest gc.mem_alloc() sampled, garbage
+included). All on the 64-bit Unix port, where a GC block is 32 bytes and a pointer 8 (16 and 4
+on the 32-bit ESP32 and RP2040).
 Last line: one JSON object.
 """
 
@@ -29,7 +33,7 @@ from tools.errors import CliError
 
 HELP = "heap used and GC high-water mark per role (200 queued events + a reconnect)"
 
-HEAPS_KB = (64, 80, 96, 112, 128, 144, 160, 192, 256)
+HEAPS_KB = (48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256)
 EVENTS = 200
 
 PREFILL = r'''
@@ -70,8 +74,9 @@ def _heap_lines(log_text):
     return out
 
 
-def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90):
-    """One run; returns figures dict or raises ScenarioFailed."""
+def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False):
+    """One run; returns figures dict or raises ScenarioFailed. tls: the board talks MQTT over TLS
+    (verifying the broker's certificate against the provisioned CA) instead of plain TCP."""
     import subprocess
 
     from gateway.broker import ProjectBroker
@@ -86,9 +91,12 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90):
     dev = 0x7000 + (1 if role == "alarm" else 2)
     key = os.urandom(32)
     flash = os.path.join(workdir, "flash")
-    provision_dir(flash, {"device_id": dev, "key": key, "role": role, "broker_host": "127.0.0.1",
-                          "broker_port": broker.port, "checkpoint_id": 3,
-                          "settings": {"heartbeat_interval_s": 3600}})
+    link_cfg = {"broker_port": broker.port}
+    if tls:
+        with open(broker.ca_path) as f:
+            link_cfg = {"broker_port": broker.tls_port, "tls": True, "ca_pem": f.read()}
+    provision_dir(flash, dict(link_cfg, device_id=dev, key=key, role=role, broker_host="127.0.0.1", checkpoint_id=3,
+                              settings={"heartbeat_interval_s": 3600}))
     broker.add_device(dev, key)
     try:
         gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
@@ -143,7 +151,8 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90):
         heap = _heap_lines(log)
         boot_line = [ln for ln in log.splitlines() if ln.startswith("main: ") and "role up" in ln]
         after_boot = int(boot_line[-1].split("heap ")[1].split()[0]) if boot_line else None
-        return {"heap_kb": heap_kb, "live_after_boot": after_boot, "code_bytes": code_bytes(hb.image, role),
+        code, qstrs = code_figures(hb.image, role)
+        return {"heap_kb": heap_kb, "live_after_boot": after_boot, "code_bytes": code, "qstrs": qstrs,
                 "live_peak": max(h["live_peak"] for h in heap),
                 "alloc_peak": max(h["alloc_peak"] for h in heap),
                 "frames": len(gw.frames), "seconds": round(time.monotonic() - t0, 1)}
@@ -167,11 +176,19 @@ else:
     import checkin_point, drivers.mfrc522, boards.sim_mfrc522
 gc.collect()
 print("code", gc.mem_alloc() - base)
+import micropython
+micropython.qstr_info()
 '''
 
 
 def code_bytes(image, role):
-    """Heap taken by the role's modules once imported (bytecode + module-level objects)."""
+    """Heap taken by the role's modules once imported (module-level objects and their share of
+    the qstr pool; the bytecode stays in ROMFS when the board runs from it)."""
+    return code_figures(image, role)[0]
+
+
+def code_figures(image, role):
+    """(code bytes, qstrs in the heap's pool) once the role's modules are imported."""
     import subprocess
 
     from tools.hostboard import image_run_argv
@@ -186,17 +203,20 @@ def code_bytes(image, role):
         p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=30)
     finally:
         os.unlink(path)
+    code = qstrs = None
     for line in p.stdout.splitlines():
         if line.startswith("code "):
-            return int(line.split()[1])
-    return None
+            code = int(line.split()[1])
+        elif "n_qstr=" in line:
+            qstrs = int(line.split("n_qstr=")[1].split(",")[0])
+    return code, qstrs
 
 
-def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print):
+def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=False):
     tried = []
     for kb in heaps_kb:
         try:
-            figures = run_scenario(role, kb, os.path.join(workdir, "%s-%d" % (role, kb)), events)
+            figures = run_scenario(role, kb, os.path.join(workdir, "%s-%d" % (role, kb)), events, tls=tls)
         except ScenarioFailed as exc:
             tried.append(kb)
             report("%s: %d KB heap: failed (%s)" % (role, kb, str(exc).splitlines()[0][:160]))
@@ -217,6 +237,8 @@ def add_arguments(parser):
     parser.add_argument("--heap-kb", type=int, action="append",
                         help="heap sizes to try, smallest first (default: %s)" % ",".join(map(str, HEAPS_KB)))
     parser.add_argument("--events", type=int, default=EVENTS, help="events queued before the run (default 200)")
+    parser.add_argument("--tls", action="store_true",
+                        help="MQTT over TLS, verifying the broker against the provisioned CA (default: plain TCP)")
 
 
 def run(args):
@@ -224,11 +246,11 @@ def run(args):
     heaps = tuple(args.heap_kb) if args.heap_kb else HEAPS_KB
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     report = (lambda msg: None) if args.json else print
-    result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48,
+    result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48, "transport": "tls" if args.tls else "tcp",
               "port": "unix-64bit, code %s" % ("in ROMFS (executed in place)" if _romfs() else "as .mpy files (bytecode in the heap)")}
     try:
         for role in roles:
-            result[role] = measure(role, workdir, heaps, args.events, report)
+            result[role] = measure(role, workdir, heaps, args.events, report, tls=args.tls)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
