@@ -14,54 +14,40 @@ wall time once the clock is known, if it is still the same boot (see app/uplink.
 
 from time import ticks_add, ticks_diff, ticks_ms
 
-_MIN_PLAUSIBLE_S = 1704067200  # 2024-01-01T00:00:00Z
-_REANCHOR_MS = 3600 * 1000
+from micropython import const
+
+_MIN_PLAUSIBLE_S = const(1704067200)  # 2024-01-01T00:00:00Z
+_REANCHOR_MS = const(3600 * 1000)
 
 
 class Clock:
     def __init__(self, ticks=ticks_ms):
         self._ticks = ticks
-        self._base_s = 0  # wall seconds at _base_ticks; 0 = unknown
-        self._base_ticks = 0
-        self._frac_ms = 0
-        self.adoptions = 0
-
-    @property
-    def known(self):
-        return self._base_s != 0
+        self._s = 0  # wall seconds at ticks self._t; 0 = unknown
+        self._t = 0
 
     def adopt(self, gateway_time_s):
         """Take the gateway's time (Unix seconds). Returns False if it is implausible."""
         if not isinstance(gateway_time_s, int) or gateway_time_s < _MIN_PLAUSIBLE_S:
             return False
-        self._base_s = gateway_time_s
-        self._base_ticks = self._ticks()
-        self._frac_ms = 0
-        self.adoptions += 1
+        self._s = gateway_time_s
+        self._t = self._ticks()
         return True
-
-    def _reanchor(self, now):
-        elapsed = ticks_diff(now, self._base_ticks)
-        if elapsed >= _REANCHOR_MS:
-            self._base_s += elapsed // 1000
-            self._base_ticks = ticks_add(self._base_ticks, (elapsed // 1000) * 1000)
 
     def now(self):
         """Unix seconds, or 0 while unknown."""
-        if not self._base_s:
+        if not self._s:
             return 0
         now = self._ticks()
-        self._reanchor(now)
-        return self._base_s + ticks_diff(now, self._base_ticks) // 1000
+        elapsed = ticks_diff(now, self._t)
+        if elapsed >= _REANCHOR_MS:  # keep the anchor within reach of ticks_diff
+            self._s += elapsed // 1000
+            self._t = ticks_add(self._t, (elapsed // 1000) * 1000)
+        return self._s + ticks_diff(now, self._t) // 1000
 
     def at_ticks(self, t):
         """Wall seconds of an earlier instant given by ticks_ms(), or 0 if unknown/out of range."""
-        if not self._base_s:
+        if not self.now() or ticks_diff(self._ticks(), t) < 0:  # now() also re-anchors
             return 0
-        now = self._ticks()
-        self._reanchor(now)
-        ago_ms = ticks_diff(now, t)
-        if ago_ms < 0:
-            return 0
-        s = self._base_s + (ticks_diff(now, self._base_ticks) - ago_ms) // 1000
+        s = self._s + ticks_diff(t, self._t) // 1000
         return s if s >= _MIN_PLAUSIBLE_S else 0

@@ -24,42 +24,41 @@ class Health:
         self.uplink = uplink
         self.settings = settings
         self.fw = fw
-        self.log = log
         self.started_ms = ticks_ms()
         self.tamper = Tamper(board.tamper)
         self.battery = Battery(board.battery_mv, low_mv=settings.get("low_battery_mv", 3400))
-        self.beats = 0
-
-    def _emit(self, msg_type, body, prio):
-        try:
-            return self.uplink.emit(msg_type, body, prio)
-        except OutboxFull:
-            return None
 
     def heartbeat(self):
-        mv = self.battery.mv if self.battery.mv is not None else self.battery.sample()
-        up_s = ticks_diff(ticks_ms(), self.started_ms) // 1000
-        body = [mv, up_s, len(self.uplink.outbox), self.board.rssi(), self.fw]
-        self.beats += 1
-        return self._emit(frame.UP_HEARTBEAT, body, PRIO_HEARTBEAT)
+        """Emit a heartbeat now; its seq, or None if the outbox refused it."""
+        b = self.battery
+        body = [b.mv if b.mv is not None else b.sample(), ticks_diff(ticks_ms(), self.started_ms) // 1000,
+                len(self.uplink.outbox), self.board.rssi(), self.fw]
+        try:
+            return self.uplink.emit(frame.UP_HEARTBEAT, body, PRIO_HEARTBEAT)
+        except OutboxFull:
+            return None
 
     async def run(self, alive=None):
         last_beat = ticks_ms()
         last_batt = ticks_ms() - 60000
+        b = self.battery
+        emit = self.uplink.emit
         while True:
             if alive:
                 alive("health")
             ev = self.tamper.poll()
-            if ev is not None:
-                self._emit(frame.UP_TAMPER, [ev == OPENED], PRIO_NORMAL)
             now = ticks_ms()
-            if ticks_diff(now, last_batt) >= 1000:
-                last_batt = now
-                self.battery.low_mv = self.settings.get("low_battery_mv", self.battery.low_mv)
-                if self.battery.poll() == LOW:
-                    self._emit(frame.UP_BATTERY_LOW, [self.battery.mv], PRIO_NORMAL)
-            interval_ms = self.settings.get("heartbeat_interval_s", 300) * 1000
-            if ticks_diff(now, last_beat) >= interval_ms:
+            try:
+                if ev is not None:
+                    emit(frame.UP_TAMPER, [ev == OPENED], PRIO_NORMAL)
+                if ticks_diff(now, last_batt) >= 1000:
+                    last_batt = now
+                    b.low_mv = self.settings.get("low_battery_mv", b.low_mv)
+                    if b.poll() == LOW:
+                        emit(frame.UP_BATTERY_LOW, [b.mv], PRIO_NORMAL)
+            except OutboxFull:
+                pass  # logged by the uplink
+            if ticks_diff(now, last_beat) >= self.settings.get("heartbeat_interval_s", 300) * 1000:
                 last_beat = now
                 self.heartbeat()
             await asyncio.sleep_ms(50)

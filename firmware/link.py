@@ -15,11 +15,12 @@ Failures it survives, and what it does:
   read); the socket is non-blocking and polled, so a slow broker never blocks the button, the
   LED or the watchdog. Deadlines are generous (seconds), not tight.
 - TLS failure (server certificate not signed by the provisioned CA, wrong host name, handshake
-  cut): the session attempt fails with mqtt.TlsFailure, is logged and counted, and retried with
-  backoff; the device never falls back to plain TCP.
+  cut): the session attempt fails with MqttError("TlsFailure", ...), is logged and counted, and
+  retried with backoff; the device never falls back to plain TCP.
 - Power cut: nothing to recover here (clean session, no state); the outbox resends what was not
   acknowledged, in order, after the next connect.
-- Broker sends garbage or oversize packets: mqtt.BadPacket, session closed and reopened.
+- Broker sends garbage or oversize packets: MqttError("BadPacket", ...), session closed and
+  reopened.
 - Anything unexpected inside a session (MemoryError, a bug in a downlink handler): the socket is
   closed and the link marked down before the exception reaches the supervisor, which restarts
   this task.
@@ -28,197 +29,157 @@ Known limits: the DNS lookup (socket.getaddrinfo) blocks on MicroPython; provisi
 the host name in its certificate, served by the village router's DNS or a static entry, so it
 answers fast. TLS verifies the certificate against that host name (server_hostname).
 
-One QoS 1 publish is in flight at a time (publish() holds a lock until its PUBACK); the device
-subscribes to its own downlink topic at QoS 1 and PUBACKs every QoS 1 PUBLISH it receives.
+One QoS 1 publish is in flight at a time, from one caller (the uplink task): publish() hands its
+packet to the session task and polls for the PUBACK. Only the session task writes to the socket,
+so writes never interleave and no lock, event or wait_for task is needed (asyncio's Event, Lock
+and wait_for modules together take ~2.5 KB of heap once imported). The device subscribes to its
+own downlink topic at QoS 1 and PUBACKs every QoS 1 PUBLISH it receives.
+
+Errors: mqtt.MqttError, exported here as LinkDown (one class; args[0] names the failure:
+NetworkDown, Timeout, Closed, Refused, BadPacket, TlsFailure, or "down" from publish()).
 """
 
 import asyncio
 import random
 from time import ticks_diff, ticks_ms
 
+from micropython import const
+
 import mqtt
 from protocol import frame
 
-BACKOFF_MIN_MS = 1000
-BACKOFF_MAX_MS = 60000
+LinkDown = mqtt.MqttError
 
-
-class LinkDown(Exception):
-    """publish() was called while there is no session (or the session died during it)."""
-
-
-class NetworkDown(Exception):
-    """The board has no network (Wi-Fi not joined)."""
+_POLL_MS = const(20)
+_OP_MS = const(10000)  # SUBACK deadline (mqtt.py has the same for every socket operation)
+_PUBACK_MS = const(15000)
 
 
 class Link:
-    def __init__(self, board, cfg, on_message, log=print, keepalive_s=60, op_timeout_ms=10000,
-                 publish_timeout_ms=15000, ping_timeout_ms=None, backoff_min_ms=BACKOFF_MIN_MS,
-                 backoff_max_ms=BACKOFF_MAX_MS):
+    def __init__(self, board, cfg, on_message, log=print, keepalive_s=60, backoff_min_ms=1000,
+                 backoff_max_ms=60000):
         self.board = board
         self.cfg = cfg
         self.on_message = on_message
         self.log = log
         self.client_id = frame.device_id_text(cfg["device_id"])
-        self.password = frame.mqtt_password(cfg["key"])
-        self.up_topic = frame.uplink_topic(cfg["device_id"])
-        self.down_topic = frame.downlink_topic(cfg["device_id"])
+        self._t = frame.uplink_topic(cfg["device_id"])
         self.keepalive_s = keepalive_s
-        self.op_timeout_ms = op_timeout_ms
-        self.publish_timeout_ms = publish_timeout_ms
-        # No PINGRESP within half the keepalive (at least 2 s): the connection is half-open.
-        self.ping_timeout_ms = ping_timeout_ms or max(2000, keepalive_s * 500)
-        self.backoff_min_ms = backoff_min_ms
-        self.backoff_max_ms = backoff_max_ms
+        self._bmin = backoff_min_ms
+        self._bmax = backoff_max_ms
         self.up = False
         self.sessions = 0  # sessions established since boot (the uplink resends on each new one)
         self.failures = 0
-        self.last_error = None
-        self._conn = None
-        self._pid = 0
-        self._acked = 0
-        self._puback = asyncio.Event()
-        self._send_lock = asyncio.Lock()
-        self._pub_lock = asyncio.Lock()
+        self._s = None  # the socket of the current session
+        self._out = None  # a PUBLISH packet for the session task to write
+        self._pid = 0  # packet id of the newest PUBLISH
+        self._ack = 0  # packet id of the newest PUBACK
         self._tls = None
         if cfg.get("tls"):
             # Made once, early: mbedTLS parses the CA into a few KB that must not have to be
             # found in a fragmented heap later. A CA that cannot be used raises TlsFailure here.
             self._tls = mqtt.tls_context(cfg.get("ca_pem") or "")
 
-    # -- publishing (called by the uplink task) -----------------------------------------------
-    def _next_pid(self):
-        self._pid = self._pid % 65535 + 1
-        return self._pid
-
-    async def _send(self, data):
-        async with self._send_lock:
-            if self._conn is None:
-                raise LinkDown("no session")
-            await self._conn.write(data, self.op_timeout_ms)
-
     async def publish(self, payload):
         """Publish one frame on our uplink topic at QoS 1 and wait for its PUBACK.
 
         Raises LinkDown if there is no session or it dies meanwhile (the caller keeps the event in
-        the outbox and tries again after the next connect)."""
-        async with self._pub_lock:
-            if not self.up:
-                raise LinkDown("no session")
-            pid = self._next_pid()
-            self._puback.clear()
-            try:
-                await self._send(mqtt.publish_packet(self.up_topic, payload, pid))
-                t0 = ticks_ms()
-                while self._acked != pid:
-                    if not self.up:
-                        raise LinkDown("session lost waiting for PUBACK")
-                    left = self.publish_timeout_ms - ticks_diff(ticks_ms(), t0)
-                    if left <= 0:
-                        raise mqtt.Timeout("PUBACK")
-                    try:
-                        await asyncio.wait_for_ms(self._puback.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
-                    self._puback.clear()
-            except (mqtt.MqttError, OSError) as e:
-                self._kill("publish: %r" % (e,))
-                raise LinkDown(str(e))
+        the outbox and tries again after the next connect). The session task enforces the
+        PUBACK deadline: no PUBACK within 15 s ends the session."""
+        if not self.up:
+            raise LinkDown("down")
+        n = self.sessions
+        self._pid = pid = self._pid % 65535 + 1
+        self._out = mqtt.publish_packet(self._t, payload, pid)
+        while self._ack != pid:
+            if not self.up or self.sessions != n:
+                raise LinkDown("down")
+            await asyncio.sleep_ms(_POLL_MS)
 
-    def _kill(self, why):
-        if self._conn is not None:
-            self.log("link: closing session: %s" % why)
-            self._conn.close()
-        self._conn = None
-        self.up = False
-        self._puback.set()
-
-    # -- the session task ---------------------------------------------------------------------
     async def run(self):
         """Forever: connect, serve the session until it fails, back off, retry."""
-        backoff = self.backoff_min_ms
+        backoff = self._bmin
         while True:
             t_start = ticks_ms()
-            sessions_before = self.sessions
+            n = self.sessions
             try:
                 await self._session()
-            except (mqtt.MqttError, OSError, NetworkDown, LinkDown) as e:
+            except (LinkDown, OSError) as e:
                 self.failures += 1
-                self.last_error = "%s: %s" % (type(e).__name__, e)
-                self.log("link: %s" % self.last_error)
+                self.log("link: %r" % (e,))
             finally:
                 # Also on anything else (MemoryError, a bug in a downlink handler): close the
                 # socket and say "down" before the supervisor restarts this task.
-                self._kill("ended")
-            if self.sessions != sessions_before and ticks_diff(ticks_ms(), t_start) > 10000:
+                self.up = False
+                self._out = None
+                if self._s:
+                    mqtt.close(self._s)
+                self._s = None
+            if self.sessions != n and ticks_diff(ticks_ms(), t_start) > 10000:
                 # A session that came up and lasted resets the backoff; one that the broker
                 # drops at once (a kick loop) keeps it growing.
-                backoff = self.backoff_min_ms
-            delay = backoff + random.getrandbits(16) * (backoff // 2) // 65536
-            await asyncio.sleep_ms(delay)
-            backoff = min(backoff * 2, self.backoff_max_ms)
+                backoff = self._bmin
+            await asyncio.sleep_ms(backoff + random.getrandbits(16) * (backoff // 2) // 65536)
+            backoff = min(backoff * 2, self._bmax)
 
     async def _session(self):
         cfg = self.cfg
         if not self.board.network_up(cfg):
-            raise NetworkDown("network not up")
-        conn = await mqtt.Conn.open(cfg["broker_host"], cfg["broker_port"], self._tls, self.op_timeout_ms)
-        self._conn = conn
-        await self._send(mqtt.connect_packet(self.client_id, self.client_id, self.password, self.keepalive_s))
-        first, body = await conn.read_packet(self.op_timeout_ms)
-        if first != mqtt.CONNACK or len(body) != 2:
-            raise mqtt.BadPacket("expected CONNACK")
-        if body[1] != 0:
-            raise mqtt.Refused(body[1])
-        sub_pid = self._next_pid()
-        await self._send(mqtt.subscribe_packet(sub_pid, self.down_topic, 1))
-        t0 = ticks_ms()
-        while True:  # SUBACK before anything else is usable (a PUBLISH may come first: handle it)
-            first, body = await conn.read_packet(self.op_timeout_ms - ticks_diff(ticks_ms(), t0))
-            if first == mqtt.SUBACK:
-                if len(body) != 3 or body[2] == 0x80:
-                    raise mqtt.Refused(0x80)  # the ACL refused our downlink topic
-                break
-            await self._handle(first, body)
-        self.up = True
-        self.sessions += 1
-        self.log("link: session %d up" % self.sessions)
-        ping_every_ms = self.keepalive_s * 500
-        last_ping = ticks_ms()
-        ping_out = False
-        while self._conn is conn:
-            first = conn.poll_first()
-            if first is not None:
-                first, body = await conn.read_rest(first, self.op_timeout_ms)
-                if first == mqtt.PINGRESP:
+            raise LinkDown("NetworkDown")
+        self._s = sock = await mqtt.open(cfg["broker_host"], cfg["broker_port"], self._tls)
+        await mqtt.io(sock, mqtt.connect_packet(self.client_id, frame.mqtt_password(cfg["key"]),
+                                                self.keepalive_s), True)
+        first, body = await mqtt.recv(sock)
+        if first != 0x20 or len(body) != 2:
+            raise LinkDown("BadPacket", "CONNACK")
+        if body[1]:
+            raise LinkDown("Refused", body[1])
+        await mqtt.io(sock, mqtt.subscribe_packet(frame.downlink_topic(cfg["device_id"])), True)
+        # Nothing is usable before the SUBACK (a PUBLISH may come first: it is handled).
+        t = ping = ticks_ms()  # t: when the SUBSCRIBE, then the newest PUBLISH, went out
+        ping_out = pub_out = False
+        while True:
+            p = await mqtt.recv(sock, False)
+            if p:
+                first, body = p
+                kind = first & 0xF0
+                if kind == 0x30:  # PUBLISH
+                    topic, pid, payload = mqtt.parse_publish(first, body)
+                    if pid is not None:
+                        await mqtt.io(sock, bytes((0x40, 2, pid >> 8, pid & 0xFF)), True)  # PUBACK
+                    self.on_message(topic, payload)
+                elif kind == 0x40 and len(body) == 2:  # PUBACK
+                    self._ack = (body[0] << 8) | body[1]
+                elif kind == 0x90:  # SUBACK
+                    if not self.up:
+                        if len(body) != 3 or body[2] == 0x80:
+                            raise LinkDown("Refused", 0x80)  # the ACL refused our downlink topic
+                        self.up = True
+                        self.sessions += 1
+                        self.log("link: session %d up" % self.sessions)
+                elif kind == 0xD0:  # PINGRESP
                     ping_out = False
                 else:
-                    await self._handle(first, body)
+                    raise LinkDown("BadPacket", first)
                 continue
             now = ticks_ms()
-            since = ticks_diff(now, last_ping)
-            if ping_out and since > self.ping_timeout_ms:
-                raise mqtt.Timeout("no PINGRESP: half-open connection")
-            if not ping_out and since > ping_every_ms:
-                await self._send(mqtt.PINGREQ_PKT)
-                last_ping = now
+            if not self.up:
+                if ticks_diff(now, t) > _OP_MS:
+                    raise LinkDown("Timeout", "SUBACK")
+            elif self._out:
+                await mqtt.io(sock, self._out, True)
+                self._out = None
+                t = ticks_ms()
+                pub_out = True
+            elif pub_out and self._ack != self._pid and ticks_diff(now, t) > _PUBACK_MS:
+                raise LinkDown("Timeout", "PUBACK")
+            # PINGREQ every keepalive/2; no PINGRESP within that (at least 2 s): half-open.
+            since = ticks_diff(now, ping)
+            if ping_out:
+                if since > max(2000, self.keepalive_s * 500):
+                    raise LinkDown("Timeout", "no PINGRESP: half-open")
+            elif since > self.keepalive_s * 500:
+                await mqtt.io(sock, b"\xc0\x00", True)  # PINGREQ
+                ping = now
                 ping_out = True
-            await asyncio.sleep_ms(20)
-        raise LinkDown("session closed")
-
-    async def _handle(self, first, body):
-        kind = first & 0xF0
-        if kind == mqtt.PUBACK:
-            if len(body) != 2:
-                raise mqtt.BadPacket("bad PUBACK")
-            self._acked = (body[0] << 8) | body[1]
-            self._puback.set()
-        elif kind == mqtt.PUBLISH:
-            topic, pid, payload = mqtt.parse_publish(first, body)
-            if pid is not None:
-                await self._send(mqtt.puback_packet(pid))
-            self.on_message(topic, payload)
-        elif kind in (mqtt.SUBACK, mqtt.PINGRESP):
-            pass
-        else:
-            raise mqtt.BadPacket("unexpected packet type 0x%02x" % first)
+            await asyncio.sleep_ms(_POLL_MS)

@@ -1,64 +1,39 @@
-"""MQTT 3.1.1 packets and a non-blocking connection with a timeout on every operation.
+"""MQTT 3.1.1 packets and non-blocking socket I/O with a deadline on every operation.
 
 This is the protocol layer only (what `umqtt.simple` is to `umqtt.robust`): it builds and parses
-the packets a device needs (CONNECT, CONNACK, PUBLISH QoS 0/1, PUBACK, SUBSCRIBE, SUBACK,
-PINGREQ, PINGRESP, DISCONNECT) and moves bytes over a non-blocking socket, polling with
-`asyncio.sleep_ms` so that a slow or silent broker never blocks the other tasks. Reconnection,
-keepalive and backoff policy live in link.py.
+the packets a device needs (CONNECT, PUBLISH QoS 1, SUBSCRIBE; link.py writes the 4-byte PUBACK
+and the PINGREQ itself and tells the other packets apart by their type byte) and moves bytes over a non-blocking socket,
+polling with `asyncio.sleep_ms` so that a slow or silent broker never blocks the other tasks.
+Reconnection, keepalive and backoff policy live in link.py.
 
-Errors (all subclass MqttError):
-    Timeout      an operation did not complete within its deadline
-    Closed       the peer closed the connection or the socket failed
-    Refused      CONNACK with a non-zero return code (.code: 4 bad credentials, 5 not authorised)
-    BadPacket    the broker sent something that is not a valid packet for a client
-    TlsFailure   the TLS handshake failed (certificate not signed by our CA, wrong host name ...)
+One exception class (each class costs ~240 bytes of heap on the device); args[0] names the
+failure, so logs (`%r`) and callers still tell them apart:
+    MqttError("Timeout", what)       an operation did not complete within its deadline
+    MqttError("Closed", why)         the peer closed the connection or the socket failed
+    MqttError("Refused", code)       CONNACK code (4 bad credentials, 5 not authorised), or
+                                     0x80 when the SUBACK refused our downlink topic
+    MqttError("BadPacket", what)     the broker sent something that is not valid for a client
+    MqttError("TlsFailure", why)     the TLS handshake failed (certificate not signed by our CA,
+                                     wrong host name ...) or the CA is unusable
+link.py adds MqttError("NetworkDown") and exports the class as link.LinkDown.
 """
 
 import asyncio
 import socket
 import struct
-from errno import EAGAIN, EINPROGRESS, ETIMEDOUT
 from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-CONNACK = const(0x20)
-PUBLISH = const(0x30)
-PUBACK = const(0x40)
-SUBACK = const(0x90)
-PINGRESP = const(0xD0)
-
-PINGREQ_PKT = b"\xc0\x00"
-DISCONNECT_PKT = b"\xe0\x00"
-MAX_PACKET = const(1024)  # our frames are <= 256 bytes; anything bigger is refused
+_MAX_PACKET = const(1024)  # our frames are <= 256 bytes; anything bigger is refused
 _POLL_MS = const(10)
-# Errors a non-blocking socket (plain or TLS) reports while an operation is still in progress.
-_BUSY = (EAGAIN, EINPROGRESS, ETIMEDOUT, 11, 115, 118, 119)
+_OP_MS = const(10000)  # deadline of a connect, a write, a packet once begun (generous: slow brokers)
+# Errors a non-blocking socket (plain or TLS) reports while an operation is still in progress:
+# EAGAIN 11, ETIMEDOUT 110 (116 on ESP-IDF), EINPROGRESS 115 (119 on ESP-IDF), and 118.
+_BUSY = (11, 110, 115, 116, 118, 119)
 
 
 class MqttError(Exception):
-    pass
-
-
-class Timeout(MqttError):
-    pass
-
-
-class Closed(MqttError):
-    pass
-
-
-class Refused(MqttError):
-    def __init__(self, code):
-        MqttError.__init__(self, "CONNACK return code %d" % code)
-        self.code = code
-
-
-class BadPacket(MqttError):
-    pass
-
-
-class TlsFailure(MqttError):
     pass
 
 
@@ -70,63 +45,53 @@ def _str(s):
 
 def _packet(first, body):
     n = len(body)
-    out = bytearray([first])
+    out = bytearray((first,))
     while True:
         b = n & 0x7F
         n >>= 7
         out.append(b | 0x80 if n else b)
         if not n:
-            break
-    return bytes(out) + body
+            return out + body
 
 
-def connect_packet(client_id, user, password, keepalive_s):
-    """CONNECT with clean session: the outbox, not the broker, keeps what must be resent."""
-    flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
-    body = _str("MQTT") + struct.pack(">BBH", 4, flags, keepalive_s) + _str(client_id)
-    if user is not None:
-        body += _str(user)
-    if password is not None:
-        body += _str(password)
-    return _packet(0x10, body)
+def connect_packet(client_id, password, keepalive_s):
+    """CONNECT, user name = client id, clean session: the outbox, not the broker, keeps what
+    must be resent."""
+    return _packet(0x10, _str("MQTT") + struct.pack(">BBH", 4, 0xC2, keepalive_s) + _str(client_id)
+                   + _str(client_id) + _str(password))
 
 
-def publish_packet(topic, payload, pid, qos=1, dup=False):
-    first = PUBLISH | (qos << 1) | (0x08 if dup else 0)
-    body = _str(topic) + (struct.pack(">H", pid) if qos else b"") + payload
-    return _packet(first, body)
+def publish_packet(topic, payload, pid):
+    """PUBLISH at QoS 1."""
+    return _packet(0x32, _str(topic) + struct.pack(">H", pid) + payload)
 
 
-def puback_packet(pid):
-    return struct.pack(">BBH", PUBACK, 2, pid)
-
-
-def subscribe_packet(pid, topic, qos=1):
-    return _packet(0x82, struct.pack(">H", pid) + _str(topic) + bytes([qos]))
+def subscribe_packet(topic):
+    """SUBSCRIBE (packet id 1: nothing else is in flight before the SUBACK) at QoS 1."""
+    return _packet(0x82, b"\x00\x01" + _str(topic) + b"\x01")
 
 
 def parse_publish(first, body):
-    """(topic, pid or None, payload) of a PUBLISH body; BadPacket when malformed."""
-    if len(body) < 2:
-        raise BadPacket("short PUBLISH")
-    n = (body[0] << 8) | body[1]
+    """(topic, pid or None, payload) of a PUBLISH body; MqttError BadPacket when malformed."""
     qos = (first >> 1) & 3
+    if len(body) < 2 or qos == 3:
+        raise MqttError("BadPacket", "PUBLISH")
+    n = (body[0] << 8) | body[1]
     end = 2 + n + (2 if qos else 0)
-    if qos == 3 or len(body) < end:
-        raise BadPacket("bad PUBLISH")
+    if len(body) < end:
+        raise MqttError("BadPacket", "PUBLISH")
     try:
         topic = str(body[2:2 + n], "utf-8")
     except UnicodeError:
-        raise BadPacket("PUBLISH topic not UTF-8")
-    pid = ((body[2 + n] << 8) | body[3 + n]) if qos else None
-    return topic, pid, body[end:]
+        raise MqttError("BadPacket", "topic")
+    return topic, ((body[2 + n] << 8) | body[3 + n]) if qos else None, body[end:]
 
 
 def tls_context(ca_pem):
     """A client context that requires the server certificate to be signed by `ca_pem`.
 
     MicroPython's `tls` (mbedTLS) takes the CA as DER bytes, positionally, so the PEM text from the
-    identity is decoded here. Raises TlsFailure if the CA is not a PEM certificate.
+    identity is decoded here. MqttError TlsFailure if the CA is not a usable PEM certificate.
     """
     try:
         import tls
@@ -134,49 +99,47 @@ def tls_context(ca_pem):
         import ssl as tls
     from binascii import a2b_base64
 
-    if isinstance(ca_pem, (bytes, bytearray)):
+    if not isinstance(ca_pem, str):
         ca_pem = ca_pem.decode()
-    a = ca_pem.find("-----BEGIN CERTIFICATE-----")
-    b = ca_pem.find("-----END CERTIFICATE-----")
-    if a < 0 or b < a:
-        raise TlsFailure("CA certificate is not PEM")
+    a = ca_pem.find("CERTIFICATE-----")  # the end of the BEGIN line
+    b = ca_pem.find("-----END", a)
     try:
-        der = a2b_base64(ca_pem[a + 27:b])  # skips the line breaks
+        if a < 0 or b < 0:
+            raise ValueError("not PEM")
+        der = a2b_base64(ca_pem[a + 16:b])  # skips the line breaks
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = tls.CERT_REQUIRED
         ctx.load_verify_locations(der)
     except ValueError as e:
-        raise TlsFailure("CA certificate unusable: %s" % e)
+        raise MqttError("TlsFailure", e)
     return ctx
 
 
-class Conn:
-    """One non-blocking connection to the broker, plain or TLS."""
+def close(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
 
-    def __init__(self, sock):
-        self.sock = sock
-        self._one = bytearray(1)
 
-    @staticmethod
-    async def open(host, port, tls_ctx, timeout_ms):
-        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-        raw = socket.socket(ai[0], ai[1], ai[2])
+async def open(host, port, ctx):
+    """A connected non-blocking socket to the broker, TLS when `ctx` (it handshakes during the
+    first write), or MqttError."""
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    sock = raw = socket.socket(ai[0], ai[1], ai[2])
+    try:
         raw.setblocking(False)
         try:
             raw.connect(ai[-1])
         except OSError as e:
-            if e.errno not in _BUSY:
-                raw.close()
-                raise Closed("connect: %s" % e)
-        sock = raw
-        if tls_ctx is not None:
+            if e.args[0] not in _BUSY:
+                raise MqttError("Closed", e)
+        if ctx:
             try:
-                sock = tls_ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+                sock = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
             except (OSError, ValueError) as e:
-                raw.close()
-                raise TlsFailure(str(e))
-        conn = Conn(sock)
-        # For TCP, wait until the connect finished; TLS then handshakes during the first write.
+                raise MqttError("TlsFailure", e)
+        # Wait until the TCP connect finished.
         import select
 
         p = select.poll()
@@ -186,88 +149,61 @@ class Conn:
             ev = p.poll(0)
             if ev:
                 if ev[0][1] & (select.POLLERR | select.POLLHUP):
-                    conn.close()
-                    raise Closed("connect refused or failed")
-                break
-            if ticks_diff(ticks_ms(), t0) > timeout_ms:
-                conn.close()
-                raise Timeout("connect")
+                    raise MqttError("Closed", "connect")
+                return sock
+            if ticks_diff(ticks_ms(), t0) > _OP_MS:
+                raise MqttError("Timeout", "connect")
             await asyncio.sleep_ms(_POLL_MS)
-        return conn
+    except BaseException:  # also cancellation: never leak the socket
+        close(sock)
+        raise
 
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
-    def _io(self, fn, arg):
+async def io(sock, buf, w, wait=True):
+    """Write all of `buf` (w) or fill it (not w) within _OP_MS. Without `wait`, returns False at
+    once if nothing could be read."""
+    mv = memoryview(buf)
+    t0 = ticks_ms()
+    while mv:
         try:
-            return fn(arg)
+            n = sock.write(mv) if w else sock.readinto(mv)
         except OSError as e:
-            if e.args and e.args[0] in _BUSY:
-                return None
-            raise Closed(str(e))
+            if e.args[0] not in _BUSY:
+                raise MqttError("Closed", e)
+            n = None
         except ValueError as e:  # mbedTLS reports certificate/handshake failures this way
-            raise TlsFailure(str(e))
+            raise MqttError("TlsFailure", e)
+        if n == 0 and not w:
+            raise MqttError("Closed", "by broker")
+        if n:
+            mv = mv[n:]
+            wait = True  # a packet has begun: the rest must follow
+            continue
+        if not wait:
+            return False
+        if ticks_diff(ticks_ms(), t0) > _OP_MS:
+            raise MqttError("Timeout", "write" if w else "read")
+        await asyncio.sleep_ms(_POLL_MS)
+    return True
 
-    async def write(self, data, timeout_ms):
-        mv = memoryview(data)
-        t0 = ticks_ms()
-        while mv:
-            n = self._io(self.sock.write, mv)
-            if n:
-                mv = mv[n:]
-                continue
-            if ticks_diff(ticks_ms(), t0) > timeout_ms:
-                raise Timeout("write")
-            await asyncio.sleep_ms(_POLL_MS)
 
-    async def _read_into(self, mv, timeout_ms):
-        t0 = ticks_ms()
-        while mv:
-            n = self._io(self.sock.readinto, mv)
-            if n == 0:
-                raise Closed("connection closed by broker")
-            if n:
-                mv = mv[n:]
-                continue
-            if ticks_diff(ticks_ms(), t0) > timeout_ms:
-                raise Timeout("read")
-            await asyncio.sleep_ms(_POLL_MS)
-
-    def poll_first(self):
-        """Non-blocking: the first byte of the next packet, or None if nothing has arrived."""
-        n = self._io(self.sock.readinto, self._one)
-        if n == 0:
-            raise Closed("connection closed by broker")
-        return self._one[0] if n else None
-
-    async def read_rest(self, first, timeout_ms):
-        """After poll_first(): read the remaining length and body -> (first, body)."""
-        n = 0
-        shift = 0
-        b = bytearray(1)
-        for _ in range(4):
-            await self._read_into(memoryview(b), timeout_ms)
-            n |= (b[0] & 0x7F) << shift
-            shift += 7
-            if not b[0] & 0x80:
-                break
-        else:
-            raise BadPacket("remaining length longer than 4 bytes")
-        if n > MAX_PACKET:
-            raise BadPacket("packet of %d bytes" % n)
-        body = bytearray(n)
-        await self._read_into(memoryview(body), timeout_ms)
-        return first, body
-
-    async def read_packet(self, timeout_ms):
-        t0 = ticks_ms()
-        while True:
-            first = self.poll_first()
-            if first is not None:
-                return await self.read_rest(first, timeout_ms)
-            if ticks_diff(ticks_ms(), t0) > timeout_ms:
-                raise Timeout("no packet")
-            await asyncio.sleep_ms(_POLL_MS)
+async def recv(sock, wait=True):
+    """The next packet as (first byte, body). Without `wait`, None at once if none has begun."""
+    b = bytearray(1)
+    if not await io(sock, b, False, wait):
+        return None
+    first = b[0]
+    n = shift = 0
+    while True:
+        await io(sock, b, False)
+        n |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise MqttError("BadPacket", "length")
+    if n > _MAX_PACKET:
+        raise MqttError("BadPacket", n)
+    body = bytearray(n)
+    await io(sock, body, False)
+    return first, body

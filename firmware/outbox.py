@@ -10,8 +10,8 @@ Failures it survives, and how:
   a commit record, and replaces it by `os.rename` only when complete. On boot an incomplete
   `outbox.new` is deleted; a complete one with no `outbox.log` (FAT, whose rename cannot replace a
   file, lost power between remove and rename) is adopted.
-- Flash full or failing: a refused append raises FlashFull (a kind of OutboxFull: the caller
-  says "not stored"); a refused tombstone still forgets the event in RAM (after a reboot it is
+- Flash full or failing: a refused append raises OutboxFull("flash", error) (the caller says
+  "not stored"); a refused tombstone still forgets the event in RAM (after a reboot it is
   resent once more, a harmless duplicate); a failed compaction leaves the old file in use.
 - Flash wear: an ack appends a 12-byte tombstone; the file is rewritten only when dead bytes
   exceed `compact_bytes` (or the live data, whichever is larger), not once per ack.
@@ -29,15 +29,19 @@ Record layout (big-endian): 0xFA | kind u8 | length u16 | payload | crc32 u32 of
 Kinds: b"E" event (payload = seq u32, prio u8, data), b"A" removal (payload = seq u32),
 b"C" commit (end of a compacted file, empty payload).
 
-RAM: the outbox keeps only seq, priority, file offset and length per entry, in arrays allocated
-once (11 bytes per entry of capacity: 2.8 KB for 256); the data is read back from flash when it
-is sent.
+RAM: the outbox keeps only seq, file offset, and priority with length per entry, in three arrays
+allocated once (10 bytes per entry of capacity: 2.5 KB for 256); the data is read back from
+flash when it is sent.
+
+Errors: OutboxFull (args: the refused seq, or "flash" and the OSError); ValueError for an event
+too large for a record or a seq that does not increase.
 """
 
 import os
 import struct
 from array import array
 from binascii import crc32
+
 from micropython import const
 
 PRIO_HEARTBEAT = const(0)
@@ -51,22 +55,12 @@ _KIND_COMMIT = const(0x43)
 _HDR = const(4)  # magic, kind, length
 _OVERHEAD = const(8)  # header + crc
 _MAX_PAYLOAD = const(512)
+_LEN = const(0xFFF)  # _lp entry: prio << 12 | payload length
 
 
-class OutboxError(Exception):
-    """Base of the outbox's errors."""
-
-
-class OutboxFull(OutboxError):
-    """The event does not fit even after dropping every lower-priority event."""
-
-
-class FlashFull(OutboxFull):
-    """The flash refused the write (file system full or failing): the event is not stored."""
-
-
-class RecordTooLarge(OutboxError):
-    """An event's data is larger than one record may hold."""
+class OutboxFull(Exception):
+    """The event is not stored: it does not fit even after dropping every lower-priority event,
+    or the flash refused the write."""
 
 
 def _record(kind, payload):
@@ -75,15 +69,15 @@ def _record(kind, payload):
     return head + payload + struct.pack(">I", crc & 0xFFFFFFFF)
 
 
-def _exists(path):
+def _size(path):
+    """The file's size, or -1 if it does not exist."""
     try:
-        os.stat(path)
-        return True
+        return os.stat(path)[6]
     except OSError:
-        return False
+        return -1
 
 
-def _remove(path):
+def _rm(path):
     try:
         os.remove(path)
     except OSError:
@@ -146,49 +140,37 @@ class Outbox:
     """Events waiting for the gateway's ack, in ascending seq order, persisted in `dir_path`."""
 
     def __init__(self, dir_path, max_entries=256, max_bytes=16384, compact_bytes=2048):
-        self.path = dir_path + "/outbox.log"
-        self._new = dir_path + "/outbox.new"
-        self.max_entries = max_entries
+        self.path = path = dir_path + "/outbox.log"
+        new = dir_path + "/outbox.new"
         self.max_bytes = max_bytes
         self.compact_bytes = compact_bytes
         self.dropped = 0  # events dropped to make room (counted for heartbeats/diagnostics)
         self.damaged = 0  # damaged stretches found on load
         self.compactions = 0
-        self.write_errors = 0
-        self._load()
-
-    # -- state ------------------------------------------------------------------------------
-    # Fixed-size arrays allocated once: no list growth, so no large reallocation in a
-    # fragmented heap (a growing 256-entry list needs 2 KB contiguous on a 64-bit host).
-    def _reset(self):
-        cap = self.max_entries
-        self._n = 0
-        self._seqs = array("I", bytes(4 * cap))
-        self._offs = array("I", bytes(4 * cap))  # offset of the record's payload in the file
-        self._lens = array("H", bytes(2 * cap))  # payload length
-        self._prios = bytearray(cap)
-        self.live_bytes = 0  # bytes of live event records
-        self.file_bytes = 0
-
-    def _load(self):
-        if _exists(self._new):
-            if not _exists(self.path) and self._complete(self._new):
-                os.rename(self._new, self.path)
+        # Fixed-size arrays allocated once: no list growth, so no large reallocation in a
+        # fragmented heap (a growing 256-entry list needs 2 KB contiguous on a 64-bit host).
+        # The capacity (max_entries) is len(self._lp).
+        self._seqs = array("I", bytes(4 * max_entries))
+        self._offs = array("I", bytes(4 * max_entries))  # offset of the record's payload in the file
+        self._lp = array("H", bytes(2 * max_entries))  # prio << 12 | payload length
+        if _size(new) >= 0:
+            last = None
+            for kind, _off, _payload in scan(new):
+                last = kind
+            if _size(path) < 0 and last == _KIND_COMMIT:  # complete, and the old file is gone
+                os.rename(new, path)
             else:
-                _remove(self._new)
-        self._reset()
-        end, over = self._rescan()
-        try:
-            size = os.stat(self.path)[6]
-        except OSError:
-            size = 0
-        if over or self.damaged or size != end or self._dead() > self._threshold():
+                _rm(new)
+        if self._rescan() or self.damaged or max(_size(path), 0) != self.file_bytes or \
+                self.file_bytes - self.live_bytes > max(compact_bytes, self.live_bytes):
             self.compact()
 
+    # -- state ------------------------------------------------------------------------------
     def _rescan(self):
-        """Rebuild the in-RAM index from the file; returns (end of last good record, overflowed)."""
+        """Rebuild the in-RAM index from the file (file_bytes = end of the last good record);
+        True if it held more events than the capacity."""
         self._n = 0
-        self.live_bytes = 0
+        self.live_bytes = 0  # bytes of live event records
         end = 0
         over = False
         for kind, off, payload in scan(self.path):
@@ -199,37 +181,28 @@ class Outbox:
             if kind == _KIND_EVENT and len(payload) >= 5:
                 seq = struct.unpack(">I", payload)[0]
                 if self._n and seq <= self._seqs[self._n - 1]:
-                    self._drop_index(self._find(seq))  # a rewritten seq: the later record wins
-                if self._n == self.max_entries:
-                    self._drop_index(0)  # only if max_entries shrank between boots
+                    self._drop(self._find(seq))  # a rewritten seq: the later record wins
+                i = self._n
+                if i == len(self._lp):
+                    self._drop(0)  # only if max_entries shrank between boots
                     over = True
-                self._append(seq, payload[4], off, len(payload))
+                    i -= 1
+                self._seqs[i] = seq
+                self._offs[i] = off
+                self._lp[i] = payload[4] << 12 | len(payload)
+                self._n = i + 1
+                self.live_bytes += len(payload) + _OVERHEAD
             elif kind == _KIND_REMOVE and len(payload) == 4:
-                self._drop_index(self._find(struct.unpack(">I", payload)[0]))
+                self._drop(self._find(struct.unpack(">I", payload)[0]))
         self.file_bytes = end
-        return end, over
+        return over
 
-    def _complete(self, path):
-        last = None
-        for kind, _off, _payload in scan(path):
-            last = kind
-        return last == _KIND_COMMIT
-
-    def _append(self, seq, prio, off, n):
-        i = self._n
-        self._seqs[i] = seq
-        self._offs[i] = off
-        self._lens[i] = n
-        self._prios[i] = prio
-        self._n = i + 1
-        self.live_bytes += n + _OVERHEAD
-
-    def _drop_index(self, i):
+    def _drop(self, i):
         if i < 0:
             return
         n = self._n
-        self.live_bytes -= self._lens[i] + _OVERHEAD
-        for a in (self._seqs, self._offs, self._lens, self._prios):
+        self.live_bytes -= (self._lp[i] & _LEN) + _OVERHEAD
+        for a in (self._seqs, self._offs, self._lp):
             mv = memoryview(a)
             mv[i:n - 1] = mv[i + 1:n]  # memmove, no allocation
         self._n = n - 1
@@ -247,12 +220,6 @@ class Outbox:
             return lo
         return -1
 
-    def _dead(self):
-        return self.file_bytes - self.live_bytes
-
-    def _threshold(self):
-        return max(self.compact_bytes, self.live_bytes)
-
     # -- queries ----------------------------------------------------------------------------
     def __len__(self):
         return self._n
@@ -261,18 +228,12 @@ class Outbox:
         """The seqs waiting, oldest first (a new list)."""
         return [self._seqs[i] for i in range(self._n)]
 
-    def first(self):
-        return self._seqs[0] if self._n else None
-
     def next_after(self, seq):
         """The smallest waiting seq greater than `seq`, or None."""
         for i in range(self._n):
             if self._seqs[i] > seq:
                 return self._seqs[i]
         return None
-
-    def __contains__(self, seq):
-        return self._find(seq) >= 0
 
     def read(self, seq):
         """(prio, data) of a waiting event; KeyError if it is not waiting."""
@@ -281,57 +242,57 @@ class Outbox:
             raise KeyError(seq)
         with open(self.path, "rb") as f:
             f.seek(self._offs[i] + 5)
-            data = f.read(self._lens[i] - 5)
-        return self._prios[i], data
-
-    def count(self, prio):
-        return sum(1 for i in range(self._n) if self._prios[i] == prio)
+            data = f.read((self._lp[i] & _LEN) - 5)
+        return self._lp[i] >> 12, data
 
     # -- changes ----------------------------------------------------------------------------
     def _write(self, rec):
+        """Append a record; returns its offset. OutboxFull("flash", error) if the flash refuses."""
         try:
             with open(self.path, "ab") as f:
                 f.write(rec)
         except OSError as e:
             # Part of the record may be on flash: continue after whatever is there (the scan
             # skips the torn bytes), so later offsets stay right.
-            try:
-                self.file_bytes = os.stat(self.path)[6]
-            except OSError:
-                pass
-            self.write_errors += 1
-            raise FlashFull(str(e))
+            n = _size(self.path)
+            if n >= 0:
+                self.file_bytes = n
+            raise OutboxFull("flash", e)
         start = self.file_bytes
         self.file_bytes += len(rec)
         return start
 
     def put(self, seq, prio, data):
         """Store an event before it is sent. Returns the list of seqs dropped to make room."""
-        if len(data) + 5 > _MAX_PAYLOAD:
-            raise RecordTooLarge(len(data))
-        if self._n and seq <= self._seqs[self._n - 1]:
-            raise ValueError("seq not increasing")
-        need = len(data) + 5 + _OVERHEAD
+        n = len(data) + 5  # payload: seq, prio, data
+        if n > _MAX_PAYLOAD or self._n and seq <= self._seqs[self._n - 1]:
+            raise ValueError(seq)  # too large for a record, or not increasing
+        need = n + _OVERHEAD
+        cap = len(self._lp)
         victims = []
         entries, size = self._n, self.live_bytes
         for victim_prio in (PRIO_HEARTBEAT, PRIO_NORMAL):
             if victim_prio > prio:
                 break  # a heartbeat never displaces a check-in, tamper, boot ... event
             for i in range(self._n):
-                if entries < self.max_entries and size + need <= self.max_bytes:
+                if entries < cap and size + need <= self.max_bytes:
                     break
-                if self._prios[i] == victim_prio:
+                if self._lp[i] >> 12 == victim_prio:
                     victims.append(self._seqs[i])
                     entries -= 1
-                    size -= self._lens[i] + _OVERHEAD
-        if entries >= self.max_entries or size + need > self.max_bytes:
+                    size -= (self._lp[i] & _LEN) + _OVERHEAD
+        if entries >= cap or size + need > self.max_bytes:
             raise OutboxFull(seq)
         for v in victims:
             self.remove(v)
             self.dropped += 1
-        payload = struct.pack(">IB", seq, prio) + data
-        start = self._write(_record(_KIND_EVENT, payload))
-        self._append(seq, prio, start + _HDR, len(payload))
+        start = self._write(_record(_KIND_EVENT, struct.pack(">IB", seq, prio) + data))
+        i = self._n
+        self._seqs[i] = seq
+        self._offs[i] = start + _HDR
+        self._lp[i] = prio << 12 | n
+        self._n = i + 1
+        self.live_bytes += need
         return victims
 
     def remove(self, seq):
@@ -341,19 +302,20 @@ class Outbox:
             return False
         try:
             self._write(_record(_KIND_REMOVE, struct.pack(">I", seq)))
-        except FlashFull:
+        except OutboxFull:
             pass  # forgotten in RAM anyway: after a reboot it is resent once more (a duplicate)
-        self._drop_index(i)
-        if self._dead() > self._threshold():
+        self._drop(i)
+        if self.file_bytes - self.live_bytes > max(self.compact_bytes, self.live_bytes):
             try:
                 self.compact()
             except OSError:
-                self.write_errors += 1  # the old file is intact; try again at the next removal
+                pass  # the old file is intact; try again at the next removal
         return True
 
     def compact(self):
         """Rewrite the live events into a new file and swap it in atomically."""
-        _remove(self._new)
+        new = self.path[:-3] + "new"
+        _rm(new)
         pos = 0
         src = None
         offs = self._offs  # updated in place (each entry is read before its offset is replaced)
@@ -362,11 +324,10 @@ class Outbox:
             try:
                 if self._n:
                     src = open(self.path, "rb")
-                with open(self._new, "wb") as out:
+                with open(new, "wb") as out:
                     for i in range(self._n):
                         src.seek(offs[i])
-                        payload = src.read(self._lens[i])
-                        rec = _record(_KIND_EVENT, payload)
+                        rec = _record(_KIND_EVENT, src.read(self._lp[i] & _LEN))
                         out.write(rec)
                         offs[i] = pos + _HDR
                         moved = True
@@ -380,14 +341,14 @@ class Outbox:
         except Exception:  # noqa: BLE001 - MemoryError or OSError: the old file is intact
             if moved:
                 self._rescan()  # offsets must point into the old file again
-            _remove(self._new)
+            _rm(new)
             raise
         try:
-            os.rename(self._new, self.path)
+            os.rename(new, self.path)
         except OSError:
-            # FAT cannot rename over an existing file; _load() adopts a complete .new if we
-            # lose power between these two lines.
-            _remove(self.path)
-            os.rename(self._new, self.path)
+            # FAT cannot rename over an existing file; the constructor adopts a complete .new
+            # if we lose power between these two lines.
+            _rm(self.path)
+            os.rename(new, self.path)
         self.file_bytes = pos
         self.compactions += 1

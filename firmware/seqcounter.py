@@ -15,37 +15,42 @@ Failures it survives:
   and only for a key whose slots were destroyed, which flash corruption of the identity would
   also do;
 - key rotation: a slot belongs to a key id; a different key id starts a new sequence at 1
-  (SPEC: "a new key id starts a new sequence").
+  (SPEC: "a new key id starts a new sequence");
+- the 32-bit space of a key used up: OverflowError (rotate the key).
 
-Flash writes: one per `block` events and one per boot.
+Flash writes: one per `block` events (the first next() of a boot reserves; a boot that numbers
+nothing writes nothing). peek() before that is still right: a boot that wrote nothing leaves
+the next boot the same first number, and no stored event carries it.
 """
 
 import struct
 from binascii import crc32
+
 from micropython import const
 
-_SLOT_FMT = ">BII"  # key_id, reserved end, generation
-_SLOT_LEN = const(13)  # 9 + crc32
+_SLOT_LEN = const(13)  # ">BII" key_id, reserved end, generation; + crc32
 _MAX_SEQ = const(0xFFFFFFFF)
-
-
-class SeqExhausted(Exception):
-    """The 32-bit uplink sequence space of this key is used up: rotate the key."""
 
 
 class SeqCounter:
     def __init__(self, dir_path, key_id, block=64):
-        self._paths = (dir_path + "/seq.a", dir_path + "/seq.b")
+        self._d = dir_path
         self.key_id = key_id
         self.block = block
         self.writes = 0
         end, gen, slot = 0, 0, 1
         damaged = False
         for i in (0, 1):
-            got = self._read(self._paths[i])
-            if got is False:
-                damaged = True
-            elif got and got[0] == key_id and got[2] >= gen:
+            try:
+                with open(self._path(i), "rb") as f:
+                    raw = f.read(_SLOT_LEN + 1)
+            except OSError:
+                continue
+            if len(raw) != _SLOT_LEN or struct.unpack(">I", raw[9:])[0] != crc32(raw[:9]) & 0xFFFFFFFF:
+                damaged = True  # present but torn or corrupt
+                continue
+            got = struct.unpack(">BII", raw[:9])
+            if got[0] == key_id and got[2] >= gen:
                 end, gen, slot = got[1], got[2], i
         if damaged and gen:
             # A torn write never got used, but a slot that rotted after use did: skipping one
@@ -55,30 +60,9 @@ class SeqCounter:
         self._slot = slot
         self._next = end + 1
         self._end = end  # nothing reserved yet in this boot: the first next() reserves
-        self._reserve()
 
-    @staticmethod
-    def _read(path):
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(_SLOT_LEN + 1)
-        except OSError:
-            return None
-        if len(raw) != _SLOT_LEN or struct.unpack(">I", raw[9:])[0] != crc32(raw[:9]) & 0xFFFFFFFF:
-            return False  # present but torn or corrupt
-        return struct.unpack(_SLOT_FMT, raw[:9])
-
-    def _reserve(self):
-        end = min(self._next - 1 + self.block, _MAX_SEQ)
-        if end < self._next:
-            raise SeqExhausted(self.key_id)
-        self._gen += 1
-        self._slot ^= 1
-        body = struct.pack(_SLOT_FMT, self.key_id, end, self._gen)
-        with open(self._paths[self._slot], "wb") as f:
-            f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
-        self._end = end
-        self.writes += 1
+    def _path(self, slot):
+        return self._d + ("/seq.a", "/seq.b")[slot]
 
     def peek(self):
         """The number the next call to next() returns."""
@@ -86,8 +70,17 @@ class SeqCounter:
 
     def next(self):
         """A fresh sequence number (>= 1), reserved on flash before it is returned."""
-        if self._next > self._end:
-            self._reserve()
         n = self._next
-        self._next += 1
+        if n > self._end:
+            end = min(n - 1 + self.block, _MAX_SEQ)
+            if end < n:
+                raise OverflowError(self.key_id)
+            self._gen += 1
+            self._slot ^= 1
+            body = struct.pack(">BII", self.key_id, end, self._gen)
+            with open(self._path(self._slot), "wb") as f:
+                f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
+            self._end = end
+            self.writes += 1
+        self._next = n + 1
         return n

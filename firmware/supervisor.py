@@ -15,21 +15,24 @@ import asyncio
 import sys
 from time import ticks_diff, ticks_ms
 
+from micropython import const
+
+_WATCHDOG_MS = const(8000)
+
 
 class Supervisor:
-    def __init__(self, board, log=print, watchdog_ms=8000, stall_ms=30000, restart_delay_ms=1000):
-        self.board = board
+    def __init__(self, board, log=print, stall_ms=30000, restart_delay_ms=1000):
         self.log = log
         self.stall_ms = stall_ms
         self.restart_delay_ms = restart_delay_ms
         self.restarts = {}
-        self._seen = {}
+        self._seen = {}  # task name -> ticks_ms of its last check-in (watched tasks only)
         self.wdt = None
-        try:
-            self.wdt = board.watchdog(watchdog_ms)
-        except (AttributeError, OSError, ValueError) as e:
-            log("supervisor: no watchdog: %r" % (e,))
         self.stalled = None
+        try:
+            self.wdt = board.watchdog(_WATCHDOG_MS)
+        except (AttributeError, OSError, ValueError) as e:
+            log("supervisor: no watchdog %r" % (e,))
 
     def alive(self, name):
         self._seen[name] = ticks_ms()
@@ -47,11 +50,11 @@ class Supervisor:
         while True:
             try:
                 await factory()
-                self.log("supervisor: task %s returned; restarting" % name)
+                self.log("supervisor: %s returned" % name)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
-                self.log("supervisor: task %s failed: %r" % (name, e))
+                self.log("supervisor: %s failed %r" % (name, e))
                 sys.print_exception(e, sys.stderr)  # stdout may be the console
             self.restarts[name] += 1
             if name in self._seen:
@@ -70,6 +73,6 @@ class Supervisor:
                 if self.wdt is not None:
                     self.wdt.feed()
             elif stalled != self.stalled:
-                self.log("supervisor: task %s stalled; watchdog not fed" % stalled)
+                self.log("supervisor: %s stalled, watchdog starved" % stalled)
             self.stalled = stalled
             await asyncio.sleep_ms(500)
