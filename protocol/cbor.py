@@ -26,16 +26,42 @@ except ImportError:  # CPython
         return x
 
 
-from protocol.errors import BadBody, MalformedFrame, NonCanonical
+from protocol.errors import err
 
-MAX_DEPTH = const(4)
-MAX_STRING = const(64)
-MAX_ITEMS = const(16)
-_U64_MAX = const(0xFFFFFFFFFFFFFFFF)  # a constant object where it exceeds small ints
+# Limits of the subset (SPEC section 5).
+_MAX_DEPTH = const(4)
+_MAX_STRING = const(64)
+_MAX_ITEMS = const(16)
 
 _NULL = const(0xF6)
 _TRUE = const(0xF5)
 _FALSE = const(0xF4)
+
+# Lines of the error catalogue (protocol/errors.py) raised here.
+_E_TRUNC = const(0)
+_E_NOTBYTES = const(1)
+_E_TRAILING = const(2)
+_E_RESERVED = const(3)
+_E_LONGFORM = const(4)
+_E_SIMPLE = const(5)
+_E_TAG = const(6)
+_E_LONGSTR = const(7)
+_E_DEEP = const(8)
+_E_ITEMS = const(9)
+_E_KEYTYPE = const(10)
+_E_DUPKEY = const(11)
+_E_KEYORDER = const(12)
+_E_UTF8 = const(13)
+_E_ENC_BIG = const(14)
+_E_ENC_SMALL = const(15)
+_E_ENC_BYTES = const(16)
+_E_ENC_UTF8 = const(17)
+_E_ENC_TEXT = const(18)
+_E_ENC_DEEP = const(19)
+_E_ENC_ARRAY = const(20)
+_E_ENC_MAP = const(21)
+_E_ENC_KEY = const(22)
+_E_ENC_TYPE = const(23)
 
 
 def dumps(obj):
@@ -46,21 +72,17 @@ def dumps(obj):
 
 
 def _put_head(out, major, n):
+    # n < 2^64 (checked by the callers); `n >> 64` tests that without a big-int constant object.
     mt = major << 5
     if n < 24:
         out.append(mt | n)
-    elif n < 0x100:
-        out.append(mt | 24)
-        out.append(n)
-    elif n < 0x10000:
-        out.append(mt | 25)
-        out.extend(n.to_bytes(2, "big"))
-    elif n < 0x100000000:
-        out.append(mt | 26)
-        out.extend(n.to_bytes(4, "big"))
-    else:
-        out.append(mt | 27)
-        out.extend(n.to_bytes(8, "big"))
+        return
+    for ai in range(24, 28):
+        size = 1 << (ai - 24)
+        if n >> (size * 8) == 0:
+            break
+    out.append(mt | ai)
+    out.extend(n.to_bytes(size, "big"))
 
 
 def _enc(obj, out, depth):
@@ -72,60 +94,57 @@ def _enc(obj, out, depth):
         out.append(_FALSE)
     elif isinstance(obj, int):
         if obj >= 0:
-            if obj > _U64_MAX:
-                raise BadBody("integer above 2^64-1")
+            if obj >> 64:
+                raise err(_E_ENC_BIG)
             _put_head(out, 0, obj)
         else:
             n = -1 - obj
-            if n > _U64_MAX:
-                raise BadBody("integer below -2^64")
+            if n >> 64:
+                raise err(_E_ENC_SMALL)
             _put_head(out, 1, n)
     elif isinstance(obj, (bytes, bytearray)):
-        if len(obj) > MAX_STRING:
-            raise BadBody("byte string longer than 64 bytes")
+        if len(obj) > _MAX_STRING:
+            raise err(_E_ENC_BYTES)
         _put_head(out, 2, len(obj))
         out.extend(obj)
     elif isinstance(obj, str):
         try:
             b = obj.encode("utf-8")
         except UnicodeError:  # CPython: lone surrogates
-            raise BadBody("text not encodable as UTF-8")
-        if len(b) > MAX_STRING:
-            raise BadBody("text longer than 64 bytes")
+            raise err(_E_ENC_UTF8)
+        if len(b) > _MAX_STRING:
+            raise err(_E_ENC_TEXT)
         _put_head(out, 3, len(b))
         out.extend(b)
-    elif isinstance(obj, (list, tuple)):
-        if depth > MAX_DEPTH:
-            raise BadBody("nested deeper than 4")
-        if len(obj) > MAX_ITEMS:
-            raise BadBody("array longer than 16 items")
-        _put_head(out, 4, len(obj))
-        for x in obj:
-            _enc(x, out, depth + 1)
-    elif isinstance(obj, dict):
-        if depth > MAX_DEPTH:
-            raise BadBody("nested deeper than 4")
-        if len(obj) > MAX_ITEMS:
-            raise BadBody("map longer than 16 pairs")
-        for k in obj:
-            if k is True or k is False or not isinstance(k, int) or k < 0 or k > _U64_MAX:
-                raise BadBody("map key is not an unsigned integer")
-        _put_head(out, 5, len(obj))
-        for k in sorted(obj):
-            _put_head(out, 0, k)
-            _enc(obj[k], out, depth + 1)
+    elif isinstance(obj, (list, tuple, dict)):
+        if depth > _MAX_DEPTH:
+            raise err(_E_ENC_DEEP)
+        if len(obj) > _MAX_ITEMS:
+            raise err(_E_ENC_MAP if isinstance(obj, dict) else _E_ENC_ARRAY)
+        if isinstance(obj, dict):
+            for k in obj:
+                if k is True or k is False or not isinstance(k, int) or k < 0 or k >> 64:
+                    raise err(_E_ENC_KEY)
+            _put_head(out, 5, len(obj))
+            for k in sorted(obj):
+                _put_head(out, 0, k)
+                _enc(obj[k], out, depth + 1)
+        else:
+            _put_head(out, 4, len(obj))
+            for x in obj:
+                _enc(x, out, depth + 1)
     else:
-        raise BadBody("type %s is outside the CBOR subset" % type(obj).__name__)
+        raise err(_E_ENC_TYPE, type(obj).__name__)
 
 
 def loads(data):
     """Decode exactly one item filling all of `data` (bytes, bytearray or memoryview)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise MalformedFrame("CBOR input must be bytes")
+        raise err(_E_NOTBYTES)
     end = len(data)
     value, pos = _item(data, 0, end, 1)
     if pos != end:
-        raise MalformedFrame("trailing bytes after the CBOR item")
+        raise err(_E_TRAILING)
     return value
 
 
@@ -134,21 +153,21 @@ def _arg(buf, pos, end, ai):
     if ai < 24:
         return ai, pos
     if ai > 27:
-        raise MalformedFrame("reserved or indefinite length")
+        raise err(_E_RESERVED)
     n = 1 << (ai - 24)
     if pos + n > end:
-        raise MalformedFrame("truncated")
+        raise err(_E_TRUNC)
     arg = 0
     for i in range(pos, pos + n):
         arg = (arg << 8) | buf[i]
     if arg < (24 if n == 1 else 1 << (n * 4)):
-        raise NonCanonical("integer or length not in shortest form")
+        raise err(_E_LONGFORM)
     return arg, pos + n
 
 
 def _item(buf, pos, end, depth):
     if pos >= end:
-        raise MalformedFrame("truncated")
+        raise err(_E_TRUNC)
     ib = buf[pos]
     pos += 1
     major = ib >> 5
@@ -159,29 +178,54 @@ def _item(buf, pos, end, depth):
             return True, pos
         if ib == _NULL:
             return None, pos
-        raise MalformedFrame("float, break or simple value outside the subset")
+        raise err(_E_SIMPLE)
     if major == 6:
-        raise MalformedFrame("tags are outside the subset")
+        raise err(_E_TAG)
     arg, pos = _arg(buf, pos, end, ib & 31)
     if major == 0:
         return arg, pos
     if major == 1:
         return -1 - arg, pos
     if major <= 3:  # byte or text string
-        if arg > MAX_STRING:
-            raise MalformedFrame("string longer than 64 bytes")
+        if arg > _MAX_STRING:
+            raise err(_E_LONGSTR)
         stop = pos + arg
         if stop > end:
-            raise MalformedFrame("truncated")
+            raise err(_E_TRUNC)
         raw = bytes(buf[pos:stop])
-        if major == 3:
-            _check_utf8(raw)
-            raw = str(raw, "utf-8")
-        return raw, stop
-    if depth > MAX_DEPTH:
-        raise MalformedFrame("nested deeper than 4")
-    if arg > MAX_ITEMS:
-        raise MalformedFrame("more than 16 items")
+        if major == 2:
+            return raw, stop
+        # Text: RFC 3629 well-formed UTF-8 (what CPython's strict decoder accepts), checked here
+        # because MicroPython's decode() does not validate.
+        i = 0
+        while i < arg:
+            c = raw[i]
+            i += 1
+            if c < 0x80:
+                continue
+            if 0xC2 <= c <= 0xDF:
+                need, lo, hi = 1, 0x80, 0xBF
+            elif 0xE0 <= c <= 0xEF:
+                need = 2
+                lo = 0xA0 if c == 0xE0 else 0x80
+                hi = 0x9F if c == 0xED else 0xBF
+            elif 0xF0 <= c <= 0xF4:
+                need = 3
+                lo = 0x90 if c == 0xF0 else 0x80
+                hi = 0x8F if c == 0xF4 else 0xBF
+            else:
+                raise err(_E_UTF8)
+            if i + need > arg or not lo <= raw[i] <= hi:
+                raise err(_E_UTF8)
+            for j in range(i + 1, i + need):
+                if not 0x80 <= raw[j] <= 0xBF:
+                    raise err(_E_UTF8)
+            i += need
+        return str(raw, "utf-8"), stop
+    if depth > _MAX_DEPTH:
+        raise err(_E_DEEP)
+    if arg > _MAX_ITEMS:
+        raise err(_E_ITEMS)
     if major == 4:
         out = []
         for _ in range(arg):
@@ -193,47 +237,16 @@ def _item(buf, pos, end, depth):
     prev = -1
     for _ in range(arg):
         if pos >= end:
-            raise MalformedFrame("truncated")
+            raise err(_E_TRUNC)
         kb = buf[pos]
         if kb >> 5:
-            raise MalformedFrame("map key is not an unsigned integer")
+            raise err(_E_KEYTYPE)
         key, pos = _arg(buf, pos + 1, end, kb & 31)
         if key == prev:
-            raise MalformedFrame("duplicate map key")
+            raise err(_E_DUPKEY)
         if key < prev:
-            raise NonCanonical("map keys not in ascending order")
+            raise err(_E_KEYORDER)
         prev = key
         v, pos = _item(buf, pos, end, depth + 1)
         out[key] = v
     return out, pos
-
-
-def _check_utf8(b):
-    # RFC 3629 well-formed UTF-8 (what CPython's strict decoder accepts).
-    i = 0
-    n = len(b)
-    while i < n:
-        c = b[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            need, lo, hi = 1, 0x80, 0xBF
-        elif 0xE0 <= c <= 0xEF:
-            need = 2
-            lo = 0xA0 if c == 0xE0 else 0x80
-            hi = 0x9F if c == 0xED else 0xBF
-        elif 0xF0 <= c <= 0xF4:
-            need = 3
-            lo = 0x90 if c == 0xF0 else 0x80
-            hi = 0x8F if c == 0xF4 else 0xBF
-        else:
-            raise MalformedFrame("invalid UTF-8 in text string")
-        if i + need >= n:
-            raise MalformedFrame("invalid UTF-8 in text string")
-        if not lo <= b[i + 1] <= hi:
-            raise MalformedFrame("invalid UTF-8 in text string")
-        for j in range(i + 2, i + 1 + need):
-            if not 0x80 <= b[j] <= 0xBF:
-                raise MalformedFrame("invalid UTF-8 in text string")
-        i += 1 + need

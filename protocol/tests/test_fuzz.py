@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from protocol import frame, fuzz, strict
+from protocol import frame, fuzz, schema, strict
 from protocol.errors import FrameError, MalformedFrame, TopicMismatch
 from protocol.tests.vectors import frame_vectors
 
@@ -137,9 +137,9 @@ _NEAR = {
 
 @st.composite
 def typed_body(draw):
-    code = draw(st.sampled_from(sorted(frame.TYPE_NAMES)))
+    code = draw(st.sampled_from([c for c in range(256) if schema.lookup(c)]))
     if draw(st.booleans()):
-        letters = frame.SCHEMAS[code]
+        letters = schema.lookup(code)[1]
         body = [draw(_NEAR[c] if c in _NEAR else st.integers(-1, int(c) + 1)) for c in letters]
     else:
         body = draw(st.lists(_FIELD, min_size=0, max_size=6))
