@@ -71,70 +71,68 @@ def dumps(obj):
     return bytes(out)
 
 
-def _put_head(out, major, n):
-    # n < 2^64 (checked by the callers); `n >> 64` tests that without a big-int constant object.
-    mt = major << 5
-    if n < 24:
-        out.append(mt | n)
-        return
-    for ai in range(24, 28):
-        size = 1 << (ai - 24)
-        if n >> (size * 8) == 0:
-            break
-    out.append(mt | ai)
-    out.extend(n.to_bytes(size, "big"))
-
-
 def _enc(obj, out, depth):
     if obj is None:
         out.append(_NULL)
-    elif obj is True:
+        return
+    if obj is True:
         out.append(_TRUE)
-    elif obj is False:
+        return
+    if obj is False:
         out.append(_FALSE)
-    elif isinstance(obj, int):
+        return
+    # Everything else is a head (major type, argument n), then the payload (if any).
+    if isinstance(obj, int):
         if obj >= 0:
-            if obj >> 64:
-                raise err(_E_ENC_BIG)
-            _put_head(out, 0, obj)
+            major, n = 0, obj
         else:
-            n = -1 - obj
-            if n >> 64:
-                raise err(_E_ENC_SMALL)
-            _put_head(out, 1, n)
+            major, n = 1, -1 - obj
+        if n >> 64:  # no big-int constant object for 2^64-1
+            raise err(_E_ENC_SMALL if major else _E_ENC_BIG)
     elif isinstance(obj, (bytes, bytearray)):
         if len(obj) > _MAX_STRING:
             raise err(_E_ENC_BYTES)
-        _put_head(out, 2, len(obj))
-        out.extend(obj)
+        major = 2
     elif isinstance(obj, str):
         try:
-            b = obj.encode("utf-8")
+            obj = obj.encode("utf-8")
         except UnicodeError:  # CPython: lone surrogates
             raise err(_E_ENC_UTF8)
-        if len(b) > _MAX_STRING:
+        if len(obj) > _MAX_STRING:
             raise err(_E_ENC_TEXT)
-        _put_head(out, 3, len(b))
-        out.extend(b)
+        major = 3
     elif isinstance(obj, (list, tuple, dict)):
         if depth > _MAX_DEPTH:
             raise err(_E_ENC_DEEP)
+        major = 5 if isinstance(obj, dict) else 4
         if len(obj) > _MAX_ITEMS:
-            raise err(_E_ENC_MAP if isinstance(obj, dict) else _E_ENC_ARRAY)
-        if isinstance(obj, dict):
+            raise err(_E_ENC_MAP if major == 5 else _E_ENC_ARRAY)
+        if major == 5:
             for k in obj:
                 if k is True or k is False or not isinstance(k, int) or k < 0 or k >> 64:
                     raise err(_E_ENC_KEY)
-            _put_head(out, 5, len(obj))
-            for k in sorted(obj):
-                _put_head(out, 0, k)
-                _enc(obj[k], out, depth + 1)
-        else:
-            _put_head(out, 4, len(obj))
-            for x in obj:
-                _enc(x, out, depth + 1)
     else:
         raise err(_E_ENC_TYPE, type(obj).__name__)
+    if major > 1:
+        n = len(obj)
+    if n < 24:
+        out.append(major << 5 | n)
+    else:
+        for ai in range(24, 28):  # the shortest of 1, 2, 4, 8 bytes (n < 2^64)
+            size = 1 << (ai - 24)
+            if n >> (size * 8) == 0:
+                break
+        out.append(major << 5 | ai)
+        out.extend(n.to_bytes(size, "big"))
+    if major == 2 or major == 3:
+        out.extend(obj)
+    elif major == 4:
+        for x in obj:
+            _enc(x, out, depth + 1)
+    elif major == 5:
+        for k in sorted(obj):
+            _enc(k, out, depth)  # a key: an unsigned integer, checked above
+            _enc(obj[k], out, depth + 1)
 
 
 def loads(data):
@@ -148,29 +146,15 @@ def loads(data):
     return value
 
 
-def _arg(buf, pos, end, ai):
-    # Argument of a head whose additional info is `ai`; returns (arg, pos after it).
-    if ai < 24:
-        return ai, pos
-    if ai > 27:
-        raise err(_E_RESERVED)
-    n = 1 << (ai - 24)
-    if pos + n > end:
-        raise err(_E_TRUNC)
-    arg = 0
-    for i in range(pos, pos + n):
-        arg = (arg << 8) | buf[i]
-    if arg < (24 if n == 1 else 1 << (n * 4)):
-        raise err(_E_LONGFORM)
-    return arg, pos + n
-
-
 def _item(buf, pos, end, depth):
+    # One item at `pos` -> (value, pos after it). depth 0: a map key (an unsigned integer).
     if pos >= end:
         raise err(_E_TRUNC)
     ib = buf[pos]
     pos += 1
     major = ib >> 5
+    if depth == 0 and major:
+        raise err(_E_KEYTYPE)
     if major == 7:
         if ib == _FALSE:
             return False, pos
@@ -181,7 +165,20 @@ def _item(buf, pos, end, depth):
         raise err(_E_SIMPLE)
     if major == 6:
         raise err(_E_TAG)
-    arg, pos = _arg(buf, pos, end, ib & 31)
+    # the head's argument: in the additional info, or in the 1, 2, 4 or 8 bytes after it
+    arg = ib & 31
+    if arg > 27:
+        raise err(_E_RESERVED)
+    if arg > 23:
+        n = 1 << (arg - 24)
+        if pos + n > end:
+            raise err(_E_TRUNC)
+        arg = 0
+        for i in range(pos, pos + n):
+            arg = (arg << 8) | buf[i]
+        pos += n
+        if arg < (24 if n == 1 else 1 << (n * 4)):
+            raise err(_E_LONGFORM)
     if major == 0:
         return arg, pos
     if major == 1:
@@ -236,12 +233,7 @@ def _item(buf, pos, end, depth):
     out = {}
     prev = -1
     for _ in range(arg):
-        if pos >= end:
-            raise err(_E_TRUNC)
-        kb = buf[pos]
-        if kb >> 5:
-            raise err(_E_KEYTYPE)
-        key, pos = _arg(buf, pos + 1, end, kb & 31)
+        key, pos = _item(buf, pos, end, 0)
         if key == prev:
             raise err(_E_DUPKEY)
         if key < prev:

@@ -118,11 +118,8 @@ def topic_for(msg_type, device_id):
 class Frame:
     """A frame's header: version, msg_type, name (of the type), device_id, key_id, seq, and
     device_time (None when the sender's clock was unknown: 0 on the wire). A frame from decode()
-    (verified) also has `body` (list) and `raw` (the bytes); one from peek() has not."""
-
-    def __repr__(self):
-        return "<Frame %s dev=%08x key=%d seq=%d time=%s>" % (
-            self.name, self.device_id, self.key_id, self.seq, self.device_time)
+    (verified) also has `body` (list) and `raw` (the bytes); one from peek() has not. No methods,
+    not even __repr__: each would cost ~100 bytes of a board's heap."""
 
 
 def peek(data, downlink=None):

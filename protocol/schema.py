@@ -19,6 +19,16 @@ from protocol.errors import err
 _U16 = const(0xFFFF)  # const(): no global, no qstr on the device
 _U32 = const(0xFFFFFFFF)
 
+# the schema letters, as numbers (ord)
+_U8 = const(0x42)  # B
+_U16_LETTER = const(0x48)  # H
+_U32_LETTER = const(0x49)  # I
+_SEQ = const(0x53)  # S
+_BOOL = const(0x62)  # b
+_MAP = const(0x6D)  # m
+_RSSI = const(0x72)  # r
+_UID = const(0x75)  # u
+
 _E_TYPE = const(24)  # lines of the error catalogue (protocol/errors.py) raised here
 _E_LAYOUT = const(25)
 _E_RANGE = const(26)
@@ -54,10 +64,6 @@ def lookup(msg_type):
     return None
 
 
-def _uint_ok(v, lo, hi):
-    return v is not True and v is not False and isinstance(v, int) and lo <= v <= hi
-
-
 def validate_body(msg_type, body):
     """Raise BadBody unless `body` is the v1 layout of `msg_type` (exactly the listed elements,
     each in its range; SPEC section 3). An undefined code raises UnknownType."""
@@ -68,21 +74,25 @@ def validate_body(msg_type, body):
     if not isinstance(body, (list, tuple)) or len(body) != len(schema):
         raise err(_E_LAYOUT, (name, len(schema)))
     for i in range(len(schema)):
-        c = schema[i]
+        c = ord(schema[i])  # letters as numbers: no one-letter strings (qstrs) on a board
         v = body[i]
-        if c == "b":
+        if c == _BOOL:
             ok = v is True or v is False
-        elif c == "r":
-            ok = v is None or _uint_ok(v, -128, 127)
-        elif c == "u":
+        elif c == _UID:
             ok = isinstance(v, (bytes, bytearray)) and 3 < len(v) < 11 and len(v) % 3 == 1  # 4, 7 or 10
-        elif c == "m":
+        elif c == _MAP:
             ok = isinstance(v, dict)
             if ok:
                 for k in v:
-                    if not (_uint_ok(k, 0, _U32) and _uint_ok(v[k], 0, _U32)):
-                        ok = False
-        else:  # an unsigned integer: B, H, I, S or a digit
-            ok = _uint_ok(v, 1 if c == "S" else 0, _U32 if c in "IS" else _U16 if c == "H" else 255 if c == "B" else ord(c) - 48)
+                    for x in (k, v[k]):
+                        if x is True or x is False or not isinstance(x, int) or not 0 <= x <= _U32:
+                            ok = False
+        elif v is True or v is False or not isinstance(v, int):  # the rest are integers
+            ok = c == _RSSI and v is None
+        elif c == _RSSI:
+            ok = -128 <= v <= 127
+        else:  # unsigned: B, H, I, S, or a digit d (0..d)
+            ok = (1 if c == _SEQ else 0) <= v <= (
+                0xFF if c == _U8 else _U16 if c == _U16_LETTER else _U32 if c == _U32_LETTER or c == _SEQ else c - 48)
         if not ok:
             raise err(_E_RANGE, (name, i))
