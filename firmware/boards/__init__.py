@@ -4,39 +4,21 @@
 #     board = load_board(sys.argv[1:])     # esp32 / rp2 (Pico W) / anything else -> host board
 #
 # Only board modules import `machine` and `network`; drivers and the application receive pins
-# (callables), buses and objects from the board (see FIRMWARE_CONTRACT.md for the interface).
-# Wiring is data: boards/wiring_<name>.py holds a plain dict per board.
+# (callables), buses and objects from the board. Wiring is data: boards/wiring_<name>.py holds a
+# plain dict per board (boards/mcu.py lays the provisioned `pins` over it); the host board has
+# no pins (boards/host.py, HOSTBOARD.md).
 
 import sys
 
 
-def load_board(argv_or_options=None):
-    plat = sys.platform
-    if plat == "esp32":
-        from boards import esp32 as mod
-    elif plat == "rp2":
-        from boards import picow as mod
+def load_board(argv=None):
+    # argv: the command line after the script (the host board's options, HOSTBOARD.md), or a
+    # dict of them; ignored by the ESP32 and Pico W boards.
+    p = sys.platform
+    if p == "esp32":
+        from boards import esp32 as m
+    elif p == "rp2":
+        from boards import picow as m
     else:
-        from boards import host as mod
-    return mod.Board(argv_or_options)
-
-
-def merge_wiring(defaults, overrides):
-    """A copy of the board's wiring dict with a provisioned `pins` dict laid over it.
-
-    Override keys are "<part>.<field>" (e.g. "button.pin": 4) or "<part>" with a dict value."""
-    out = {}
-    for k in defaults:
-        v = defaults[k]
-        out[k] = dict(v) if type(v) is dict else v
-    for k in overrides or {}:
-        v = overrides[k]
-        if "." in k:
-            part, field = k.split(".", 1)
-            if type(out.get(part)) is dict:
-                out[part][field] = v
-        elif type(v) is dict and type(out.get(k)) is dict:
-            out[k].update(v)
-        else:
-            out[k] = v
-    return out
+        from boards import host as m
+    return m.Board(argv)

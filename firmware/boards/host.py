@@ -9,384 +9,400 @@
 # that disconnects mid-line (dropped), more clients than slots (refused), stdin at EOF (the
 # console stops polling it).
 #
-# RAM: this module is test equipment sharing the application's 64 KB heap, so it is written
-# compactly (one dispatch function, plain lists for histories; the reader simulation and the
-# software watchdog are imported only when used). Measured on the Unix port (64-bit, .mpy):
-# ~12 KB after import (the first version, a method per op, was ~15 KB).
+# RAM: this module is test equipment sharing the application's 64 KB heap, so it is written as
+# lean as a real board's support package (measured on the Unix port, 64-bit, code in ROMFS,
+# qstr pool pre-grown: ~2.3 KB after import; it was 5 KB plus 0.9 KB for boards.stdconsole and
+# the wiring dict). Hence:
+# - the board is its own console (read/write on stdin/stdout, the quirks of boards/stdconsole.py);
+# - one dispatch over the ops, replies written as JSON text (no per-reply dicts, no qstr per key);
+# - option and op names live in one string each; attributes reuse names the VM already has
+#   (the table in Board below says what each one is);
+# - the reader simulation and the software watchdog are imported only when used.
 
 import json
 import os
 import select
 import socket
-import struct
 import sys
 import time
 from array import array
 
 from micropython import const
 
-from boards.stdconsole import StdConsole
-from boards.wiring_host import WIRING
-
-# const(): private names that vanish at compile time (no global, no qstr in the heap).
-_HISTORY = const(256)  # changes kept per LED/buzzer history
+_MV = const(4000)  # battery at start (mV) unless --battery-mv
+_VERSION = const(0x92)  # the simulated MFRC522's VersionReg (v2.0)
 _MAX_CLIENTS = const(4)
 _MAX_LINE = const(2048)
-_OPTS = const(("--flash", "--control", "--hwid", "--battery-mv"))
-_FLAGS = const(("--single-led", "--no-rfid", "--wdt"))
-
-
-def _read(p):
-    try:
-        with open(p) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _mkdir(p):
-    try:
-        os.mkdir(p)
-    except OSError:
-        pass
+_LED_RING = const(64)  # LED changes kept (one u32 each): 256 B
+_BUZZER_RING = const(256)  # buzzer changes kept: 1 KB; clients count them with len(history)
+# Options with a value, then flags (argv "--name", or the same names without "--" in a dict).
+_OPTS = const("--flash --control --hwid --battery-mv --single-led --no-rfid --wdt")
+# The ops of the control channel, in the order of the dispatch in Board.poll.
+_OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem")
 
 
 class _Out:
-    # The LED (value (r, g, b), 0/1 each) or the buzzer (0/1), with a history of its changes: one
-    # u32 per change, t_ms << 3 | value (rgb as r<<2|g<<1|b; t_ms wraps after 6.2 days), growing
-    # to _HISTORY entries (1 KB) and then used as a ring. The first version, a list of tuples,
-    # grew to ~25 KB of a 64-bit heap.
-    def __init__(self, board, value, is_rgb=True):
-        self.b = board
-        self.v = value
+    # The LED or the buzzer: v, its value as bits r<<2|g<<1|b (buzzer: 0/1); k, its kind (7 RGB
+    # LED, 1 single LED, 0 buzzer); n, changes so far; e, the history: one u32 per change,
+    # t_ms << 3 | v (t_ms wraps after 6.2 days), growing to its ring size and then used as a
+    # ring; t, the board (for its clock). The first version, a list of tuples, grew to ~25 KB.
+    def __init__(self, board, kind):
+        self.t = board
+        self.k = kind
+        self.v = 0
         self.n = 0
-        self.hist = array("I")
-        self.is_rgb = is_rgb
-
-    def _set(self, v):
-        if v != self.v:
-            self.v = v
-            e = (self.b.now_ms() & 0x1FFFFFFF) << 3 | (v[0] << 2 | v[1] << 1 | v[2] if type(v) is tuple else v)
-            if self.n < _HISTORY:
-                self.hist.append(e)
-            else:
-                self.hist[self.n % _HISTORY] = e
-            self.n += 1
+        self.e = array("I")
 
     def rgb(self, r, g, b):
-        if self.is_rgb:
-            self._set((1 if r else 0, 1 if g else 0, 1 if b else 0))
-        else:
-            v = 1 if (r or g or b) else 0
-            self._set((v, v, v))
+        v = (4 if r else 0) | (2 if g else 0) | (1 if b else 0)
+        if v and self.k < 7:
+            v = 7 if self.k else 1  # a single LED shows any colour as white; the buzzer is on
+        if v != self.v:
+            self.v = v
+            e = (time.ticks_diff(time.ticks_ms(), self.t.t) & 0x1FFFFFFF) << 3 | v
+            ring = _LED_RING if self.k else _BUZZER_RING
+            if self.n < ring:
+                self.e.append(e)
+            else:
+                self.e[self.n % ring] = e
+            self.n += 1
 
     def on(self):
-        self._set(1 if self.v in (0, 1) else (1, 1, 1))
+        self.rgb(1, 1, 1)
 
     def off(self):
-        self._set(0 if self.v in (0, 1) else (0, 0, 0))
+        self.rgb(0, 0, 0)
 
-    def since(self, i, step=16):
-        """JSON text pieces of the changes with index >= i, `step` changes per piece (so a full
-        history never sits in the heap at once): [[t, [r, g, b] or 0/1], ...]."""
-        rgb = type(self.v) is tuple
-        k = max(i, self.n - _HISTORY, 0)
-        yield "["
+    def since(self, i):
+        """JSON text pieces of the changes with index >= i, 16 changes per piece (a full history
+        never sits in the heap at once), the inside of [[t, [r, g, b] or 0/1], ...]."""
+        ring = _LED_RING if self.k else _BUZZER_RING
+        k = max(i, self.n - ring, 0)
         while k < self.n:
             part = []
-            for k in range(k, min(k + step, self.n)):
-                e = self.hist[k % _HISTORY]
+            for k in range(k, min(k + 16, self.n)):
+                e = self.e[k % ring]
                 x = e & 7
-                part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if rgb else "[%d, %d]" % (e >> 3, x))
+                part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if self.k else
+                            "[%d, %d]" % (e >> 3, x))
             k += 1
             yield ", ".join(part) + (", " if k < self.n else "")
-        yield "]"
+
+
+def _send(sock, data, iter=None):
+    # One reply line: `data`, then (led / buzzer) the history pieces of the generator `iter` and
+    # the "]}\n" that closes the history and the reply.
+    # A client that stops reading must not hang the board: at most 2 s per piece.
+    sock.settimeout(2)
+    try:
+        data = data.encode()
+        while data:
+            data = data[sock.send(data):]
+            if not data and iter is not None:
+                try:
+                    data = next(iter).encode()
+                except StopIteration:
+                    data, iter = b"]}\n", None
+    except OSError:
+        pass  # gone or stuck: the reply is lost, its next recv() (or EOF) drops it
+    sock.setblocking(False)
 
 
 class Board:
+    # Attributes (short names the VM already has, so they add no qstrs):
+    #   flash_root, led, buzzer, console (itself), name      the board interface
+    #   t      ticks_ms() at start (board time 0)           path   DIR/.hostboard/
+    #   hwid   hardware id                                   r      reset reason at boot
+    #   down   button level (press/release)                  steps  button script [(level, ms)]
+    #   start  ticks_ms() when the script began              open   tamper: case open
+    #   mv     battery mV                                    up     network up
+    #   chip   simulated MFRC522 (None: not made yet, False: --no-rfid)
+    #   reader its driver                                    wdt    watchdog (None: not made, False: no --wdt)
+    #   stdin, stdout, closed, buf (1 byte)                  the console on stdin/stdout
+    #   poller stdin + control sockets                       sock   listening socket or None
+    #   clients  socket -> bytearray of its pending input
     name = "host"
 
-    def __init__(self, argv_or_options=None):
-        o = {"flash": "hostflash"}
-        args = argv_or_options if argv_or_options is not None else sys.argv[1:]
-        if type(args) is dict:
-            o.update(args)
-        else:
-            for i, a in enumerate(args):  # options the board does not know belong to the app
-                if a in _OPTS and i + 1 < len(args):
-                    o[a[2:]] = args[i + 1]
-                elif a in _FLAGS:
-                    o[a[2:]] = True
-        self.options = o
-        self._t0 = time.ticks_ms()
-        root = o["flash"]
+    def __init__(self, argv=None):
+        a = sys.argv[1:] if argv is None else argv
+        o = [None] * 7  # _OPTS in order
+        for k, n in enumerate(_OPTS.split()):
+            if type(a) is dict:
+                o[k] = a.get(n[2:])
+            elif n in a:
+                i = a.index(n)
+                if k > 3:
+                    o[k] = True
+                elif i + 1 < len(a):  # options the board does not know belong to the app
+                    o[k] = a[i + 1]
+        self.t = time.ticks_ms()
+        root = o[0] or "hostflash"
         if root[0] != "/":
             root = os.getcwd() + "/" + root
         self.flash_root = root
-        _mkdir(root)
-        _mkdir(root + "/data")
-        self._meta = root + "/.hostboard/"
-        _mkdir(self._meta)
-        self._hwid = o.get("hwid") or _read(self._meta + "hwid")
-        if not self._hwid:
-            self._hwid = "host-" + "".join("%02x" % b for b in os.urandom(6))
-            self._put("hwid", self._hwid)
-        rr = _read(self._meta + "reset_reason")
-        self._rr = int(rr) if rr and rr.isdigit() else 0
-        if rr is not None:
-            os.remove(self._meta + "reset_reason")
-        self._btn = 0
-        self._script = None  # [(level, ms), ...] played from _script_t0
-        self._script_t0 = 0
-        self._tamper = 0
-        self._mv = int(o.get("battery-mv") or WIRING["battery"]["mv"])
-        self._net = True
-        self.led = _Out(self, (0, 0, 0), WIRING["led"]["rgb"] and not o.get("single-led"))
+        self.path = root + "/.hostboard/"
+        for d in (root, root + "/data", self.path):
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+        h = o[2]
+        if not h:
+            try:
+                with open(self.path + "hwid") as f:
+                    h = f.read().strip()
+            except OSError:
+                pass
+        if not h:
+            h = "host-" + "".join("%02x" % b for b in os.urandom(6))
+            with open(self.path + "hwid", "w") as f:
+                f.write(h)
+        self.hwid = h
+        try:
+            with open(self.path + "reset_reason") as f:
+                h = f.read().strip()
+            os.remove(self.path + "reset_reason")
+        except OSError:
+            h = ""
+        self.r = int(h) if h.isdigit() else 0
+        self.down = self.open = 0
+        self.steps = None
+        self.start = 0
+        self.mv = int(o[3] or _MV)
+        self.up = True
+        self.led = _Out(self, 1 if o[4] else 7)
         self.buzzer = _Out(self, 0)
-        self.chip = None  # the simulated MFRC522, made on first use
-        self._reader = None
-        self._wdt = None
-        self.console = StdConsole()
-        self._poller = select.poll()
-        self._stdin = not self.console.closed
-        if self._stdin:
-            self._poller.register(self.console._in, select.POLLIN)
-        self._lsock = None
-        self._clients = {}  # socket -> bytearray of pending input
-        if o.get("control"):
-            self._listen(o["control"])
+        self.chip = False if o[5] else None
+        self.reader = None
+        self.wdt = None if o[6] else False
+        self.console = self
+        sin = sys.stdin
+        self.stdin = getattr(sin, "buffer", sin)
+        sin = sys.stdout
+        self.stdout = getattr(sin, "buffer", sin)
+        self.closed = False
+        self.buf = bytearray(1)
+        self.poller = p = select.poll()
+        p.register(self.stdin, select.POLLIN)
+        self.sock = None
+        self.clients = {}
+        if o[1]:
+            path = o[1]
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # The Unix port takes a raw struct sockaddr_un: sa_family (native u16, little-endian
+            # here) + path + NUL.
+            s.bind(bytes((socket.AF_UNIX, 0)) + path.encode() + b"\x00")
+            s.listen(_MAX_CLIENTS)
+            s.setblocking(False)
+            self.sock = s
+            p.register(s, select.POLLIN)
 
-    # -- the board interface (FIRMWARE_CONTRACT.md) -----------------------------------------------
-    def now_ms(self):
-        return time.ticks_diff(time.ticks_ms(), self._t0)
-
+    # -- the board interface ------------------------------------------------------------------
     def hardware_id(self):
-        return self._hwid
+        return self.hwid
 
     def reset_reason(self):
-        return self._rr
+        return self.r
 
     def button(self):
-        s = self._script
+        s = self.steps
         if s is not None:
-            dt = time.ticks_diff(time.ticks_ms(), self._script_t0)
+            dt = time.ticks_diff(time.ticks_ms(), self.start)
             for level, ms in s:
                 if dt < ms:
                     return level
                 dt -= ms
-            self._script = None
-        return self._btn
+            self.steps = None
+        return self.down
 
     def tamper(self):
-        return self._tamper
+        return self.open
 
     def battery_mv(self):
-        return self._mv
-
-    def _sim(self):
-        if self.chip is None and not self.options.get("no-rfid"):
-            from boards.sim_mfrc522 import SimMFRC522
-
-            self.chip = SimMFRC522(WIRING["rfid"]["version"])
-        return self.chip
+        return self.mv
 
     def rfid(self):
-        if self._sim() is None:
-            return None
-        if self._reader is None:
+        if self.chip is None:
+            from boards.sim_mfrc522 import SimMFRC522
+
+            self.chip = SimMFRC522(_VERSION)
+        if self.chip and self.reader is None:
             from drivers.mfrc522 import MFRC522
 
-            self._reader = MFRC522(self.chip, self.chip.cs, self.chip.rst, time.sleep_ms)
-        return self._reader
+            self.reader = MFRC522(self.chip, self.chip.cs, self.chip.rst, time.sleep_ms)
+        return self.reader
 
     def network_up(self, cfg=None):
-        return self._net
+        return self.up
 
     def rssi(self):
         return None
 
-    def watchdog(self, timeout_ms):
-        if not self.options.get("wdt"):
-            return None
-        if self._wdt is None:
+    def watchdog(self, ms):
+        if self.wdt is None:
             from boards.host_wdt import SoftWatchdog
 
-            self._wdt = SoftWatchdog(self, timeout_ms)
-        return self._wdt
+            self.wdt = SoftWatchdog(self, ms)
+        return self.wdt or None
 
     def reboot(self):
-        # A real board resets; the host board exits with status 3 and its driver restarts it.
-        self.write_reset_reason(4)
+        # A real board resets; the host board exits with status 3 and its driver restarts it,
+        # with reset reason 4 (soft reset) waiting for the next boot (host_wdt.py writes 2).
+        with open(self.path + "reset_reason", "w") as f:
+            f.write("4")
         sys.exit(3)
-
-    def poll(self):
-        if self._wdt is not None and self._wdt.expired():
-            self._wdt.fire()
-        if self._stdin and self.console.closed:
-            self._poller.unregister(self.console._in)
-            self._stdin = False
-        if self._lsock is not None:
-            for obj, ev in self._poller.poll(0):
-                self._service(obj)
 
     def idle_ms(self, ms):
         """Sleep up to ms, waking at once for control or console input."""
-        if self._lsock is None and not self._stdin:
+        if self.sock is None and self.closed:
             time.sleep_ms(ms)
         else:
-            self._poller.poll(ms)
+            self.poller.poll(ms)
         self.poll()
 
-    def _put(self, name, text):
-        with open(self._meta + name, "w") as f:
-            f.write(text)
+    # -- the console (boards/stdconsole.py on a real board): reads never block ----------------
+    def read(self, n=64):
+        """Up to n bytes that are already waiting (bytes), or None. One byte at a time, and only
+        while poll() says one is ready: a stream's read(n) blocks until n bytes arrive."""
+        out = bytearray()
+        while not self.closed and len(out) < n:
+            ev = got = 0
+            for obj, e in self.poller.ipoll(0):
+                if obj is self.stdin:
+                    ev = e
+            if ev & select.POLLIN:
+                try:
+                    got = self.stdin.readinto(self.buf)
+                except OSError:
+                    pass  # a pty whose other side went away reports EIO
+            elif not ev & (select.POLLHUP | select.POLLERR):
+                break  # nothing waiting
+            if not got:
+                # End of input (stdin at EOF, pty hung up): stop polling it instead of spinning.
+                self.closed = True
+                self.poller.unregister(self.stdin)
+                break
+            out.extend(self.buf)
+        return bytes(out) if out else None
 
-    def write_reset_reason(self, reason):
-        self._put("reset_reason", str(reason))
+    def write(self, data):
+        try:
+            self.stdout.write(data)
+            self.stdout.flush()
+        except (OSError, AttributeError):
+            pass  # nobody listening: a console reply is not worth crashing the unit for
 
     # -- control socket (HOSTBOARD.md) ----------------------------------------------------------
-    def _listen(self, path):
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The Unix port takes a raw struct sockaddr_un: sa_family (native u16) + path + NUL.
-        s.bind(struct.pack("H", socket.AF_UNIX) + path.encode() + b"\x00")
-        s.listen(_MAX_CLIENTS)
-        s.setblocking(False)
-        self._lsock = s
-        self._poller.register(s, select.POLLIN)
-
-    def _service(self, obj):
-        if obj is self._lsock:
-            try:
-                conn = obj.accept()[0]
-            except OSError:
-                return
-            if len(self._clients) >= _MAX_CLIENTS:
-                self._send(conn, {"ok": False, "error": "too many clients"})
-                conn.close()
-                return
-            conn.setblocking(False)
-            self._clients[conn] = bytearray()
-            self._poller.register(conn, select.POLLIN)
+    def poll(self):
+        if self.wdt:
+            self.wdt.poll()
+        if self.sock is None:
             return
-        buf = self._clients.get(obj)
-        if buf is None:
-            return  # stdin: the console reads it itself
-        try:
-            data = obj.recv(512)
-        except OSError:
-            data = b""
-        if not data:
-            self._poller.unregister(obj)
-            del self._clients[obj]
-            obj.close()
-            return
-        buf.extend(data)
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                if len(buf) > _MAX_LINE:
-                    self._send(obj, {"ok": False, "error": "line too long"})
-                    buf[:] = b""
-                return
-            line = bytes(buf[:nl])
-            buf[:] = buf[nl + 1:]
-            if line.strip():
+        for conn, _ in self.poller.poll(0):
+            if conn is self.sock:
                 try:
-                    res = self._op(json.loads(line))
+                    conn = conn.accept()[0]
+                except OSError:
+                    continue
+                if len(self.clients) >= _MAX_CLIENTS:
+                    _send(conn, '{"ok": false, "error": "too many clients"}\n')
+                    conn.close()
+                    continue
+                conn.setblocking(False)
+                self.clients[conn] = bytearray()
+                self.poller.register(conn, select.POLLIN)
+                continue
+            buf = self.clients.get(conn)
+            if buf is None:
+                continue  # stdin: read() reads it
+            try:
+                data = conn.recv(512)
+            except OSError:
+                data = b""
+            if not data:
+                self.poller.unregister(conn)
+                del self.clients[conn]
+                conn.close()
+                continue
+            buf.extend(data)
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > _MAX_LINE:
+                        _send(conn, '{"ok": false, "error": "line too long"}\n')
+                        buf[:] = b""
+                    break
+                line = bytes(buf[:nl])
+                buf[:] = buf[nl + 1:]
+                if not line.strip():
+                    continue
+                hist = None
+                try:
+                    r = json.loads(line)
+                    op = r["op"]
+                    ops = _OPS.split()
+                    i = ops.index(op) if op in ops else -1
+                    out = '{"ok": true, "now_ms": %d' % time.ticks_diff(time.ticks_ms(), self.t)
+                    if i < 0:
+                        out = '{"ok": false, "error": %s' % json.dumps("unknown op %s" % op)
+                    elif i == 0:  # ping
+                        out += ', "hwid": %s, "flash": %s' % (json.dumps(self.hwid), json.dumps(self.flash_root))
+                    elif i < 3:  # press, release
+                        self.steps = None
+                        self.down = 1 if i == 1 else 0
+                    elif i < 5:  # hold, button_script
+                        steps = [[1, r["ms"]]] if i == 3 else r["steps"]
+                        self.down = 0
+                        self.start = time.ticks_ms()
+                        self.steps = [(1 if s[0] else 0, int(s[1])) for s in steps]
+                    elif i < 7:  # card, reader_fault
+                        if self.chip is None:
+                            from boards.sim_mfrc522 import SimMFRC522
+
+                            self.chip = SimMFRC522(_VERSION)
+                        if not self.chip:
+                            raise ValueError("no reader (--no-rfid)")
+                        if i == 6:
+                            if r["kind"] not in ("lockup", "glitch"):
+                                raise ValueError("kind: lockup or glitch")
+                            getattr(self.chip, r["kind"])()
+                        else:
+                            u = r.get("uid")
+                            self.chip.present(u and bytes.fromhex(u), r.get("uid2") and bytes.fromhex(r["uid2"]))
+                    elif i == 7:  # battery
+                        mv = r["mv"]
+                        if type(mv) is not int or not 0 <= mv <= 20000:
+                            raise ValueError("mv: 0..20000")
+                        self.mv = mv
+                    elif i == 8:  # tamper
+                        self.open = 1 if r["open"] else 0
+                    elif i == 9:  # net
+                        self.up = bool(r["up"])
+                    elif i < 12:  # led, buzzer: the history goes out as text, a piece at a time
+                        o = self.buzzer if i == 11 else self.led
+                        v = o.v
+                        out += ', "on": %d, %s"count": %d, "history": [' % (
+                            v > 0, '"rgb": [%d, %d, %d], ' % (v >> 2, v >> 1 & 1, v & 1) if i == 10 else "", o.n)
+                        hist = o.since(int(r.get("since", 0)))
+                    elif i == 12:  # state
+                        c = self.chip.card if self.chip else None
+                        v = self.led.v
+                        out += (', "hwid": %s, "button": %d, "tamper": %d, "battery_mv": %d, "net": %s, "led": [%d, %d, %d], '
+                                '"buzzer": %d, "reset_reason": %d, "card": %s, "reader_reinits": %d') % (
+                            json.dumps(self.hwid), self.button(), self.open, self.mv, json.dumps(self.up), v >> 2, v >> 1 & 1,
+                            v & 1, self.buzzer.v, self.r, json.dumps(c.uid.hex() if c else None),
+                            self.reader.reinits if self.reader else 0)
+                    else:  # mem
+                        import gc
+
+                        if r.get("collect"):
+                            gc.collect()
+                        out += ', "alloc": %d, "free": %d' % (gc.mem_alloc(), gc.mem_free())
+                    data = out if hist else out + "}\n"
                 except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-                    res = {"ok": False, "error": "bad request: %r" % e}
-                self._send(obj, res)
-
-    def _send(self, conn, obj):
-        hist = obj.pop("history", None)  # a generator of JSON text pieces (led / buzzer ops)
-        data = json.dumps(obj).encode()
-        if hist is None:
-            data += b"\n"
-        else:
-            data = data[:-1] + b', "history": '
-        # A client that stops reading must not hang the board: at most 2 s per piece.
-        conn.settimeout(2)
-        try:
-            while data:
-                data = data[conn.send(data):]
-                if not data and hist is not None:
-                    try:
-                        data = next(hist).encode()
-                    except StopIteration:
-                        data, hist = b"}\n", None
-        except OSError:
-            pass  # gone or stuck: the reply is lost, its next recv() (or EOF) drops it
-        conn.setblocking(False)
-
-    def _op(self, r):
-        op = r["op"]
-        out = {"ok": True, "now_ms": self.now_ms()}
-        if op == "ping":
-            out["hwid"] = self._hwid
-            out["flash"] = self.flash_root
-        elif op == "press" or op == "release":
-            self._script = None
-            self._btn = 1 if op == "press" else 0
-        elif op == "hold" or op == "button_script":
-            steps = [[1, r["ms"]]] if op == "hold" else r["steps"]
-            self._btn = 0
-            self._script_t0 = time.ticks_ms()
-            self._script = [(1 if s[0] else 0, int(s[1])) for s in steps]
-        elif op == "card" or op == "reader_fault":
-            if self._sim() is None:
-                raise ValueError("no reader (--no-rfid)")
-            if op == "reader_fault":
-                if r["kind"] == "lockup":
-                    self.chip.lock_up()
-                elif r["kind"] == "glitch":
-                    self.chip.glitch()
-                else:
-                    raise ValueError("kind: lockup or glitch")
-            elif r.get("uid"):
-                uid = [bytes(int(u[i:i + 2], 16) for i in range(0, len(u), 2)) for u in (r["uid"], r.get("uid2"))
-                       if u]
-                if len(uid) == 2:
-                    self.chip.present_two(uid[0], uid[1])
-                else:
-                    self.chip.present(uid[0])
-            else:
-                self.chip.remove()
-        elif op == "battery":
-            mv = r["mv"]
-            if type(mv) is not int or not 0 <= mv <= 20000:
-                raise ValueError("mv: 0..20000")
-            self._mv = mv
-        elif op == "tamper":
-            self._tamper = 1 if r["open"] else 0
-        elif op == "net":
-            self._net = bool(r["up"])
-        elif op == "led" or op == "buzzer":
-            o = self.led if op == "led" else self.buzzer
-            v = o.v
-            out["on"] = 1 if (any(v) if type(v) is tuple else v) else 0
-            if op == "led":
-                out["rgb"] = list(v)
-            out["count"] = o.n
-            # The history goes out as text, a piece at a time: _send writes it after the rest.
-            out["history"] = o.since(int(r.get("since", 0)))
-        elif op == "state":
-            c = self.chip.card if self.chip else None
-            out.update({"hwid": self._hwid, "button": self.button(), "tamper": self._tamper,
-                        "battery_mv": self._mv, "net": self._net, "led": list(self.led.v),
-                        "buzzer": self.buzzer.v, "reset_reason": self._rr,
-                        "card": "".join("%02x" % b for b in c.uid) if c else None,
-                        "reader_reinits": self._reader.reinits if self._reader else 0})
-        elif op == "mem":
-            import gc
-
-            if r.get("collect"):
-                gc.collect()
-            out["alloc"] = gc.mem_alloc()
-            out["free"] = gc.mem_free()
-        else:
-            return {"ok": False, "error": "unknown op %s" % op}
-        return out
+                    data = '{"ok": false, "error": %s}\n' % json.dumps("bad request: %r" % e)
+                _send(conn, data, hist)

@@ -8,9 +8,10 @@ import time
 
 
 class SoftWatchdog:
-    def __init__(self, board, timeout_ms):
-        self.board = board
-        self.timeout_ms = timeout_ms
+    # path: the board's DIR/.hostboard/; timeout: ms; t: deadline (ticks_ms)
+    def __init__(self, board, ms):
+        self.path = board.path
+        self.timeout = ms
         self.feed()
         try:
             import _thread
@@ -20,17 +21,15 @@ class SoftWatchdog:
             pass  # no threads: poll() still checks
 
     def feed(self):
-        self.deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
+        self.t = time.ticks_add(time.ticks_ms(), self.timeout)
 
-    def expired(self):
-        return time.ticks_diff(time.ticks_ms(), self.deadline) > 0
-
-    def fire(self):
-        self.board.write_reset_reason(2)
-        os.system("kill -9 $PPID")
+    def poll(self):
+        if time.ticks_diff(time.ticks_ms(), self.t) > 0:
+            with open(self.path + "reset_reason", "w") as f:
+                f.write("2")
+            os.system("kill -9 $PPID")
 
     def _watch(self):
         while True:
             time.sleep_ms(100)
-            if self.expired():
-                self.fire()
+            self.poll()

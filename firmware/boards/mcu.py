@@ -7,15 +7,34 @@ import time
 import machine
 import network
 
-from boards import merge_wiring
 from boards.stdconsole import StdConsole
-from drivers.battery import raw_to_mv
 
 FLASH_ROOT = "/"
 _JOIN_RETRY_MS = 20000
 # WLAN.status() values after which a join will not succeed by waiting (names differ by port).
 _JOIN_FAILED = tuple(getattr(network, n) for n in ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND",
                                                     "STAT_CONNECT_FAIL") if hasattr(network, n))
+
+
+def merge_wiring(defaults, overrides):
+    """A copy of the board's wiring dict with a provisioned `pins` dict laid over it.
+
+    Override keys are "<part>.<field>" (e.g. "button.pin": 4) or "<part>" with a dict value."""
+    out = {}
+    for k in defaults:
+        v = defaults[k]
+        out[k] = dict(v) if type(v) is dict else v
+    for k in overrides or {}:
+        v = overrides[k]
+        if "." in k:
+            part, field = k.split(".", 1)
+            if type(out.get(part)) is dict:
+                out[part][field] = v
+        elif type(v) is dict and type(out.get(k)) is dict:
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
 
 
 class _Out:
@@ -60,7 +79,7 @@ class McuBoard:
     wiring_defaults = {}
     wdt_max_ms = 0x7FFFFFFF
 
-    def __init__(self, argv_or_options=None):
+    def __init__(self, argv=None):
         import identity
         self.flash_root = FLASH_ROOT
         self.wiring = w = merge_wiring(self.wiring_defaults, identity.load_pins(FLASH_ROOT))
@@ -94,7 +113,8 @@ class McuBoard:
 
     def battery_mv(self):
         w = self.wiring["battery"]
-        return raw_to_mv(self._adc.read_u16(), w.get("divider", 2.0))
+        # machine.ADC.read_u16() counts (0..65535 over 0..3.3 V) -> battery mV behind the divider
+        return int(self._adc.read_u16() * 3300 * w.get("divider", 2.0) / 65535 + 0.5)
 
     def rfid(self):
         if self._reader is None:

@@ -9,33 +9,32 @@
 #   beep "error"                      one 600 ms beep        (card not read / unit not provisioned)
 # A siren runs for duration_s seconds (0 = until siren(False)); a beep plays on top of nothing
 # (beeps are ignored while a siren sounds, so feedback never masks a neighbour's alarm).
+#
+# The LED's pattern player (drivers/led.py) with an on/off output and this table: a siren is its
+# one-shot overlay looped for the duration (once[2] > 0), a beep or the chirp an overlay played once.
 
-from drivers.player import Player
+from drivers.led import Led
 
-# (10 ms units, on) pairs, see drivers/player.py.
-SIRENS = {
-    0: b"\x64\x01",  # 1000ms:1
-    1: b"\x19\x01\x19\x00",  # 250ms:1 250ms:0
-    2: b"\x0a\x01\x0a\x00\x0a\x01\x0a\x00\x0a\x01\x64\x00",  # 100ms:1 100ms:0 100ms:1 100ms:0 100ms:1 1000ms:0
-    3: b"\x08\x01",  # 80ms:1
-}
-
-BEEPS = {
-    "stored": b"\x08\x01",  # 80ms:1
-    "confirmed": b"\x08\x01\x08\x00\x08\x01",  # 80ms:1 80ms:0 80ms:1
-    "error": b"\x3c\x01",  # 600ms:1
-}
-
-_FOREVER_MS = 0x3FFFFFFF
+# (10 ms units, on) pairs after a length byte, in the order of the names (see drivers/led.py).
+_NAMES = "stored confirmed error siren0 siren1 siren2 siren3"
+_PATTERNS = (
+    b"\x02\x08\x01"  # stored: 80ms on
+    b"\x06\x08\x01\x08\x00\x08\x01"  # confirmed: 80ms on 80ms off 80ms on
+    b"\x02\x3c\x01"  # error: 600ms on
+    b"\x02\x64\x01"  # siren0: 1000ms on
+    b"\x04\x19\x01\x19\x00"  # siren1: 250ms on 250ms off
+    b"\x0c\x0a\x01\x0a\x00\x0a\x01\x0a\x00\x0a\x01\x64\x00"  # siren2: 100 on 100 off x3, 1000 off
+    b"\x02\x08\x01"  # siren3: 80ms on
+)
 
 
-class Buzzer:
-    def __init__(self, hw, now_ms=None):
-        self.hw = hw  # board.buzzer: .on(), .off()
-        self._p = Player(self._out, now_ms, 0)
-        self.siren_on = False
+class Buzzer(Led):
+    # hw: board.buzzer (.on(), .off()); the rest as in Led.
+    _names = _NAMES
+    _patterns = _PATTERNS
+    _idle = None
 
-    def _out(self, v):
+    def _write(self, v):
         if v:
             self.hw.on()
         else:
@@ -43,28 +42,14 @@ class Buzzer:
 
     def siren(self, on, pattern=0, duration_s=0):
         if not on:
-            self.siren_on = False
-            self._p.stop_once()
-            return
-        steps = SIRENS.get(pattern, SIRENS[0])
-        if pattern == 3:
-            self._p.play_once("siren3", steps)
-            return
-        self.siren_on = True
-        ms = duration_s * 1000 if duration_s else _FOREVER_MS
-        self._p.play_once("siren%d" % pattern, steps, ms)
+            self.once = None
+            self.poll()
+        elif pattern == 3:
+            self.flash("siren3")  # the chirp: once
+        else:
+            # 0x3FFFFFFF: longer than any ticks_diff, i.e. until siren(False)
+            self.flash("siren%d" % (pattern if pattern in (1, 2) else 0), duration_s * 1000 or 0x3FFFFFFF)
 
     def beep(self, name):
-        if self.siren_on and self._p.once is not None:
-            return
-        self._p.play_once(name, BEEPS[name])
-
-    @property
-    def value(self):
-        return self._p.value
-
-    def poll(self):
-        v = self._p.poll()
-        if self.siren_on and self._p.once is None:
-            self.siren_on = False  # duration ran out
-        return v
+        if self.once is None or not self.once[2]:  # not while a siren sounds
+            self.flash(name)

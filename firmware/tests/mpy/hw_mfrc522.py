@@ -59,19 +59,21 @@ for name, uid, want in (
 chip, r = reader(record=False)
 chip.present(uid7)
 eq("held_card_read_again", [r.read_uid() for _ in range(3)], [uid7, uid7, uid7])
-chip.remove()
+chip.present(None)
 eq("removed_card_none", r.read_uid(), None)
 
 # A card whose anticollision answer is corrupted (BCC wrong): None, not a wrong UID.
 chip, r = reader(record=False)
 chip.present(uid4)
-chip.card._cl = lambda level: b"\xde\xad\xbe\xef\x00"
+real_answer = chip.card.handle
+chip.card.handle = lambda frame, bits: (b"\xde\xad\xbe\xef\x00" if len(frame) == 2 and frame[1] == 0x20
+                                        else real_answer(frame, bits))
 eq("bad_bcc_none", r.read_uid(), None)
 
 # Two cards at once: the collision is reported as no card, never as a mixed-up UID; the one
 # left in the field alone is read next time.
 chip, r = reader(record=False)
-chip.present_two(uid4, b"\x11\x22\x33\x44")
+chip.present(uid4, b"\x11\x22\x33\x44")
 eq("two_cards_none", r.read_uid(), None)
 chip.present(uid4)
 eq("one_card_again", r.read_uid(), uid4)
@@ -97,7 +99,7 @@ eq("bad_sak_crc_none", r.read_uid(), None)
 chip, r = reader(record=False)
 chip.present(uid10)
 eq("before_lockup", r.read_uid(), uid10)
-chip.lock_up()
+chip.lockup()
 eq("lockup_recovered_same_call", r.read_uid(), uid10)
 eq("lockup_reinit_count", (r.reinits, chip.hard_resets), (1, 2))
 
@@ -112,7 +114,7 @@ check("glitch_recovered_within_check_every", got[-1] == uid4 and r.reinits == 1,
 
 # Lock-up without RST: soft reset cannot reach the chip -> ReaderError (never a silent None forever).
 chip, r = reader(rst=False, record=False)
-chip.lock_up()
+chip.lockup()
 raises("lockup_no_rst_raises", ReaderError, r.read_uid)
 raises("self_check_raises", ReaderError, r.self_check)
 chip.locked = False  # the fault clears (someone power-cycled the reader)

@@ -3,7 +3,7 @@
 from hw_check import Clock, check, done, eq
 
 from drivers.buzzer import Buzzer
-from drivers.led import PATTERNS, Led
+from drivers.led import Led
 
 
 class FakeLed:
@@ -100,12 +100,19 @@ clk.advance(1010)
 led.poll()
 eq("flash_overlay_returns", led.state, "stored")
 
-check("every_pattern_has_steps", all(len(PATTERNS[k]) >= 2 and len(PATTERNS[k]) % 2 == 0
-                                     and all(PATTERNS[k][i] > 0 for i in range(0, len(PATTERNS[k]), 2))
-                                     for k in PATTERNS))
+
+
+def table_ok(player):
+    """Every name has a pattern of (duration > 0, value) pairs and the table has nothing else."""
+    steps = [player._steps(n) for n in player._names.split()]
+    return (all(len(st) >= 2 and len(st) % 2 == 0 and all(st[i] > 0 for i in range(0, len(st), 2)) for st in steps)
+            and sum(len(st) + 1 for st in steps) == len(player._patterns))
+
+
+check("every_pattern_has_steps", table_ok(Led(FakeLed(True), Clock())))
 led = Led(FakeLed(True), Clock())
 led.set("coming")
-eq("led_value_rgb", led.value, (0, 1, 0))
+eq("led_value_bits", led.value, 2)  # green
 
 
 # -- buzzer ----------------------------------------------------------------------------------
@@ -140,7 +147,7 @@ def btrace(start, ms, step=10):
 
 tr, bz = btrace(lambda b: b.siren(True, 1, 2), 3000)
 eq("siren1_rhythm", rhythm(tr)[:4], [250, 250, 250, 250])
-check("siren1_duration", tr[-1] == (1750, 0) and len(tr) == 8 and not bz.siren_on, repr(tr[-2:]))
+check("siren1_duration", tr[-1] == (1750, 0) and len(tr) == 8 and bz.once is None, repr(tr[-2:]))
 tr, bz = btrace(lambda b: b.siren(True, 0, 0), 5000)
 eq("siren0_steady_until_off", tr, [(0, 1)])
 tr, _ = btrace(lambda b: b.siren(True, 2, 0), 3000)
@@ -161,5 +168,6 @@ bz.siren(True, 0, 0)
 bz.poll()
 bz.siren(False)
 bz.poll()
-eq("siren_off", (hw.v, bz.siren_on), (0, False))
+eq("siren_off", (hw.v, bz.once), (0, None))
+check("every_buzzer_pattern_has_steps", table_ok(bz))
 done()
