@@ -10,9 +10,12 @@ Failures it survives:
 
 Events that happened while the time was unknown keep their ticks; at_ticks() turns them into
 wall time once the clock is known, if it is still the same boot (see app/uplink.py).
+
+Attribute names are short and shared with other modules (each distinct name is a qstr, ~11 bytes
+of heap for good): _now the ticks function, base the wall seconds at ticks _at (0 = unknown).
 """
 
-from time import ticks_add, ticks_diff, ticks_ms
+import time
 
 from micropython import const
 
@@ -21,33 +24,33 @@ _REANCHOR_MS = const(3600 * 1000)
 
 
 class Clock:
-    def __init__(self, ticks=ticks_ms):
-        self._ticks = ticks
-        self._s = 0  # wall seconds at ticks self._t; 0 = unknown
-        self._t = 0
+    def __init__(self, ticks=time.ticks_ms):
+        self._now = ticks
+        self.base = 0
+        self._at = 0
 
-    def adopt(self, gateway_time_s):
-        """Take the gateway's time (Unix seconds). Returns False if it is implausible."""
-        if not isinstance(gateway_time_s, int) or gateway_time_s < _MIN_PLAUSIBLE_S:
+    def adopt(self, t):
+        """Take the gateway's time `t` (Unix seconds). Returns False if it is implausible."""
+        if not isinstance(t, int) or t < _MIN_PLAUSIBLE_S:
             return False
-        self._s = gateway_time_s
-        self._t = self._ticks()
+        self.base = t
+        self._at = self._now()
         return True
 
     def now(self):
         """Unix seconds, or 0 while unknown."""
-        if not self._s:
+        if not self.base:
             return 0
-        now = self._ticks()
-        elapsed = ticks_diff(now, self._t)
+        now = self._now()
+        elapsed = time.ticks_diff(now, self._at)
         if elapsed >= _REANCHOR_MS:  # keep the anchor within reach of ticks_diff
-            self._s += elapsed // 1000
-            self._t = ticks_add(self._t, (elapsed // 1000) * 1000)
-        return self._s + ticks_diff(now, self._t) // 1000
+            self.base += elapsed // 1000
+            self._at = time.ticks_add(self._at, (elapsed // 1000) * 1000)
+        return self.base + time.ticks_diff(now, self._at) // 1000
 
     def at_ticks(self, t):
         """Wall seconds of an earlier instant given by ticks_ms(), or 0 if unknown/out of range."""
-        if not self.now() or ticks_diff(self._ticks(), t) < 0:  # now() also re-anchors
+        if not self.now() or time.ticks_diff(self._now(), t) < 0:  # now() also re-anchors
             return 0
-        s = self._s + ticks_diff(t, self._t) // 1000
+        s = self.base + time.ticks_diff(t, self._at) // 1000
         return s if s >= _MIN_PLAUSIBLE_S else 0

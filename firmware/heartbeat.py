@@ -10,11 +10,10 @@ An event refused by a full outbox (OutboxFull) is logged and counted by the upli
 """
 
 import asyncio
-from time import ticks_diff, ticks_ms
+import time
 
-from drivers.battery import LOW, Battery
-from drivers.tamper import OPENED, Tamper
-from outbox import PRIO_HEARTBEAT, PRIO_NORMAL, OutboxFull
+import outbox
+from drivers import battery, tamper
 from protocol import frame
 
 
@@ -24,41 +23,41 @@ class Health:
         self.uplink = uplink
         self.settings = settings
         self.fw = fw
-        self.started_ms = ticks_ms()
-        self.tamper = Tamper(board.tamper)
-        self.battery = Battery(board.battery_mv, low_mv=settings.get("low_battery_mv", 3400))
+        self._t0 = time.ticks_ms()  # start, for the uptime
+        self.tamper = tamper.Tamper(board.tamper)
+        self.battery = battery.Battery(board.battery_mv, low_mv=settings.get("low_battery_mv", 3400))
 
     def heartbeat(self):
         """Emit a heartbeat now; its seq, or None if the outbox refused it."""
         b = self.battery
-        body = [b.mv if b.mv is not None else b.sample(), ticks_diff(ticks_ms(), self.started_ms) // 1000,
+        body = [b.mv if b.mv is not None else b.sample(), time.ticks_diff(time.ticks_ms(), self._t0) // 1000,
                 len(self.uplink.outbox), self.board.rssi(), self.fw]
         try:
-            return self.uplink.emit(frame.UP_HEARTBEAT, body, PRIO_HEARTBEAT)
-        except OutboxFull:
+            return self.uplink.emit(frame.UP_HEARTBEAT, body, outbox.PRIO_HEARTBEAT)
+        except outbox.OutboxFull:
             return None
 
     async def run(self, alive=None):
-        last_beat = ticks_ms()
-        last_batt = ticks_ms() - 60000
+        last_beat = time.ticks_ms()
+        last_batt = last_beat - 60000
         b = self.battery
         emit = self.uplink.emit
         while True:
             if alive:
                 alive("health")
             ev = self.tamper.poll()
-            now = ticks_ms()
+            now = time.ticks_ms()
             try:
                 if ev is not None:
-                    emit(frame.UP_TAMPER, [ev == OPENED], PRIO_NORMAL)
-                if ticks_diff(now, last_batt) >= 1000:
+                    emit(frame.UP_TAMPER, [ev == tamper.OPENED], outbox.PRIO_NORMAL)
+                if time.ticks_diff(now, last_batt) >= 1000:
                     last_batt = now
                     b.low_mv = self.settings.get("low_battery_mv", b.low_mv)
-                    if b.poll() == LOW:
-                        emit(frame.UP_BATTERY_LOW, [b.mv], PRIO_NORMAL)
-            except OutboxFull:
+                    if b.poll() == battery.LOW:
+                        emit(frame.UP_BATTERY_LOW, [b.mv], outbox.PRIO_NORMAL)
+            except outbox.OutboxFull:
                 pass  # logged by the uplink
-            if ticks_diff(now, last_beat) >= self.settings.get("heartbeat_interval_s", 300) * 1000:
+            if time.ticks_diff(now, last_beat) >= self.settings.get("heartbeat_interval_s", 300) * 1000:
                 last_beat = now
                 self.heartbeat()
             await asyncio.sleep_ms(50)

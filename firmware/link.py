@@ -9,8 +9,8 @@ Failures it survives, and what it does:
   reconnect with exponential backoff (1 s doubling to 60 s) plus up to 50 % random jitter, so a
   village of devices does not reconnect in lock-step after a township power cut.
 - Half-open TCP (the router rebooted, the broker host vanished without a FIN): PINGREQ every
-  keepalive/2 seconds; no PINGRESP within `ping_timeout_ms`, or no PUBACK within
-  `publish_timeout_ms`, means the session is dead: it is closed and reconnected.
+  keepalive/2 seconds; no PINGRESP within keepalive/2 (at least 2 s), or no PUBACK within 15 s,
+  means the session is dead: it is closed and reconnected.
 - Slow broker: every socket operation has a deadline (connect, TLS handshake, write, each packet
   read); the socket is non-blocking and polled, so a slow broker never blocks the button, the
   LED or the watchdog. Deadlines are generous (seconds), not tight.
@@ -36,12 +36,17 @@ and wait_for modules together take ~2.5 KB of heap once imported). The device su
 own downlink topic at QoS 1 and PUBACKs every QoS 1 PUBLISH it receives.
 
 Errors: mqtt.MqttError, exported here as LinkDown (one class; args[0] names the failure:
-NetworkDown, Timeout, Closed, Refused, BadPacket, TlsFailure, or "down" from publish()).
+NetworkDown, Timeout, Closed, Refused, BadPacket, TlsFailure).
+
+Private names are short and shared with other modules (each distinct name is a qstr, ~11 bytes
+of heap for good): conn the session's socket, _out a PUBLISH packet for the session task to
+write, _p the packet id of the newest PUBLISH, ack that of the newest PUBACK, _t our uplink
+topic, tls the SSLContext (or None).
 """
 
 import asyncio
 import random
-from time import ticks_diff, ticks_ms
+import time
 
 from micropython import const
 
@@ -65,20 +70,20 @@ class Link:
         self.client_id = frame.device_id_text(cfg["device_id"])
         self._t = frame.uplink_topic(cfg["device_id"])
         self.keepalive_s = keepalive_s
-        self._bmin = backoff_min_ms
-        self._bmax = backoff_max_ms
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
         self.up = False
         self.sessions = 0  # sessions established since boot (the uplink resends on each new one)
         self.failures = 0
-        self._s = None  # the socket of the current session
-        self._out = None  # a PUBLISH packet for the session task to write
-        self._pid = 0  # packet id of the newest PUBLISH
-        self._ack = 0  # packet id of the newest PUBACK
-        self._tls = None
+        self.conn = None
+        self._out = None
+        self._p = 0
+        self.ack = 0
+        self.tls = None
         if cfg.get("tls"):
             # Made once, early: mbedTLS parses the CA into a few KB that must not have to be
             # found in a fragmented heap later. A CA that cannot be used raises TlsFailure here.
-            self._tls = mqtt.tls_context(cfg.get("ca_pem") or "")
+            self.tls = mqtt.tls_context(cfg.get("ca_pem") or "")
 
     async def publish(self, payload):
         """Publish one frame on our uplink topic at QoS 1 and wait for its PUBACK.
@@ -87,23 +92,83 @@ class Link:
         the outbox and tries again after the next connect). The session task enforces the
         PUBACK deadline: no PUBACK within 15 s ends the session."""
         if not self.up:
-            raise LinkDown("down")
+            raise LinkDown("Closed")
         n = self.sessions
-        self._pid = pid = self._pid % 65535 + 1
+        self._p = pid = self._p % 65535 + 1
         self._out = mqtt.publish_packet(self._t, payload, pid)
-        while self._ack != pid:
+        while self.ack != pid:
             if not self.up or self.sessions != n:
-                raise LinkDown("down")
+                raise LinkDown("Closed")
             await asyncio.sleep_ms(_POLL_MS)
 
     async def run(self):
         """Forever: connect, serve the session until it fails, back off, retry."""
-        backoff = self._bmin
+        backoff = self.backoff_min_ms
         while True:
-            t_start = ticks_ms()
+            t_start = time.ticks_ms()
             n = self.sessions
             try:
-                await self._session()
+                # -- one session --
+                cfg = self.cfg
+                if not self.board.network_up(cfg):
+                    raise LinkDown("NetworkDown")
+                self.conn = sock = await mqtt.open(cfg["broker_host"], cfg["broker_port"], self.tls)
+                await mqtt.io(sock, mqtt.connect_packet(self.client_id, frame.mqtt_password(cfg["key"]),
+                                                        self.keepalive_s, frame.downlink_topic(cfg["device_id"])),
+                              True)
+                first, body = await mqtt.recv(sock)
+                if first != 0x20 or len(body) != 2:
+                    raise LinkDown("BadPacket", first)  # not a CONNACK
+                if body[1]:
+                    raise LinkDown("Refused", body[1])
+                # Nothing is usable before the SUBACK (a PUBLISH may come first: it is handled).
+                t = ping = time.ticks_ms()  # t: when the SUBSCRIBE, then the newest PUBLISH, went out
+                ping_out = pub_out = False
+                while True:
+                    p = await mqtt.recv(sock, False)
+                    if p:
+                        first, body = p
+                        kind = first & 0xF0
+                        if kind == 0x30:  # PUBLISH
+                            topic, pid, payload = mqtt.parse_publish(p)
+                            if pid is not None:
+                                await mqtt.io(sock, bytes((0x40, 2, pid >> 8, pid & 0xFF)), True)  # PUBACK
+                            self.on_message(topic, payload)
+                        elif kind == 0x40 and len(body) == 2:  # PUBACK
+                            self.ack = (body[0] << 8) | body[1]
+                        elif kind == 0x90:  # SUBACK
+                            if not self.up:
+                                if len(body) != 3 or body[2] == 0x80:
+                                    raise LinkDown("Refused", 0x80)  # the ACL refused our downlink topic
+                                self.up = True
+                                self.sessions += 1
+                                self.log("link: session %d up" % self.sessions)
+                        elif kind == 0xD0:  # PINGRESP
+                            ping_out = False
+                        else:
+                            raise LinkDown("BadPacket", first)
+                        continue
+                    now = time.ticks_ms()
+                    if not self.up:
+                        if time.ticks_diff(now, t) > _OP_MS:
+                            raise LinkDown("Timeout", "SUBACK")
+                    elif self._out:
+                        await mqtt.io(sock, self._out, True)
+                        self._out = None
+                        t = time.ticks_ms()
+                        pub_out = True
+                    elif pub_out and self.ack != self._p and time.ticks_diff(now, t) > _PUBACK_MS:
+                        raise LinkDown("Timeout", "PUBACK")
+                    # PINGREQ every keepalive/2; no PINGRESP within that (at least 2 s): half-open.
+                    since = time.ticks_diff(now, ping)
+                    if ping_out:
+                        if since > max(2000, self.keepalive_s * 500):
+                            raise LinkDown("Timeout", "half-open")  # no PINGRESP
+                    elif since > self.keepalive_s * 500:
+                        await mqtt.io(sock, b"\xc0\x00", True)  # PINGREQ
+                        ping = now
+                        ping_out = True
+                    await asyncio.sleep_ms(_POLL_MS)
             except (LinkDown, OSError) as e:
                 self.failures += 1
                 self.log("link: %r" % (e,))
@@ -112,74 +177,15 @@ class Link:
                 # socket and say "down" before the supervisor restarts this task.
                 self.up = False
                 self._out = None
-                if self._s:
-                    mqtt.close(self._s)
-                self._s = None
-            if self.sessions != n and ticks_diff(ticks_ms(), t_start) > 10000:
+                if self.conn:
+                    try:
+                        self.conn.close()
+                    except OSError:
+                        pass
+                self.conn = None
+            if self.sessions != n and time.ticks_diff(time.ticks_ms(), t_start) > 10000:
                 # A session that came up and lasted resets the backoff; one that the broker
                 # drops at once (a kick loop) keeps it growing.
-                backoff = self._bmin
+                backoff = self.backoff_min_ms
             await asyncio.sleep_ms(backoff + random.getrandbits(16) * (backoff // 2) // 65536)
-            backoff = min(backoff * 2, self._bmax)
-
-    async def _session(self):
-        cfg = self.cfg
-        if not self.board.network_up(cfg):
-            raise LinkDown("NetworkDown")
-        self._s = sock = await mqtt.open(cfg["broker_host"], cfg["broker_port"], self._tls)
-        await mqtt.io(sock, mqtt.connect_packet(self.client_id, frame.mqtt_password(cfg["key"]),
-                                                self.keepalive_s), True)
-        first, body = await mqtt.recv(sock)
-        if first != 0x20 or len(body) != 2:
-            raise LinkDown("BadPacket", "CONNACK")
-        if body[1]:
-            raise LinkDown("Refused", body[1])
-        await mqtt.io(sock, mqtt.subscribe_packet(frame.downlink_topic(cfg["device_id"])), True)
-        # Nothing is usable before the SUBACK (a PUBLISH may come first: it is handled).
-        t = ping = ticks_ms()  # t: when the SUBSCRIBE, then the newest PUBLISH, went out
-        ping_out = pub_out = False
-        while True:
-            p = await mqtt.recv(sock, False)
-            if p:
-                first, body = p
-                kind = first & 0xF0
-                if kind == 0x30:  # PUBLISH
-                    topic, pid, payload = mqtt.parse_publish(first, body)
-                    if pid is not None:
-                        await mqtt.io(sock, bytes((0x40, 2, pid >> 8, pid & 0xFF)), True)  # PUBACK
-                    self.on_message(topic, payload)
-                elif kind == 0x40 and len(body) == 2:  # PUBACK
-                    self._ack = (body[0] << 8) | body[1]
-                elif kind == 0x90:  # SUBACK
-                    if not self.up:
-                        if len(body) != 3 or body[2] == 0x80:
-                            raise LinkDown("Refused", 0x80)  # the ACL refused our downlink topic
-                        self.up = True
-                        self.sessions += 1
-                        self.log("link: session %d up" % self.sessions)
-                elif kind == 0xD0:  # PINGRESP
-                    ping_out = False
-                else:
-                    raise LinkDown("BadPacket", first)
-                continue
-            now = ticks_ms()
-            if not self.up:
-                if ticks_diff(now, t) > _OP_MS:
-                    raise LinkDown("Timeout", "SUBACK")
-            elif self._out:
-                await mqtt.io(sock, self._out, True)
-                self._out = None
-                t = ticks_ms()
-                pub_out = True
-            elif pub_out and self._ack != self._pid and ticks_diff(now, t) > _PUBACK_MS:
-                raise LinkDown("Timeout", "PUBACK")
-            # PINGREQ every keepalive/2; no PINGRESP within that (at least 2 s): half-open.
-            since = ticks_diff(now, ping)
-            if ping_out:
-                if since > max(2000, self.keepalive_s * 500):
-                    raise LinkDown("Timeout", "no PINGRESP: half-open")
-            elif since > self.keepalive_s * 500:
-                await mqtt.io(sock, b"\xc0\x00", True)  # PINGREQ
-                ping = now
-                ping_out = True
-            await asyncio.sleep_ms(_POLL_MS)
+            backoff = min(backoff * 2, self.backoff_max_ms)

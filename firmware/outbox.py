@@ -10,7 +10,7 @@ Failures it survives, and how:
   a commit record, and replaces it by `os.rename` only when complete. On boot an incomplete
   `outbox.new` is deleted; a complete one with no `outbox.log` (FAT, whose rename cannot replace a
   file, lost power between remove and rename) is adopted.
-- Flash full or failing: a refused append raises OutboxFull("flash", error) (the caller says
+- Flash full or failing: a refused append raises OutboxFull(the OSError) (the caller says
   "not stored"); a refused tombstone still forgets the event in RAM (after a reboot it is
   resent once more, a harmless duplicate); a failed compaction leaves the old file in use.
 - Flash wear: an ack appends a 12-byte tombstone; the file is rewritten only when dead bytes
@@ -33,8 +33,12 @@ RAM: the outbox keeps only seq, file offset, and priority with length per entry,
 allocated once (10 bytes per entry of capacity: 2.5 KB for 256); the data is read back from
 flash when it is sent.
 
-Errors: OutboxFull (args: the refused seq, or "flash" and the OSError); ValueError for an event
-too large for a record or a seq that does not increase.
+Errors: OutboxFull (args: the refused seq, or the OSError of a write the flash refused);
+ValueError for an event too large for a record or a seq that does not increase.
+
+Private names are short and shared with other modules (each distinct name is a qstr, ~11 bytes of
+heap for good): _n entries, _q their seqs, _at their payload offsets, _p their prio << 12 |
+payload length; _enc builds a record, _put appends one, load() rebuilds the index from the file.
 """
 
 import os
@@ -55,7 +59,7 @@ _KIND_COMMIT = const(0x43)
 _HDR = const(4)  # magic, kind, length
 _OVERHEAD = const(8)  # header + crc
 _MAX_PAYLOAD = const(512)
-_LEN = const(0xFFF)  # _lp entry: prio << 12 | payload length
+_LEN = const(0xFFF)  # _p entry: prio << 12 | payload length
 
 
 class OutboxFull(Exception):
@@ -63,25 +67,18 @@ class OutboxFull(Exception):
     or the flash refused the write."""
 
 
-def _record(kind, payload):
-    head = struct.pack(">BBH", _MAGIC, kind, len(payload))
-    crc = crc32(payload, crc32(head[1:]))
-    return head + payload + struct.pack(">I", crc & 0xFFFFFFFF)
+def _enc(kind, data):
+    head = struct.pack(">BBH", _MAGIC, kind, len(data))
+    crc = crc32(data, crc32(head[1:]))
+    return head + data + struct.pack(">I", crc & 0xFFFFFFFF)
 
 
-def _size(path):
+def stat(path):
     """The file's size, or -1 if it does not exist."""
     try:
         return os.stat(path)[6]
     except OSError:
         return -1
-
-
-def _rm(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def scan(path):
@@ -141,7 +138,7 @@ class Outbox:
 
     def __init__(self, dir_path, max_entries=256, max_bytes=16384, compact_bytes=2048):
         self.path = path = dir_path + "/outbox.log"
-        new = dir_path + "/outbox.new"
+        new = path[:-3] + "new"  # outbox.new, the compaction in progress
         self.max_bytes = max_bytes
         self.compact_bytes = compact_bytes
         self.dropped = 0  # events dropped to make room (counted for heartbeats/diagnostics)
@@ -149,24 +146,27 @@ class Outbox:
         self.compactions = 0
         # Fixed-size arrays allocated once: no list growth, so no large reallocation in a
         # fragmented heap (a growing 256-entry list needs 2 KB contiguous on a 64-bit host).
-        # The capacity (max_entries) is len(self._lp).
-        self._seqs = array("I", bytes(4 * max_entries))
-        self._offs = array("I", bytes(4 * max_entries))  # offset of the record's payload in the file
-        self._lp = array("H", bytes(2 * max_entries))  # prio << 12 | payload length
-        if _size(new) >= 0:
+        # The capacity (max_entries) is len(self._p).
+        self._q = array("I", bytes(4 * max_entries))
+        self._at = array("I", bytes(4 * max_entries))
+        self._p = array("H", bytes(2 * max_entries))
+        if stat(new) >= 0:
             last = None
             for kind, _off, _payload in scan(new):
                 last = kind
-            if _size(path) < 0 and last == _KIND_COMMIT:  # complete, and the old file is gone
+            if stat(path) < 0 and last == _KIND_COMMIT:  # complete, and the old file is gone
                 os.rename(new, path)
             else:
-                _rm(new)
-        if self._rescan() or self.damaged or max(_size(path), 0) != self.file_bytes or \
+                try:
+                    os.remove(new)
+                except OSError:
+                    pass  # a .new that cannot be removed (a directory?) is left alone, unused
+        if self.load() or self.damaged or max(stat(path), 0) != self.file_bytes or \
                 self.file_bytes - self.live_bytes > max(compact_bytes, self.live_bytes):
             self.compact()
 
     # -- state ------------------------------------------------------------------------------
-    def _rescan(self):
+    def load(self):
         """Rebuild the in-RAM index from the file (file_bytes = end of the last good record);
         True if it held more events than the capacity."""
         self._n = 0
@@ -180,16 +180,16 @@ class Outbox:
             end = off + len(payload) + 4
             if kind == _KIND_EVENT and len(payload) >= 5:
                 seq = struct.unpack(">I", payload)[0]
-                if self._n and seq <= self._seqs[self._n - 1]:
+                if self._n and seq <= self._q[self._n - 1]:
                     self._drop(self._find(seq))  # a rewritten seq: the later record wins
                 i = self._n
-                if i == len(self._lp):
+                if i == len(self._p):
                     self._drop(0)  # only if max_entries shrank between boots
                     over = True
                     i -= 1
-                self._seqs[i] = seq
-                self._offs[i] = off
-                self._lp[i] = payload[4] << 12 | len(payload)
+                self._q[i] = seq
+                self._at[i] = off
+                self._p[i] = payload[4] << 12 | len(payload)
                 self._n = i + 1
                 self.live_bytes += len(payload) + _OVERHEAD
             elif kind == _KIND_REMOVE and len(payload) == 4:
@@ -201,15 +201,15 @@ class Outbox:
         if i < 0:
             return
         n = self._n
-        self.live_bytes -= (self._lp[i] & _LEN) + _OVERHEAD
-        for a in (self._seqs, self._offs, self._lp):
+        self.live_bytes -= (self._p[i] & _LEN) + _OVERHEAD
+        for a in (self._q, self._at, self._p):
             mv = memoryview(a)
             mv[i:n - 1] = mv[i + 1:n]  # memmove, no allocation
         self._n = n - 1
 
     def _find(self, seq):
         lo, hi = 0, self._n
-        seqs = self._seqs
+        seqs = self._q
         while lo < hi:
             mid = (lo + hi) >> 1
             if seqs[mid] < seq:
@@ -226,13 +226,13 @@ class Outbox:
 
     def seqs(self):
         """The seqs waiting, oldest first (a new list)."""
-        return [self._seqs[i] for i in range(self._n)]
+        return [self._q[i] for i in range(self._n)]
 
     def next_after(self, seq):
         """The smallest waiting seq greater than `seq`, or None."""
         for i in range(self._n):
-            if self._seqs[i] > seq:
-                return self._seqs[i]
+            if self._q[i] > seq:
+                return self._q[i]
         return None
 
     def read(self, seq):
@@ -241,34 +241,34 @@ class Outbox:
         if i < 0:
             raise KeyError(seq)
         with open(self.path, "rb") as f:
-            f.seek(self._offs[i] + 5)
-            data = f.read((self._lp[i] & _LEN) - 5)
-        return self._lp[i] >> 12, data
+            f.seek(self._at[i] + 5)
+            data = f.read((self._p[i] & _LEN) - 5)
+        return self._p[i] >> 12, data
 
     # -- changes ----------------------------------------------------------------------------
-    def _write(self, rec):
-        """Append a record; returns its offset. OutboxFull("flash", error) if the flash refuses."""
+    def _put(self, buf):
+        """Append a record; returns its offset. OutboxFull(the OSError) if the flash refuses."""
         try:
             with open(self.path, "ab") as f:
-                f.write(rec)
+                f.write(buf)
         except OSError as e:
             # Part of the record may be on flash: continue after whatever is there (the scan
             # skips the torn bytes), so later offsets stay right.
-            n = _size(self.path)
+            n = stat(self.path)
             if n >= 0:
                 self.file_bytes = n
-            raise OutboxFull("flash", e)
+            raise OutboxFull(e)
         start = self.file_bytes
-        self.file_bytes += len(rec)
+        self.file_bytes += len(buf)
         return start
 
     def put(self, seq, prio, data):
         """Store an event before it is sent. Returns the list of seqs dropped to make room."""
         n = len(data) + 5  # payload: seq, prio, data
-        if n > _MAX_PAYLOAD or self._n and seq <= self._seqs[self._n - 1]:
+        if n > _MAX_PAYLOAD or self._n and seq <= self._q[self._n - 1]:
             raise ValueError(seq)  # too large for a record, or not increasing
         need = n + _OVERHEAD
-        cap = len(self._lp)
+        cap = len(self._p)
         victims = []
         entries, size = self._n, self.live_bytes
         for victim_prio in (PRIO_HEARTBEAT, PRIO_NORMAL):
@@ -277,20 +277,20 @@ class Outbox:
             for i in range(self._n):
                 if entries < cap and size + need <= self.max_bytes:
                     break
-                if self._lp[i] >> 12 == victim_prio:
-                    victims.append(self._seqs[i])
+                if self._p[i] >> 12 == victim_prio:
+                    victims.append(self._q[i])
                     entries -= 1
-                    size -= (self._lp[i] & _LEN) + _OVERHEAD
+                    size -= (self._p[i] & _LEN) + _OVERHEAD
         if entries >= cap or size + need > self.max_bytes:
             raise OutboxFull(seq)
         for v in victims:
             self.remove(v)
             self.dropped += 1
-        start = self._write(_record(_KIND_EVENT, struct.pack(">IB", seq, prio) + data))
+        start = self._put(_enc(_KIND_EVENT, struct.pack(">IB", seq, prio) + data))
         i = self._n
-        self._seqs[i] = seq
-        self._offs[i] = start + _HDR
-        self._lp[i] = prio << 12 | n
+        self._q[i] = seq
+        self._at[i] = start + _HDR
+        self._p[i] = prio << 12 | n
         self._n = i + 1
         self.live_bytes += need
         return victims
@@ -301,7 +301,7 @@ class Outbox:
         if i < 0:
             return False
         try:
-            self._write(_record(_KIND_REMOVE, struct.pack(">I", seq)))
+            self._put(_enc(_KIND_REMOVE, struct.pack(">I", seq)))
         except OutboxFull:
             pass  # forgotten in RAM anyway: after a reboot it is resent once more (a duplicate)
         self._drop(i)
@@ -315,10 +315,13 @@ class Outbox:
     def compact(self):
         """Rewrite the live events into a new file and swap it in atomically."""
         new = self.path[:-3] + "new"
-        _rm(new)
+        try:
+            os.remove(new)
+        except OSError:
+            pass
         pos = 0
         src = None
-        offs = self._offs  # updated in place (each entry is read before its offset is replaced)
+        offs = self._at  # updated in place (each entry is read before its offset is replaced)
         moved = False
         try:
             try:
@@ -327,12 +330,12 @@ class Outbox:
                 with open(new, "wb") as out:
                     for i in range(self._n):
                         src.seek(offs[i])
-                        rec = _record(_KIND_EVENT, src.read(self._lp[i] & _LEN))
+                        rec = _enc(_KIND_EVENT, src.read(self._p[i] & _LEN))
                         out.write(rec)
                         offs[i] = pos + _HDR
                         moved = True
                         pos += len(rec)
-                    rec = _record(_KIND_COMMIT, b"")
+                    rec = _enc(_KIND_COMMIT, b"")
                     out.write(rec)
                     pos += len(rec)
             finally:
@@ -340,15 +343,18 @@ class Outbox:
                     src.close()
         except Exception:  # noqa: BLE001 - MemoryError or OSError: the old file is intact
             if moved:
-                self._rescan()  # offsets must point into the old file again
-            _rm(new)
+                self.load()  # offsets must point into the old file again
+            try:
+                os.remove(new)
+            except OSError:
+                pass
             raise
         try:
             os.rename(new, self.path)
         except OSError:
             # FAT cannot rename over an existing file; the constructor adopts a complete .new
             # if we lose power between these two lines.
-            _rm(self.path)
+            os.remove(self.path)
             os.rename(new, self.path)
         self.file_bytes = pos
         self.compactions += 1

@@ -7,7 +7,8 @@ rest of a block) are allowed by SPEC section 4.
 
 Failures it survives:
 - power cut during the write of a reservation: two slot files (seq.a, seq.b) are written
-  alternately, each with a generation number and a CRC32; a torn slot fails its CRC and the other
+  alternately (odd generations to seq.a, even ones to seq.b), each with a generation number
+  and a CRC32; a torn slot fails its CRC and the other
   slot (the previous reservation) is used, plus one block more in case the damaged slot was a
   completed reservation that rotted after its numbers were used;
 - both slots unreadable (flash corruption, or first boot): start at 1. After a factory reset this
@@ -21,6 +22,9 @@ Failures it survives:
 Flash writes: one per `block` events (the first next() of a boot reserves; a boot that numbers
 nothing writes nothing). peek() before that is still right: a boot that wrote nothing leaves
 the next boot the same first number, and no stored event carries it.
+
+Private names are short and shared with other modules (each distinct name is a qstr): _n the
+next number, hi the end of the reservation, _w the generation of the newest slot written.
 """
 
 import struct
@@ -34,15 +38,15 @@ _MAX_SEQ = const(0xFFFFFFFF)
 
 class SeqCounter:
     def __init__(self, dir_path, key_id, block=64):
-        self._d = dir_path
+        self.root = dir_path
         self.key_id = key_id
         self.block = block
         self.writes = 0
-        end, gen, slot = 0, 0, 1
+        end = gen = 0
         damaged = False
-        for i in (0, 1):
+        for c in "ab":
             try:
-                with open(self._path(i), "rb") as f:
+                with open("%s/seq.%s" % (dir_path, c), "rb") as f:
                     raw = f.read(_SLOT_LEN + 1)
             except OSError:
                 continue
@@ -51,36 +55,31 @@ class SeqCounter:
                 continue
             got = struct.unpack(">BII", raw[:9])
             if got[0] == key_id and got[2] >= gen:
-                end, gen, slot = got[1], got[2], i
+                end, gen = got[1], got[2]
         if damaged and gen:
             # A torn write never got used, but a slot that rotted after use did: skipping one
             # more block covers both, and gaps cost nothing.
             end = min(end + block, _MAX_SEQ)
-        self._gen = gen
-        self._slot = slot
-        self._next = end + 1
-        self._end = end  # nothing reserved yet in this boot: the first next() reserves
-
-    def _path(self, slot):
-        return self._d + ("/seq.a", "/seq.b")[slot]
+        self._w = gen
+        self._n = end + 1
+        self.hi = end  # nothing reserved yet in this boot: the first next() reserves
 
     def peek(self):
         """The number the next call to next() returns."""
-        return self._next
+        return self._n
 
     def next(self):
         """A fresh sequence number (>= 1), reserved on flash before it is returned."""
-        n = self._next
-        if n > self._end:
+        n = self._n
+        if n > self.hi:
             end = min(n - 1 + self.block, _MAX_SEQ)
             if end < n:
                 raise OverflowError(self.key_id)
-            self._gen += 1
-            self._slot ^= 1
-            body = struct.pack(">BII", self.key_id, end, self._gen)
-            with open(self._path(self._slot), "wb") as f:
+            self._w += 1
+            body = struct.pack(">BII", self.key_id, end, self._w)
+            with open("%s/seq.%s" % (self.root, "ba"[self._w & 1]), "wb") as f:
                 f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
-            self._end = end
+            self.hi = end
             self.writes += 1
-        self._next = n + 1
+        self._n = n + 1
         return n

@@ -9,11 +9,16 @@ Failures it survives:
   from which the outbox resends) rather than a device that looks on but does nothing;
 - a board without a hardware watchdog (host board): the same accounting runs, a stalled task is
   logged, and the board's watchdog() may return None.
+
+Log lines: "supervisor: <task> <what>" from one format string (each distinct string constant
+costs heap). Private names are short and shared with other modules (each distinct name is a
+qstr): seen (task -> ticks of its last check-in), _w the watchdog, _q the task last reported
+stalled, _r the restart loop of one task.
 """
 
 import asyncio
 import sys
-from time import ticks_diff, ticks_ms
+import time
 
 from micropython import const
 
@@ -26,53 +31,53 @@ class Supervisor:
         self.stall_ms = stall_ms
         self.restart_delay_ms = restart_delay_ms
         self.restarts = {}
-        self._seen = {}  # task name -> ticks_ms of its last check-in (watched tasks only)
-        self.wdt = None
-        self.stalled = None
+        self.seen = {}  # watched tasks only
+        self._w = None
+        self._q = None
         try:
-            self.wdt = board.watchdog(_WATCHDOG_MS)
+            self._w = board.watchdog(_WATCHDOG_MS)
         except (AttributeError, OSError, ValueError) as e:
-            log("supervisor: no watchdog %r" % (e,))
+            log("supervisor: %s %s" % ("watchdog", repr(e)))
 
     def alive(self, name):
-        self._seen[name] = ticks_ms()
+        self.seen[name] = time.ticks_ms()
 
-    def spawn(self, name, factory, watch=True):
-        """Run `factory()` (a coroutine function) as a task that is restarted whenever it fails.
+    def spawn(self, name, f, watch=True):
+        """Run `f()` (a coroutine function) as a task that is restarted whenever it fails.
         watch=False for a task that cannot check in regularly (the link sleeps through backoff)
         but has a deadline on every await instead."""
         self.restarts[name] = 0
         if watch:
-            self._seen[name] = ticks_ms()
-        return asyncio.create_task(self._guard(name, factory))
+            self.seen[name] = time.ticks_ms()
+        return asyncio.create_task(self._r(name, f))
 
-    async def _guard(self, name, factory):
+    async def _r(self, name, f):
         while True:
             try:
-                await factory()
-                self.log("supervisor: %s returned" % name)
+                await f()
+                self.log("supervisor: %s %s" % (name, "returned"))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
-                self.log("supervisor: %s failed %r" % (name, e))
+                self.log("supervisor: %s %s" % (name, repr(e)))
                 sys.print_exception(e, sys.stderr)  # stdout may be the console
             self.restarts[name] += 1
-            if name in self._seen:
-                self._seen[name] = ticks_ms()
+            if name in self.seen:
+                self.seen[name] = time.ticks_ms()
             await asyncio.sleep_ms(self.restart_delay_ms)
 
     async def watch(self):
         """The watchdog task: feed only while every task checked in recently."""
         while True:
-            now = ticks_ms()
+            now = time.ticks_ms()
             stalled = None
-            for name, t in self._seen.items():
-                if ticks_diff(now, t) > self.stall_ms:
+            for name, t in self.seen.items():
+                if time.ticks_diff(now, t) > self.stall_ms:
                     stalled = name
             if stalled is None:
-                if self.wdt is not None:
-                    self.wdt.feed()
-            elif stalled != self.stalled:
-                self.log("supervisor: %s stalled, watchdog starved" % stalled)
-            self.stalled = stalled
+                if self._w is not None:
+                    self._w.feed()
+            elif stalled != self._q:
+                self.log("supervisor: %s %s" % (stalled, "stalled"))
+            self._q = stalled
             await asyncio.sleep_ms(500)

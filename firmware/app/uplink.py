@@ -20,16 +20,22 @@ Failures it survives:
 
 Outbox record (the outbox's opaque data): msg_type u8, time u32 (0 = unknown), boot mark u32
 (first seq of the boot), ticks_ms u32 at the event, then the CBOR body.
+
+Log lines: "uplink: <what> <detail>" from one format string (each distinct string constant costs
+heap). Private names are short and shared with other modules (each distinct name is a qstr,
+~11 bytes of heap for good): _mac the (uplink, downlink) keys, _t our uplink topic, _q the
+sequence counter, boot the first seq of this boot, hi the highest downlink seq accepted, _at
+when the newest ack came, _w how long without an ack before everything is resent.
 """
 
 import asyncio
 import struct
-from time import ticks_diff, ticks_ms
+import time
 
 from micropython import const
 
 from link import LinkDown
-from outbox import Outbox, OutboxFull  # noqa: F401 (OutboxFull re-exported for the roles)
+from outbox import Outbox
 from protocol import cbor, frame
 from protocol.errors import FrameError, Replay
 from seqcounter import SeqCounter
@@ -42,56 +48,45 @@ _ACK_TIMEOUT_MAX_MS = const(600000)
 class Uplink:
     def __init__(self, cfg, data_dir, clock, log=print, max_entries=256, max_bytes=16384):
         self.cfg = cfg
-        self.k_up, self.k_down = frame.derive_keys(cfg["key"])
+        self._mac = frame.derive_keys(cfg["key"])
         self._t = frame.uplink_topic(cfg["device_id"])
         self.clock = clock
         self.log = log
-        self.seqc = SeqCounter(data_dir, cfg["key_id"])
-        self.boot_mark = self.seqc.peek()  # first seq of this boot
+        self._q = SeqCounter(data_dir, cfg["key_id"])
+        self.boot = self._q.peek()
         self.outbox = Outbox(data_dir, max_entries=max_entries, max_bytes=max_bytes)
         self.link = None
         self.listeners = []
-        self.down_seq = 0
+        self.hi = 0
         self.rejected = {}  # rejected downlinks by error name
         self.sent = 0
         self.acks = 0
-        self._la = ticks_ms()  # when the newest ack came
-        self._to = _ACK_TIMEOUT_MS  # resend everything if no ack for this long
+        self._at = time.ticks_ms()
+        self._w = _ACK_TIMEOUT_MS
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, msg_type, body, prio):
         """Validate, number and store an event; returns its seq. OutboxFull if it cannot be kept.
         The sender task polls the outbox, so it picks the event up within 50 ms."""
         frame.validate_body(msg_type, body)
-        rec = struct.pack(">BIII", msg_type, self.clock.now(), self.boot_mark, ticks_ms()) + cbor.dumps(body)
-        seq = self.seqc.next()
+        rec = struct.pack(">BIII", msg_type, self.clock.now(), self.boot, time.ticks_ms()) + cbor.dumps(body)
+        seq = self._q.next()
         try:
             dropped = self.outbox.put(seq, prio, rec)
-        except OutboxFull:
-            self.log("uplink: refused %d" % msg_type)
+        except Exception as e:  # OutboxFull (or the flash failing)
+            self.log("uplink: %s %r" % ("refused", (msg_type, e)))
             raise
         if dropped:
-            self.log("uplink: dropped %r" % (dropped,))
+            self.log("uplink: %s %r" % ("dropped", dropped))
         return seq
-
-    def build(self, seq):
-        """The signed frame for a waiting event (KeyError if it is no longer waiting)."""
-        rec = self.outbox.read(seq)[1]
-        if len(rec) <= _REC_LEN:
-            raise ValueError(seq)
-        msg_type, t, mark, tk = struct.unpack(">BIII", rec)
-        if t == 0 and mark == self.boot_mark:
-            t = self.clock.at_ticks(tk)
-        cfg = self.cfg
-        unsigned = struct.pack(">BBIBII", 1, msg_type, cfg["device_id"], cfg["key_id"], seq, t) + rec[_REC_LEN:]
-        return frame.sign(self.k_up, self._t, unsigned)
 
     # -- the sender task ----------------------------------------------------------------------
     async def run(self, alive=None):
         session = -1
         cursor = 0
-        last_send = ticks_ms()
+        last_send = time.ticks_ms()
         ob = self.outbox
+        cfg = self.cfg
         while True:
             if alive:
                 alive("uplink")
@@ -104,19 +99,28 @@ class Uplink:
                 cursor = 0  # a new session: resend everything unacknowledged, in order
             seq = ob.next_after(cursor)
             if seq is None:
-                now = ticks_ms()
-                if len(ob) and ticks_diff(now, self._la) > self._to and ticks_diff(now, last_send) > self._to:
-                    self.log("uplink: no ack for %d ms, resending" % self._to)
-                    self._to = min(self._to * 2, _ACK_TIMEOUT_MAX_MS)
-                    cursor = 0
+                now = time.ticks_ms()
+                if len(ob) and time.ticks_diff(now, self._at) > self._w and time.ticks_diff(now, last_send) > self._w:
+                    self.log("uplink: %s %r" % ("no ack", self._w))
+                    self._w = min(self._w * 2, _ACK_TIMEOUT_MAX_MS)
+                    cursor = 0  # resend everything
                     continue
                 # Polled, not woken by an Event: no Event/wait_for task per wait (see link.py).
                 await asyncio.sleep_ms(50)
                 continue
+            # The signed frame for the event; a time unknown when it was stored is taken from its
+            # ticks if the clock is known now and it is still the same boot.
             try:
-                data = self.build(seq)
+                rec = ob.read(seq)[1]
+                if len(rec) <= _REC_LEN:
+                    raise ValueError(seq)
+                msg_type, t, mark, tk = struct.unpack(">BIII", rec)
+                if t == 0 and mark == self.boot:
+                    t = self.clock.at_ticks(tk)
+                data = frame.sign(self._mac[0], self._t, struct.pack(
+                    ">BBIBII", 1, msg_type, cfg["device_id"], cfg["key_id"], seq, t) + rec[_REC_LEN:])
             except (ValueError, KeyError, FrameError) as e:
-                self.log("uplink: dropping %d: %r" % (seq, e))
+                self.log("uplink: %s %r" % ("dropped", (seq, e)))
                 ob.remove(seq)
                 continue
             try:
@@ -125,29 +129,29 @@ class Uplink:
                 continue  # the link logged why; resent on the next session
             cursor = seq
             self.sent += 1
-            last_send = ticks_ms()
+            last_send = time.ticks_ms()
 
     # -- downlinks ----------------------------------------------------------------------------
     def on_message(self, topic, payload):
         try:
-            f = frame.decode(self.k_down, topic, payload, downlink=True)
+            f = frame.decode(self._mac[1], topic, payload, downlink=True)
             if f.key_id != self.cfg["key_id"]:
-                raise FrameError("key id %d" % f.key_id)
-            if f.seq <= self.down_seq:
-                raise Replay("seq %d <= %d" % (f.seq, self.down_seq))
+                raise FrameError("key_id", f.key_id)
+            if f.seq <= self.hi:
+                raise Replay("seq", f.seq, self.hi)
         except FrameError as e:
             name = type(e).__name__
             self.rejected[name] = self.rejected.get(name, 0) + 1
-            self.log("uplink: rejected %s %s" % (name, e))
+            self.log("uplink: %s %r" % ("rejected", e))
             return
-        self.down_seq = f.seq
+        self.hi = f.seq
         t = f.msg_type
         b = f.body
         if t == frame.DOWN_ACK:
             self.clock.adopt(b[2])
             self.acks += 1
-            self._la = ticks_ms()
-            self._to = _ACK_TIMEOUT_MS
+            self._at = time.ticks_ms()
+            self._w = _ACK_TIMEOUT_MS
             self.outbox.remove(b[0])
             for lst in self.listeners:
                 lst.on_ack(b[0], b[1])

@@ -143,7 +143,7 @@ def test_crash_during_compaction_incomplete_new_ignored():
     ob = Outbox(D)
     ob.put(1, PRIO_ALARM, b"one")
     with open(D + "/outbox.new", "wb") as f:
-        f.write(outbox._record(0x45, b"\x00\x00\x00\x07\x02junk"))  # no commit record
+        f.write(outbox._enc(0x45, b"\x00\x00\x00\x07\x02junk"))  # no commit record
     eq(Outbox(D).seqs(), [1], "incomplete .new ignored")
     check("outbox.new" not in os.listdir(D), ".new removed")
 
@@ -186,7 +186,7 @@ def test_flash_refusing_writes_is_survived():
         ob.put(3, PRIO_ALARM, b"a3")
         check(False, "put must raise")
     except OutboxFull as e:
-        eq(e.args[0], "flash", "OutboxFull names the flash as the cause")
+        check(isinstance(e.args[0], OSError), "OutboxFull carries the flash's OSError: %r" % (e,))
     check(ob.remove(2), "remove still forgets in RAM")
     eq(ob.seqs(), [1], "RAM index")
     os.rmdir(ob.path)
@@ -210,7 +210,7 @@ def test_seq_never_reused_across_reopen():
 def test_seq_torn_reservation_write_falls_back_to_other():
     sc = SeqCounter(D, key_id=3, block=4)
     used = [sc.next() for _ in range(8)]  # exactly two blocks: the next write reserves 9..12
-    other = sc._path(sc._slot ^ 1)
+    other = D + ("/seq.a", "/seq.b")[sc._w & 1]  # odd generations go to seq.a
     with open(other, "wb") as f:
         f.write(b"\x03\x00\x00")  # the write of that reservation torn by a power cut
     sc2 = SeqCounter(D, key_id=3, block=4)
@@ -221,7 +221,7 @@ def test_seq_rotten_newest_slot_still_no_reuse():
     sc = SeqCounter(D, key_id=3, block=4)
     used = [sc.next() for _ in range(10)]
     # Tear whichever slot was written last.
-    newest = sc._path(sc._slot)
+    newest = D + ("/seq.b", "/seq.a")[sc._w & 1]
     with open(newest, "rb") as f:
         raw = f.read()
     with open(newest, "wb") as f:

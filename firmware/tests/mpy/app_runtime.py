@@ -109,21 +109,21 @@ def test_clock_reanchors_so_ticks_never_overflow_the_offset():
 
 # -- MQTT packets ---------------------------------------------------------------------------
 def test_mqtt_packets_bytes():
-    eq(mqtt.connect_packet("0000002a", "pw", 60),
-       b"\x10\x22\x00\x04MQTT\x04\xc2\x00\x3c\x00\x080000002a\x00\x080000002a\x00\x02pw", "CONNECT")
+    eq(mqtt.connect_packet("0000002a", "pw", 60, "a/b"),
+       b"\x10\x22\x00\x04MQTT\x04\xc2\x00\x3c\x00\x080000002a\x00\x080000002a\x00\x02pw"
+       b"\x82\x08\x00\x01\x00\x03a/b\x01", "CONNECT, then SUBSCRIBE")
     eq(mqtt.publish_packet("t", b"xy", 7), b"\x32\x07\x00\x01t\x00\x07xy", "PUBLISH qos1")
-    eq(mqtt.subscribe_packet("a/b"), b"\x82\x08\x00\x01\x00\x03a/b\x01", "SUBSCRIBE")
     big = mqtt.publish_packet("t", b"z" * 200, 1)
     eq(big[1:3], b"\xcd\x01", "two-byte remaining length (2 + 1 + 2 + 200 = 205)")
 
 
 def test_mqtt_parse_publish_and_bad_packets():
-    eq(mqtt.parse_publish(0x32, b"\x00\x01t\x00\x07xy"), ("t", 7, b"xy"), "qos1")
-    eq(mqtt.parse_publish(0x30, b"\x00\x01txy"), ("t", None, b"xy"), "qos0")
+    eq(mqtt.parse_publish((0x32, b"\x00\x01t\x00\x07xy")), ("t", 7, b"xy"), "qos1")
+    eq(mqtt.parse_publish((0x30, b"\x00\x01txy")), ("t", None, b"xy"), "qos0")
     for first, body in ((0x32, b"\x00"), (0x32, b"\x00\x09abc"), (0x36, b"\x00\x01t\x00\x01"),
                         (0x30, b"\x00\x01\xff")):
         try:
-            mqtt.parse_publish(first, body)
+            mqtt.parse_publish((first, body))
             check(False, "accepted %r" % body)
         except mqtt.MqttError as e:
             eq(e.args[0], "BadPacket", "named BadPacket")
@@ -191,11 +191,40 @@ def test_link_backoff_doubles_with_jitter_up_to_the_cap():
 
 
 # -- uplink ---------------------------------------------------------------------------------
+def sent_frame(up):
+    """The first frame the sender task (up.run) publishes, through a link that captures it."""
+    import asyncio
+
+    got = []
+
+    class Capture:
+        up = True
+        sessions = 1
+
+        async def publish(self, data):
+            got.append(data)
+
+    up.link = Capture()
+
+    async def scenario():
+        t = asyncio.create_task(up.run())
+        for _ in range(200):
+            await asyncio.sleep_ms(10)
+            if got:
+                break
+        t.cancel()
+
+    asyncio.run(scenario())
+    up.link = None
+    check(got, "a frame was published")
+    return got[0]
+
+
 def test_uplink_emit_build_and_ack_removes_and_sets_clock():
     c = Clock()
     up = Uplink(cfg(), D, c)
     seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
-    data = up.build(seq)
+    data = sent_frame(up)
     k_up, _kd = frame.derive_keys(KEY)
     f = frame.decode(k_up, frame.uplink_topic(DEV), data, downlink=False)
     eq((f.name, f.seq, f.body, f.device_time), ("alarm", seq, [0], None), "frame")
@@ -218,7 +247,8 @@ def test_uplink_event_stored_without_clock_is_stamped_once_clock_known():
     seq = up.emit(frame.UP_CHECKIN, [5, b"\x01\x02\x03\x04"], PRIO_NORMAL)
     c.adopt(NOW)
     k_up, _kd = frame.derive_keys(KEY)
-    f = frame.decode(k_up, frame.uplink_topic(DEV), up.build(seq), downlink=False)
+    f = frame.decode(k_up, frame.uplink_topic(DEV), sent_frame(up), downlink=False)
+    eq(f.seq, seq, "the event's frame")
     check(f.device_time is not None and abs(f.device_time - NOW) <= 1, "stamped from ticks: %r" % f.device_time)
 
 
