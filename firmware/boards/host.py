@@ -38,6 +38,7 @@ _BUZZER_RING = const(256)  # buzzer changes kept: 1 KB; clients count them with 
 # Options with a value, then flags (argv "--name", or the same names without "--" in a dict).
 _OPTS = const("--flash --control --hwid --battery-mv --single-led --no-rfid --wdt")
 # The ops of the control channel, in the order of the dispatch in Board.poll.
+_ERROR = const('{"ok": false, "error": %s}\n')  # an error reply, with the message as JSON
 _OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem")
 
 
@@ -73,36 +74,33 @@ class _Out:
     def off(self):
         self.rgb(0, 0, 0)
 
-    def since(self, i):
-        """JSON text pieces of the changes with index >= i, 16 changes per piece (a full history
-        never sits in the heap at once), the inside of [[t, [r, g, b] or 0/1], ...]."""
-        ring = _LED_RING if self.k else _BUZZER_RING
-        k = max(i, self.n - ring, 0)
-        while k < self.n:
-            part = []
-            for k in range(k, min(k + 16, self.n)):
-                e = self.e[k % ring]
-                x = e & 7
-                part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if self.k else
-                            "[%d, %d]" % (e >> 3, x))
-            k += 1
-            yield ", ".join(part) + (", " if k < self.n else "")
 
-
-def _send(sock, data, iter=None):
-    # One reply line: `data`, then (led / buzzer) the history pieces of the generator `iter` and
-    # the "]}\n" that closes the history and the reply.
+def _send(sock, data, o=None, k=0):
+    # One reply line: `data`; for led / buzzer (o, the _Out) then its changes from index k as
+    # JSON text, 16 changes per piece (a full history never sits in the heap at once), and the
+    # "]}\n" that closes the history and the reply.
     # A client that stops reading must not hang the board: at most 2 s per piece.
     sock.settimeout(2)
+    if o is not None:
+        ring = _LED_RING if o.k else _BUZZER_RING
+        k = max(k, o.n - ring, 0)
     try:
-        data = data.encode()
         while data:
-            data = data[sock.send(data):]
-            if not data and iter is not None:
-                try:
-                    data = next(iter).encode()
-                except StopIteration:
-                    data, iter = b"]}\n", None
+            data = data.encode()
+            while data:
+                data = data[sock.send(data):]
+            if o is not None:
+                if k < o.n:
+                    part = []
+                    for k in range(k, min(k + 16, o.n)):
+                        e = o.e[k % ring]
+                        x = e & 7
+                        part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if o.k else
+                                    "[%d, %d]" % (e >> 3, x))
+                    k += 1
+                    data = ", ".join(part) + (", " if k < o.n else "")
+                else:
+                    data, o = "]}\n", None
     except OSError:
         pass  # gone or stuck: the reply is lost, its next recv() (or EOF) drops it
     sock.setblocking(False)
@@ -195,7 +193,7 @@ class Board:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             # The Unix port takes a raw struct sockaddr_un: sa_family (native u16, little-endian
             # here) + path + NUL.
-            s.bind(bytes((socket.AF_UNIX, 0)) + path.encode() + b"\x00")
+            s.bind(bytes((socket.AF_UNIX, 0)) + path.encode() + bytes(1))
             s.listen(_MAX_CLIENTS)
             s.setblocking(False)
             self.sock = s
@@ -309,7 +307,7 @@ class Board:
                 except OSError:
                     continue
                 if len(self.clients) >= _MAX_CLIENTS:
-                    _send(conn, '{"ok": false, "error": "too many clients"}\n')
+                    _send(conn, _ERROR % '"too many clients"')
                     conn.close()
                     continue
                 conn.setblocking(False)
@@ -330,17 +328,17 @@ class Board:
                 continue
             buf.extend(data)
             while True:
-                nl = buf.find(b"\n")
+                nl = buf.find(10)  # "\n"
                 if nl < 0:
                     if len(buf) > _MAX_LINE:
-                        _send(conn, '{"ok": false, "error": "line too long"}\n')
-                        buf[:] = b""
+                        _send(conn, _ERROR % '"line too long"')
+                        buf[:] = bytearray()
                     break
                 line = bytes(buf[:nl])
                 buf[:] = buf[nl + 1:]
                 if not line.strip():
                     continue
-                hist = None
+                o, k = None, 0
                 try:
                     r = json.loads(line)
                     op = r["op"]
@@ -348,7 +346,8 @@ class Board:
                     i = ops.index(op) if op in ops else -1
                     out = '{"ok": true, "now_ms": %d' % time.ticks_diff(time.ticks_ms(), self.t)
                     if i < 0:
-                        out = '{"ok": false, "error": %s' % json.dumps("unknown op %s" % op)
+                        out = None
+                        data = _ERROR % json.dumps("unknown op %s" % op)
                     elif i == 0:  # ping
                         out += ', "hwid": %s, "flash": %s' % (json.dumps(self.hwid), json.dumps(self.flash_root))
                     elif i < 3:  # press, release
@@ -367,9 +366,10 @@ class Board:
                         if not self.chip:
                             raise ValueError("no reader (--no-rfid)")
                         if i == 6:
-                            if r["kind"] not in ("lockup", "glitch"):
+                            k = r["kind"]
+                            if k != "lockup" and k != "glitch":
                                 raise ValueError("kind: lockup or glitch")
-                            getattr(self.chip, r["kind"])()
+                            getattr(self.chip, k)()
                         else:
                             u = r.get("uid")
                             self.chip.present(u and bytes.fromhex(u), r.get("uid2") and bytes.fromhex(r["uid2"]))
@@ -387,7 +387,7 @@ class Board:
                         v = o.v
                         out += ', "on": %d, %s"count": %d, "history": [' % (
                             v > 0, '"rgb": [%d, %d, %d], ' % (v >> 2, v >> 1 & 1, v & 1) if i == 10 else "", o.n)
-                        hist = o.since(int(r.get("since", 0)))
+                        k = int(r.get("since", 0))
                     elif i == 12:  # state
                         c = self.chip.card if self.chip else None
                         v = self.led.v
@@ -402,7 +402,9 @@ class Board:
                         if r.get("collect"):
                             gc.collect()
                         out += ', "alloc": %d, "free": %d' % (gc.mem_alloc(), gc.mem_free())
-                    data = out if hist else out + "}\n"
+                    if out:
+                        data = out if o else out + "}\n"
                 except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-                    data = '{"ok": false, "error": %s}\n' % json.dumps("bad request: %r" % e)
-                _send(conn, data, hist)
+                    o = None
+                    data = _ERROR % json.dumps("bad request: %r" % e)
+                _send(conn, data, o, k)

@@ -131,11 +131,14 @@ class SimMFRC522:
             for i in range(len(r)):
                 r[i] = 0xFF if self.t else 0  # not selected: MISO floats high; locked: low
             return
+        # w and r may be the same buffer (machine.SPI allows it): read w[i] before writing r[i].
         regs = self.regs
-        reg = (w[0] >> 1) & 0x3F
+        addr = w[0]
+        reg = (addr >> 1) & 0x3F
         r[0] = 0
         for i in range(1, len(w)):
-            if w[0] & 0x80:  # read
+            val = w[i]
+            if addr & 0x80:  # read
                 if reg == 0x09:
                     v = 0
                     if self.buf:
@@ -144,10 +147,9 @@ class SimMFRC522:
                 else:
                     v = len(self.buf) if reg == 0x0A else regs[reg]
                 r[i] = v
-                reg = (w[i] >> 1) & 0x3F
+                reg = (val >> 1) & 0x3F
                 continue
             r[i] = 0
-            val = w[i]
             if self.record:
                 self.writes.append((reg, val))
             if reg == 0x09:

@@ -13,11 +13,13 @@
 # The LED's pattern player (drivers/led.py) with an on/off output and this table: a siren is its
 # one-shot overlay looped for the duration (once[2] > 0), a beep or the chirp an overlay played once.
 
+from micropython import const
+
 from drivers.led import Led
 
 # (10 ms units, on) pairs after a length byte, in the order of the names (see drivers/led.py).
-_NAMES = "stored confirmed error siren0 siren1 siren2 siren3"
-_PATTERNS = (
+_NAMES = const("stored confirmed error siren0 siren1 siren2 siren3")
+_PATTERNS = const(
     b"\x02\x08\x01"  # stored: 80ms on
     b"\x06\x08\x01\x08\x00\x08\x01"  # confirmed: 80ms on 80ms off 80ms on
     b"\x02\x3c\x01"  # error: 600ms on

@@ -28,9 +28,11 @@
 
 import time
 
+from micropython import const
+
 # Colours as a bit mask: red 4, green 2, blue 1 (amber 6, magenta 5, white 7).
-_NAMES = "idle sending stored coming failing unprovisioned error checkin_stored checkin_confirmed ack"
-_PATTERNS = (
+_NAMES = const("idle sending stored coming failing unprovisioned error checkin_stored checkin_confirmed ack")
+_PATTERNS = const(
     b"\x02\x64\x00"  # idle: 1000ms off
     b"\x04\x0a\x06\x0a\x00"  # sending: 100ms amber 100ms off
     b"\x04\x32\x01\x96\x00"  # stored: 500ms blue 1500ms off
@@ -44,21 +46,21 @@ _PATTERNS = (
 )
 
 
-def _at(steps, elapsed, repeat_ms):
-    """The value of `steps` at `elapsed` ms, looping until repeat_ms (0: played once); None
-    once it is over."""
+def _at(s, t, n):
+    """The value of the pattern s at t ms, looping until n ms (0: played once); None once it
+    is over."""
     total = 0
-    for i in range(0, len(steps), 2):
-        total += steps[i] * 10
-    if elapsed >= (repeat_ms or total):
+    for i in range(0, len(s), 2):
+        total += s[i] * 10
+    if t >= (n or total):
         return None
-    elapsed %= total
-    for i in range(0, len(steps), 2):
-        d = steps[i] * 10
-        if elapsed < d:
-            return steps[i + 1]
-        elapsed -= d
-    return steps[-1]
+    t %= total
+    for i in range(0, len(s), 2):
+        d = s[i] * 10
+        if t < d:
+            return s[i + 1]
+        t -= d
+    return s[-1]
 
 
 class Led:
@@ -97,14 +99,14 @@ class Led:
         self.start = self._now()
         self.poll()
 
-    def flash(self, name, repeat_ms=0):
-        """Play `name` once on top of the state (or looped for repeat_ms if > 0), then back."""
-        self.once = (name, self._steps(name), repeat_ms)
+    def flash(self, name, n=0):
+        """Play `name` once on top of the state (or looped for n ms if n > 0), then back."""
+        self.once = (name, self._steps(name), n)
         self.t = self._now()
         self.poll()
 
-    def _write(self, c):
-        self.hw.rgb(c >> 2 & 1, c >> 1 & 1, c & 1)
+    def _write(self, v):
+        self.hw.rgb(v >> 2 & 1, v >> 1 & 1, v & 1)
 
     def poll(self):
         now = self._now()

@@ -220,3 +220,32 @@ def test_romfs_launcher_usage_errors():
     r = subprocess.run([sys.executable, ROMFS_LAUNCHER, "x.romfs", "-X", "heapsize=64k"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_history_rings_keep_the_last_64_led_and_256_buzzer_changes(tmp_path):
+    """The LED keeps its last 64 changes, the buzzer its last 256 (clients count buzzer changes
+    with len(history)); `count` and `since` are indices over every change since start."""
+    script = tmp_path / "toggle.py"
+    script.write_text(
+        "import sys\n"
+        "from boards import load_board\n"
+        "b = load_board(sys.argv[1:])\n"
+        "for i in range(100):\n"
+        "    b.led.rgb(i & 1, 0, 1)\n"
+        "for i in range(300):\n"
+        "    b.buzzer.on() if i & 1 == 0 else b.buzzer.off()\n"
+        "while True:\n"
+        "    b.idle_ms(20)\n"
+    )
+    with HostBoard(tmp_path / "f", entry=str(script)) as b:
+        reply = b.request("led", since=0)
+        assert reply["count"] == 100 and reply["rgb"] == [1, 0, 1] and reply["on"] == 1
+        led = [tuple(v) for _t, v in reply["history"]]
+        assert len(led) == 64 and led == [(1, 0, 1) if i & 1 else (0, 0, 1) for i in range(36, 100)]
+        assert [tuple(v) for _t, v in b.request("led", since=90)["history"]] == led[-10:]
+        assert b.request("led", since=1 << 30)["history"] == []
+        buzzer = b.buzzer_history()
+        assert len(buzzer) == 256 and [v for _t, v in buzzer] == [1 - (i & 1) for i in range(44, 300)]
+        assert b.request("buzzer", since=0)["count"] == 300 and b.buzzer() == 0
+        assert all(isinstance(t, int) and t >= 0 for t, _v in buzzer)
