@@ -30,8 +30,11 @@ Kinds: b"E" event (payload = seq u32, prio u8, data), b"A" removal (payload = se
 b"C" commit (end of a compacted file, empty payload).
 
 RAM: the outbox keeps only seq, file offset, and priority with length per entry, in three arrays
-allocated once (10 bytes per entry of capacity: 2.5 KB for 256); the data is read back from
-flash when it is sent.
+allocated once (8 bytes per entry of capacity: 2 KB for 256); the data is read back from flash
+when it is sent. Offsets are u16, so max_bytes and compact_bytes are capped at 30 KB: compaction
+then keeps the file below 64 KB (live + max(compact_bytes, live) + one record), and an event
+that would still start beyond 64 KB (compaction failing) is refused with OutboxFull. A file
+from an older firmware is within that bound with the default sizes (16 KB).
 
 Errors: OutboxFull (args: the refused seq, or the OSError of a write the flash refused);
 ValueError for an event too large for a record or a seq that does not increase.
@@ -60,6 +63,7 @@ _HDR = const(4)  # magic, kind, length
 _OVERHEAD = const(8)  # header + crc
 _MAX_PAYLOAD = const(512)
 _LEN = const(0xFFF)  # _p entry: prio << 12 | payload length
+_MAX_BYTES = const(30720)  # offsets are u16: see RAM above
 
 
 class OutboxFull(Exception):
@@ -139,8 +143,8 @@ class Outbox:
     def __init__(self, dir_path, max_entries=256, max_bytes=16384, compact_bytes=2048):
         self.path = path = dir_path + "/outbox.log"
         new = path[:-3] + "new"  # outbox.new, the compaction in progress
-        self.max_bytes = max_bytes
-        self.compact_bytes = compact_bytes
+        self.max_bytes = max_bytes = min(max_bytes, _MAX_BYTES)
+        self.compact_bytes = compact_bytes = min(compact_bytes, _MAX_BYTES)
         self.dropped = 0  # events dropped to make room (counted for heartbeats/diagnostics)
         self.damaged = 0  # damaged stretches found on load
         self.compactions = 0
@@ -148,7 +152,7 @@ class Outbox:
         # fragmented heap (a growing 256-entry list needs 2 KB contiguous on a 64-bit host).
         # The capacity (max_entries) is len(self._p).
         self._q = array("I", bytes(4 * max_entries))
-        self._at = array("I", bytes(4 * max_entries))
+        self._at = array("H", bytes(2 * max_entries))
         self._p = array("H", bytes(2 * max_entries))
         if stat(new) >= 0:
             last = None
@@ -179,12 +183,15 @@ class Outbox:
                 continue
             end = off + len(payload) + 4
             if kind == _KIND_EVENT and len(payload) >= 5:
+                if off > 0xFFFF:  # beyond a u16 offset (an older firmware with max_bytes > 30 KB)
+                    over = True  # dropped, never misread; compacted now
+                    continue
                 seq = struct.unpack(">I", payload)[0]
                 if self._n and seq <= self._q[self._n - 1]:
-                    self._drop(self._find(seq))  # a rewritten seq: the later record wins
+                    self._drop(seq)  # a rewritten seq: the later record wins
                 i = self._n
                 if i == len(self._p):
-                    self._drop(0)  # only if max_entries shrank between boots
+                    self._drop(self._q[0])  # only if max_entries shrank between boots
                     over = True
                     i -= 1
                 self._q[i] = seq
@@ -193,32 +200,29 @@ class Outbox:
                 self._n = i + 1
                 self.live_bytes += len(payload) + _OVERHEAD
             elif kind == _KIND_REMOVE and len(payload) == 4:
-                self._drop(self._find(struct.unpack(">I", payload)[0]))
+                self._drop(struct.unpack(">I", payload)[0])
         self.file_bytes = end
         return over
 
-    def _drop(self, i):
-        if i < 0:
-            return
-        n = self._n
-        self.live_bytes -= (self._p[i] & _LEN) + _OVERHEAD
-        for a in (self._q, self._at, self._p):
-            mv = memoryview(a)
-            mv[i:n - 1] = mv[i + 1:n]  # memmove, no allocation
-        self._n = n - 1
-
-    def _find(self, seq):
-        lo, hi = 0, self._n
-        seqs = self._q
+    def _drop(self, seq):
+        """Forget `seq` in RAM (binary search, then memmove); False if it was not waiting."""
+        lo, n = 0, self._n
+        hi = n
+        q = self._q
         while lo < hi:
-            mid = (lo + hi) >> 1
-            if seqs[mid] < seq:
-                lo = mid + 1
+            i = (lo + hi) >> 1
+            if q[i] < seq:
+                lo = i + 1
             else:
-                hi = mid
-        if lo < self._n and seqs[lo] == seq:
-            return lo
-        return -1
+                hi = i
+        if lo == n or q[lo] != seq:
+            return False
+        self.live_bytes -= (self._p[lo] & _LEN) + _OVERHEAD
+        for a in (q, self._at, self._p):
+            mv = memoryview(a)
+            mv[lo:n - 1] = mv[lo + 1:n]  # no allocation
+        self._n = n - 1
+        return True
 
     # -- queries ----------------------------------------------------------------------------
     def __len__(self):
@@ -237,13 +241,13 @@ class Outbox:
 
     def read(self, seq):
         """(prio, data) of a waiting event; KeyError if it is not waiting."""
-        i = self._find(seq)
-        if i < 0:
-            raise KeyError(seq)
-        with open(self.path, "rb") as f:
-            f.seek(self._at[i] + 5)
-            data = f.read((self._p[i] & _LEN) - 5)
-        return self._p[i] >> 12, data
+        for i in range(self._n):  # the uplink sends oldest first: found near the start
+            if self._q[i] == seq:
+                with open(self.path, "rb") as f:
+                    f.seek(self._at[i] + 5)
+                    data = f.read((self._p[i] & _LEN) - 5)
+                return self._p[i] >> 12, data
+        raise KeyError(seq)
 
     # -- changes ----------------------------------------------------------------------------
     def _put(self, buf):
@@ -281,7 +285,7 @@ class Outbox:
                     victims.append(self._q[i])
                     entries -= 1
                     size -= (self._p[i] & _LEN) + _OVERHEAD
-        if entries >= cap or size + need > self.max_bytes:
+        if entries >= cap or size + need > self.max_bytes or self.file_bytes + need > 0xFFFF:
             raise OutboxFull(seq)
         for v in victims:
             self.remove(v)
@@ -297,14 +301,12 @@ class Outbox:
 
     def remove(self, seq):
         """Forget an event (its ack arrived, or it is dropped). False if it was not waiting."""
-        i = self._find(seq)
-        if i < 0:
+        if not self._drop(seq):
             return False
         try:
             self._put(_enc(_KIND_REMOVE, struct.pack(">I", seq)))
         except OutboxFull:
             pass  # forgotten in RAM anyway: after a reboot it is resent once more (a duplicate)
-        self._drop(i)
         if self.file_bytes - self.live_bytes > max(self.compact_bytes, self.live_bytes):
             try:
                 self.compact()

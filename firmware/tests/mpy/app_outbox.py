@@ -194,6 +194,23 @@ def test_flash_refusing_writes_is_survived():
     eq(Outbox(D).seqs(), [1, 2], "after reboot the unrecorded removal is resent once more")
 
 
+def test_sizes_capped_so_u16_offsets_always_fit():
+    ob = Outbox(D, max_entries=100, max_bytes=100000, compact_bytes=100000)
+    eq((ob.max_bytes, ob.compact_bytes), (30720, 30720), "capped at 30 KB")
+    kept = []
+    for s in range(1, 600):
+        ob.put(s, PRIO_NORMAL, bytes([s & 0xFF]) * 400)
+        if s % 9:
+            ob.remove(s)
+        else:
+            kept.append(s)
+        check(size(ob.path) <= 0xFFFF, "file below 64 KB: %d" % size(ob.path))
+    again = Outbox(D, max_entries=100, max_bytes=100000, compact_bytes=100000)
+    eq(again.seqs(), ob.seqs(), "same after reopen")
+    for s in again.seqs():
+        eq(again.read(s)[1], bytes([s & 0xFF]) * 400, "data %d" % s)
+
+
 def test_seq_never_reused_across_reopen():
     last = 0
     writes = 0
