@@ -38,7 +38,25 @@ _BUZZER_RING = const(256)  # buzzer changes kept: 1 KB; clients count them with 
 # Options with a value, then flags (argv "--name", or the same names without "--" in a dict).
 _OPTS = const("--flash --control --hwid --battery-mv --single-led --no-rfid --wdt")
 # The ops of the control channel, in the order of the dispatch in Board.poll.
-_ERROR = const('{"ok": false, "error": %s}\n')  # an error reply, with the message as JSON
+# The reply texts, split at "|" when a request is served: one constant instead of one per text
+# (each distinct string constant is an object in the heap).
+_TEXT = const(
+    '{"ok": true, "now_ms": %d|, "hwid": %s, "flash": %s|no reader (--no-rfid)|kind: lockup or glitch|mv: 0..20000|, "on": %d, %s"count": %d, "history": [|"rgb": [%d, %d, %d], |, "hwid": %s, "button": %d, "tamper": %d, "battery_mv": %d, "net": %s, "led": [%d, %d, %d], "buzzer": %d, "reset_reason": %d, "card": %s, "reader_reinits": %d|, "alloc": %d, "free": %d|unknown op %s|bad request: %r|{"ok": false, "error": %s}\n|"too many clients"|"line too long"'
+)
+_T_OK = const(0)
+_T_PING = const(1)
+_T_NO_READER = const(2)
+_T_KIND = const(3)
+_T_MV = const(4)
+_T_OUT = const(5)
+_T_RGB = const(6)
+_T_STATE = const(7)
+_T_MEM = const(8)
+_T_UNKNOWN = const(9)
+_T_BAD = const(10)
+_T_ERROR = const(11)
+_T_CLIENTS = const(12)
+_T_LONG = const(13)
 _OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem")
 
 
@@ -47,14 +65,10 @@ class _Out:
     # LED, 1 single LED, 0 buzzer); n, changes so far; e, the history: one u32 per change,
     # t_ms << 3 | v (t_ms wraps after 6.2 days), growing to its ring size and then used as a
     # ring; t, the board (for its clock). The first version, a list of tuples, grew to ~25 KB.
-    def __init__(self, board, kind):
-        self.t = board
-        self.k = kind
-        self.v = 0
-        self.n = 0
-        self.e = array("I")
+    # t, k and e are set by Board.__init__ (no __init__ here: one function object less).
+    v = n = 0
 
-    def rgb(self, r, g, b):
+    def rgb(self, r=0, g=0, b=0):
         v = (4 if r else 0) | (2 if g else 0) | (1 if b else 0)
         if v and self.k < 7:
             v = 7 if self.k else 1  # a single LED shows any colour as white; the buzzer is on
@@ -68,11 +82,10 @@ class _Out:
                 self.e[self.n % ring] = e
             self.n += 1
 
+    off = rgb  # rgb() with its defaults: all off
+
     def on(self):
         self.rgb(1, 1, 1)
-
-    def off(self):
-        self.rgb(0, 0, 0)
 
 
 def _send(sock, data, o=None, k=0):
@@ -168,8 +181,10 @@ class Board:
         self.start = 0
         self.mv = int(o[3] or _MV)
         self.up = True
-        self.led = _Out(self, 1 if o[4] else 7)
-        self.buzzer = _Out(self, 0)
+        self.led = _Out()
+        self.buzzer = _Out()
+        for x, k in ((self.led, 1 if o[4] else 7), (self.buzzer, 0)):
+            x.t, x.k, x.e = self, k, array("I")
         self.chip = False if o[5] else None
         self.reader = None
         self.wdt = None if o[6] else False
@@ -307,7 +322,8 @@ class Board:
                 except OSError:
                     continue
                 if len(self.clients) >= _MAX_CLIENTS:
-                    _send(conn, _ERROR % '"too many clients"')
+                    t = _TEXT.split("|")
+                    _send(conn, t[_T_ERROR] % t[_T_CLIENTS])
                     conn.close()
                     continue
                 conn.setblocking(False)
@@ -331,7 +347,8 @@ class Board:
                 nl = buf.find(10)  # "\n"
                 if nl < 0:
                     if len(buf) > _MAX_LINE:
-                        _send(conn, _ERROR % '"line too long"')
+                        t = _TEXT.split("|")
+                        _send(conn, t[_T_ERROR] % t[_T_LONG])
                         buf[:] = bytearray()
                     break
                 line = bytes(buf[:nl])
@@ -339,17 +356,18 @@ class Board:
                 if not line.strip():
                     continue
                 o, k = None, 0
+                t = _TEXT.split("|")
                 try:
                     r = json.loads(line)
                     op = r["op"]
                     ops = _OPS.split()
                     i = ops.index(op) if op in ops else -1
-                    out = '{"ok": true, "now_ms": %d' % time.ticks_diff(time.ticks_ms(), self.t)
+                    out = t[_T_OK] % time.ticks_diff(time.ticks_ms(), self.t)
                     if i < 0:
                         out = None
-                        data = _ERROR % json.dumps("unknown op %s" % op)
+                        data = t[_T_ERROR] % json.dumps(t[_T_UNKNOWN] % op)
                     elif i == 0:  # ping
-                        out += ', "hwid": %s, "flash": %s' % (json.dumps(self.hwid), json.dumps(self.flash_root))
+                        out += t[_T_PING] % (json.dumps(self.hwid), json.dumps(self.flash_root))
                     elif i < 3:  # press, release
                         self.steps = None
                         self.down = 1 if i == 1 else 0
@@ -364,11 +382,11 @@ class Board:
 
                             self.chip = SimMFRC522(_VERSION)
                         if not self.chip:
-                            raise ValueError("no reader (--no-rfid)")
+                            raise ValueError(t[_T_NO_READER])
                         if i == 6:
                             k = r["kind"]
                             if k != "lockup" and k != "glitch":
-                                raise ValueError("kind: lockup or glitch")
+                                raise ValueError(t[_T_KIND])
                             getattr(self.chip, k)()
                         else:
                             u = r.get("uid")
@@ -376,7 +394,7 @@ class Board:
                     elif i == 7:  # battery
                         mv = r["mv"]
                         if type(mv) is not int or not 0 <= mv <= 20000:
-                            raise ValueError("mv: 0..20000")
+                            raise ValueError(t[_T_MV])
                         self.mv = mv
                     elif i == 8:  # tamper
                         self.open = 1 if r["open"] else 0
@@ -385,14 +403,12 @@ class Board:
                     elif i < 12:  # led, buzzer: the history goes out as text, a piece at a time
                         o = self.buzzer if i == 11 else self.led
                         v = o.v
-                        out += ', "on": %d, %s"count": %d, "history": [' % (
-                            v > 0, '"rgb": [%d, %d, %d], ' % (v >> 2, v >> 1 & 1, v & 1) if i == 10 else "", o.n)
+                        out += t[_T_OUT] % (v > 0, t[_T_RGB] % (v >> 2, v >> 1 & 1, v & 1) if i == 10 else "", o.n)
                         k = int(r.get("since", 0))
                     elif i == 12:  # state
                         c = self.chip.card if self.chip else None
                         v = self.led.v
-                        out += (', "hwid": %s, "button": %d, "tamper": %d, "battery_mv": %d, "net": %s, "led": [%d, %d, %d], '
-                                '"buzzer": %d, "reset_reason": %d, "card": %s, "reader_reinits": %d') % (
+                        out += t[_T_STATE] % (
                             json.dumps(self.hwid), self.button(), self.open, self.mv, json.dumps(self.up), v >> 2, v >> 1 & 1,
                             v & 1, self.buzzer.v, self.r, json.dumps(c.uid.hex() if c else None),
                             self.reader.reinits if self.reader else 0)
@@ -401,10 +417,10 @@ class Board:
 
                         if r.get("collect"):
                             gc.collect()
-                        out += ', "alloc": %d, "free": %d' % (gc.mem_alloc(), gc.mem_free())
+                        out += t[_T_MEM] % (gc.mem_alloc(), gc.mem_free())
                     if out:
                         data = out if o else out + "}\n"
                 except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
                     o = None
-                    data = _ERROR % json.dumps("bad request: %r" % e)
+                    data = t[_T_ERROR] % json.dumps(t[_T_BAD] % e)
                 _send(conn, data, o, k)
