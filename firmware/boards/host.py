@@ -37,7 +37,6 @@ _LED_RING = const(64)  # LED changes kept (one u32 each): 256 B
 _BUZZER_RING = const(256)  # buzzer changes kept: 1 KB; clients count them with len(history)
 # Options with a value, then flags (argv "--name", or the same names without "--" in a dict).
 _OPTS = const("--flash --control --hwid --battery-mv --single-led --no-rfid --wdt")
-# The ops of the control channel, in the order of the dispatch in Board.poll.
 # The reply texts, split at "|" when a request is served: one constant instead of one per text
 # (each distinct string constant is an object in the heap).
 _TEXT = const(
@@ -57,7 +56,11 @@ _T_BAD = const(10)
 _T_ERROR = const(11)
 _T_CLIENTS = const(12)
 _T_LONG = const(13)
+# The ops of the control channel, in the order of the dispatch in Board.poll.
 _OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem")
+
+
+_STDIN = getattr(sys.stdin, "buffer", sys.stdin)  # the console's input
 
 
 class _Out:
@@ -120,18 +123,17 @@ def _send(sock, data, o=None, k=0):
 
 
 class Board:
-    # Attributes (short names the VM already has, so they add no qstrs):
-    #   flash_root, led, buzzer, console (itself), name      the board interface
-    #   t      ticks_ms() at start (board time 0)           path   DIR/.hostboard/
-    #   hwid   hardware id                                   r      reset reason at boot
-    #   down   button level (press/release)                  steps  button script [(level, ms)]
-    #   start  ticks_ms() when the script began              open   tamper: case open
+    # Attributes: short names the VM already has (no qstrs), and at most 17 of them with the
+    # runtime's board.app (an instance's attribute table grows 17 -> 23 -> 29 slots of 16 B):
+    #   flash_root, led, buzzer, console (itself)            the board interface
+    #   t      ticks_ms() at start (board time 0)           r      reset reason at boot
+    #   hwid   hardware id                                   open   tamper: case open
+    #   steps  the button: None up, (t0, None) pressed, (t0, [(level, ms), ...]) a script from t0
     #   mv     battery mV                                    up     network up
-    #   chip   simulated MFRC522 (None: not made yet, False: --no-rfid)
-    #   reader its driver                                    wdt    watchdog (None: not made, False: no --wdt)
-    #   stdin, stdout, closed, buf (1 byte)                  the console on stdin/stdout
-    #   poller stdin + control sockets                       sock   listening socket or None
-    #   clients  socket -> bytearray of its pending input
+    #   chip   simulated MFRC522 (None: not made yet, False: --no-rfid); chip.reader its driver
+    #   wdt    watchdog (None: not made yet, False: no --wdt)
+    #   closed stdin at EOF (the console)                    poller stdin + control sockets
+    #   clients  control socket -> bytearray of its pending input; the listening socket -> None
     name = "host"
 
     def __init__(self, argv=None):
@@ -151,8 +153,8 @@ class Board:
         if root[0] != "/":
             root = os.getcwd() + "/" + root
         self.flash_root = root
-        self.path = root + "/.hostboard/"
-        for d in (root, root + "/data", self.path):
+        meta = root + "/.hostboard/"
+        for d in (root, root + "/data", meta):
             try:
                 os.mkdir(d)
             except OSError:
@@ -160,25 +162,24 @@ class Board:
         h = o[2]
         if not h:
             try:
-                with open(self.path + "hwid") as f:
+                with open(meta + "hwid") as f:
                     h = f.read().strip()
             except OSError:
                 pass
         if not h:
             h = "host-" + "".join("%02x" % b for b in os.urandom(6))
-            with open(self.path + "hwid", "w") as f:
+            with open(meta + "hwid", "w") as f:
                 f.write(h)
         self.hwid = h
         try:
-            with open(self.path + "reset_reason") as f:
+            with open(meta + "reset_reason") as f:
                 h = f.read().strip()
-            os.remove(self.path + "reset_reason")
+            os.remove(meta + "reset_reason")
         except OSError:
             h = ""
         self.r = int(h) if h.isdigit() else 0
-        self.down = self.open = 0
+        self.open = 0
         self.steps = None
-        self.start = 0
         self.mv = int(o[3] or _MV)
         self.up = True
         self.led = _Out()
@@ -186,18 +187,11 @@ class Board:
         for x, k in ((self.led, 1 if o[4] else 7), (self.buzzer, 0)):
             x.t, x.k, x.e = self, k, array("I")
         self.chip = False if o[5] else None
-        self.reader = None
         self.wdt = None if o[6] else False
         self.console = self
-        sin = sys.stdin
-        self.stdin = getattr(sin, "buffer", sin)
-        sin = sys.stdout
-        self.stdout = getattr(sin, "buffer", sin)
         self.closed = False
-        self.buf = bytearray(1)
         self.poller = p = select.poll()
-        p.register(self.stdin, select.POLLIN)
-        self.sock = None
+        p.register(_STDIN, select.POLLIN)
         self.clients = {}
         if o[1]:
             path = o[1]
@@ -211,7 +205,7 @@ class Board:
             s.bind(bytes((socket.AF_UNIX, 0)) + path.encode() + bytes(1))
             s.listen(_MAX_CLIENTS)
             s.setblocking(False)
-            self.sock = s
+            self.clients[s] = None
             p.register(s, select.POLLIN)
 
     # -- the board interface ------------------------------------------------------------------
@@ -223,14 +217,15 @@ class Board:
 
     def button(self):
         s = self.steps
-        if s is not None:
-            dt = time.ticks_diff(time.ticks_ms(), self.start)
-            for level, ms in s:
-                if dt < ms:
-                    return level
-                dt -= ms
-            self.steps = None
-        return self.down
+        if s is None or s[1] is None:
+            return 0 if s is None else 1
+        dt = time.ticks_diff(time.ticks_ms(), s[0])
+        for level, ms in s[1]:
+            if dt < ms:
+                return level
+            dt -= ms
+        self.steps = None
+        return 0
 
     def tamper(self):
         return self.open
@@ -239,15 +234,18 @@ class Board:
         return self.mv
 
     def rfid(self):
-        if self.chip is None:
+        c = self.chip
+        if c is None:
             from boards.sim_mfrc522 import SimMFRC522
 
-            self.chip = SimMFRC522(_VERSION)
-        if self.chip and self.reader is None:
+            c = self.chip = SimMFRC522(_VERSION)
+        if not c:
+            return None
+        if c.reader is None:
             from drivers.mfrc522 import MFRC522
 
-            self.reader = MFRC522(self.chip, self.chip.cs, self.chip.rst, time.sleep_ms)
-        return self.reader
+            c.reader = MFRC522(c, c.cs, c.rst, time.sleep_ms)
+        return c.reader
 
     def network_up(self, cfg=None):
         return self.up
@@ -265,13 +263,13 @@ class Board:
     def reboot(self):
         # A real board resets; the host board exits with status 3 and its driver restarts it,
         # with reset reason 4 (soft reset) waiting for the next boot (host_wdt.py writes 2).
-        with open(self.path + "reset_reason", "w") as f:
+        with open(self.flash_root + "/.hostboard/reset_reason", "w") as f:
             f.write("4")
         sys.exit(3)
 
     def idle_ms(self, ms):
         """Sleep up to ms, waking at once for control or console input."""
-        if self.sock is None and self.closed:
+        if not self.clients and self.closed:
             time.sleep_ms(ms)
         else:
             self.poller.poll(ms)
@@ -285,11 +283,12 @@ class Board:
         while not self.closed and len(out) < n:
             ev = got = 0
             for obj, e in self.poller.ipoll(0):
-                if obj is self.stdin:
+                if obj is _STDIN:
                     ev = e
             if ev & select.POLLIN:
+                one = bytearray(1)
                 try:
-                    got = self.stdin.readinto(self.buf)
+                    got = _STDIN.readinto(one)
                 except OSError:
                     pass  # a pty whose other side went away reports EIO
             elif not ev & (select.POLLHUP | select.POLLERR):
@@ -297,15 +296,16 @@ class Board:
             if not got:
                 # End of input (stdin at EOF, pty hung up): stop polling it instead of spinning.
                 self.closed = True
-                self.poller.unregister(self.stdin)
+                self.poller.unregister(_STDIN)
                 break
-            out.extend(self.buf)
+            out.extend(one)
         return bytes(out) if out else None
 
     def write(self, data):
+        out = getattr(sys.stdout, "buffer", sys.stdout)
         try:
-            self.stdout.write(data)
-            self.stdout.flush()
+            out.write(data)
+            out.flush()
         except (OSError, AttributeError):
             pass  # nobody listening: a console reply is not worth crashing the unit for
 
@@ -313,15 +313,18 @@ class Board:
     def poll(self):
         if self.wdt:
             self.wdt.poll()
-        if self.sock is None:
+        if not self.clients:
             return
         for conn, _ in self.poller.poll(0):
-            if conn is self.sock:
+            if conn not in self.clients:
+                continue  # stdin: read() reads it
+            buf = self.clients[conn]
+            if buf is None:  # the listening socket
                 try:
                     conn = conn.accept()[0]
                 except OSError:
                     continue
-                if len(self.clients) >= _MAX_CLIENTS:
+                if len(self.clients) > _MAX_CLIENTS:
                     t = _TEXT.split("|")
                     _send(conn, t[_T_ERROR] % t[_T_CLIENTS])
                     conn.close()
@@ -330,9 +333,6 @@ class Board:
                 self.clients[conn] = bytearray()
                 self.poller.register(conn, select.POLLIN)
                 continue
-            buf = self.clients.get(conn)
-            if buf is None:
-                continue  # stdin: read() reads it
             try:
                 data = conn.recv(512)
             except OSError:
@@ -369,13 +369,10 @@ class Board:
                     elif i == 0:  # ping
                         out += t[_T_PING] % (json.dumps(self.hwid), json.dumps(self.flash_root))
                     elif i < 3:  # press, release
-                        self.steps = None
-                        self.down = 1 if i == 1 else 0
+                        self.steps = (0, None) if i == 1 else None
                     elif i < 5:  # hold, button_script
                         steps = [[1, r["ms"]]] if i == 3 else r["steps"]
-                        self.down = 0
-                        self.start = time.ticks_ms()
-                        self.steps = [(1 if s[0] else 0, int(s[1])) for s in steps]
+                        self.steps = (time.ticks_ms(), [(1 if s[0] else 0, int(s[1])) for s in steps])
                     elif i < 7:  # card, reader_fault
                         if self.chip is None:
                             from boards.sim_mfrc522 import SimMFRC522
@@ -411,7 +408,7 @@ class Board:
                         out += t[_T_STATE] % (
                             json.dumps(self.hwid), self.button(), self.open, self.mv, json.dumps(self.up), v >> 2, v >> 1 & 1,
                             v & 1, self.buzzer.v, self.r, json.dumps(c.uid.hex() if c else None),
-                            self.reader.reinits if self.reader else 0)
+                            self.chip.reader.reinits if self.chip and self.chip.reader else 0)
                     else:  # mem
                         import gc
 

@@ -10,7 +10,7 @@ import time
 class SoftWatchdog:
     # path: the board's DIR/.hostboard/; timeout: ms; t: deadline (ticks_ms)
     def __init__(self, board, ms):
-        self.path = board.path
+        self.path = board.flash_root + "/.hostboard/"
         self.timeout = ms
         self.feed()
         try:

@@ -89,6 +89,7 @@ class SimMFRC522:
         self.writes = []
         self.hard_resets = 0
         self.t = self.s = 1
+        self.reader = None  # the host board's driver for this chip (boards/host.py)
         self.glitch()
 
     # -- faults and the field ----------------------------------------------------------------
