@@ -34,13 +34,7 @@ class Buzzer(Led):
     # hw: board.buzzer (.on(), .off()); the rest as in Led.
     _names = _NAMES
     _patterns = _PATTERNS
-    _idle = None
-
-    def _write(self, v):
-        if v:
-            self.hw.on()
-        else:
-            self.hw.off()
+    _idle = None  # off at start; the output is on/off (Led.poll)
 
     def siren(self, on, pattern=0, duration_s=0):
         if not on:

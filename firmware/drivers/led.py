@@ -46,36 +46,18 @@ _PATTERNS = const(
 )
 
 
-def _at(s, t, n):
-    """The value of the pattern s at t ms, looping until n ms (0: played once); None once it
-    is over."""
-    total = 0
-    for i in range(0, len(s), 2):
-        total += s[i] * 10
-    if t >= (n or total):
-        return None
-    t %= total
-    for i in range(0, len(s), 2):
-        d = s[i] * 10
-        if t < d:
-            return s[i + 1]
-        t -= d
-    return s[-1]
-
-
 class Led:
     # hw: board.led (.rgb(r, g, b)); state: the name shown (the overlay's while one plays);
-    # value: the output now (colour bits); base: (name, steps) looping; once: (name, steps,
-    # repeat_ms) on top; start, t: when base / once began.
+    # value: the output now (colour bits); base: (name, steps, t0, 0x3FFFFFFF) looping from t0;
+    # once: (name, steps, t0, n) on top, played once (n 0) or looped for n ms.
     _names = _NAMES
     _patterns = _PATTERNS
-    _idle = "idle"
+    _idle = "idle"  # the pattern at start; None (the buzzer): off, and an on/off output
 
     def __init__(self, hw, now_ms=None):
         self.hw = hw
         self._now = now_ms or time.ticks_ms
         self.base = self.once = self.state = self.value = None
-        self.start = self.t = self._now()
         if self._idle:
             self.set(self._idle)
         else:
@@ -95,34 +77,45 @@ class Led:
         """Loop the pattern of `state` (setting the same state again keeps its rhythm)."""
         if self.base is not None and self.base[0] == state:
             return
-        self.base = (state, self._steps(state))
-        self.start = self._now()
+        self.base = (state, self._steps(state), self._now(), 0x3FFFFFFF)  # longer than any ticks_diff
         self.poll()
 
     def flash(self, name, n=0):
         """Play `name` once on top of the state (or looped for n ms if n > 0), then back."""
-        self.once = (name, self._steps(name), n)
-        self.t = self._now()
+        self.once = (name, self._steps(name), self._now(), n)
         self.poll()
-
-    def _write(self, v):
-        self.hw.rgb(v >> 2 & 1, v >> 1 & 1, v & 1)
 
     def poll(self):
         now = self._now()
         v = None
-        o = self.once
-        if o is not None:
-            v = _at(o[1], time.ticks_diff(now, self.t), o[2])
-            if v is None:
-                self.once = None
-        b = self.base
-        if v is None and b is not None:
-            v = _at(b[1], time.ticks_diff(now, self.start), 0x3FFFFFFF)
-        self.state = self.once[0] if self.once else (b[0] if b else None)
+        for k in range(2):  # the overlay first, then the base pattern
+            p = self.base if k else self.once
+            if p is None or v is not None:
+                continue
+            s = p[1]
+            t = time.ticks_diff(now, p[2])
+            total = 0
+            for i in range(0, len(s), 2):
+                total += s[i] * 10
+            if t < (p[3] or total):
+                t %= total
+                for i in range(0, len(s), 2):
+                    v = s[i + 1]
+                    t -= s[i] * 10
+                    if t < 0:
+                        break
+            elif not k:
+                self.once = None  # the overlay is over
+        p = self.once or self.base
+        self.state = p[0] if p else None
         if v is None:
             v = 0
         if v != self.value:
             self.value = v
-            self._write(v)
+            if self._idle:
+                self.hw.rgb(v >> 2 & 1, v >> 1 & 1, v & 1)
+            elif v:
+                self.hw.on()
+            else:
+                self.hw.off()
         return v
