@@ -382,9 +382,12 @@ class Board:
                             raise ValueError(t[_T_NO_READER])
                         if i == 6:
                             k = r["kind"]
-                            if k != "lockup" and k != "glitch":
+                            if k == "lockup":
+                                self.chip.locked = True
+                            elif k == "glitch":
+                                self.chip.glitch()
+                            else:
                                 raise ValueError(t[_T_KIND])
-                            getattr(self.chip, k)()
                         else:
                             u = r.get("uid")
                             self.chip.present(u and bytes.fromhex(u), r.get("uid2") and bytes.fromhex(r["uid2"]))

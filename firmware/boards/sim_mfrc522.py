@@ -7,9 +7,8 @@
 # transceive with no card never ends), the antenna switch, and a card's ISO 14443-3 state machine
 # (IDLE, READY per cascade level, ACTIVE, HALT) with REQA/WUPA, ANTICOLLISION, SELECT with CRC_A
 # check, cascade tag 0x88 and SAK bit 0x04 for 7- and 10-byte UIDs, and HLTA.
-# Faults: lockup() (MISO reads 0x00 and writes are ignored until the RST pin is pulsed low) and
-# glitch() (registers fall back to reset values, as after a brown-out); named as the control
-# channel's reader_fault kinds.
+# Faults: `locked = True` (a lock-up: MISO reads 0x00 and writes are ignored until the RST pin
+# is pulsed low) and glitch() (registers fall back to reset values, as after a brown-out).
 # Two cards in the field answer together: differing bits set ErrorReg.CollErr (present(a, b)).
 #
 # RAM: the check-in role carries this module on the host board, so it is compact: one method
@@ -76,7 +75,7 @@ class Card:
 
 
 class SimMFRC522:
-    # version (VersionReg); card, second (the cards in the field); locked (lockup() fault);
+    # version (VersionReg); card, second (the cards in the field); locked (a lock-up fault);
     # record, frames, writes (with record=True: frames transmitted to the card and every
     # register write as (register, value)); hard_resets (RST pulses); regs (register file), buf
     # (the FIFO); t, s (levels of the CS and RST pins).
@@ -104,9 +103,6 @@ class SimMFRC522:
         self.buf = bytearray()
         if self.card:
             self.card.state = _IDLE
-
-    def lockup(self):
-        self.locked = True
 
     def present(self, uid, uid2=None):
         """A card enters the field (uid None or empty: the field is empty); with uid2 a second

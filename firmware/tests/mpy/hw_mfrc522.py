@@ -99,7 +99,7 @@ eq("bad_sak_crc_none", r.read_uid(), None)
 chip, r = reader(record=False)
 chip.present(uid10)
 eq("before_lockup", r.read_uid(), uid10)
-chip.lockup()
+chip.locked = True  # lock-up
 eq("lockup_recovered_same_call", r.read_uid(), uid10)
 eq("lockup_reinit_count", (r.reinits, chip.hard_resets), (1, 2))
 
@@ -114,7 +114,7 @@ check("glitch_recovered_within_check_every", got[-1] == uid4 and r.reinits == 1,
 
 # Lock-up without RST: soft reset cannot reach the chip -> ReaderError (never a silent None forever).
 chip, r = reader(rst=False, record=False)
-chip.lockup()
+chip.locked = True  # lock-up
 raises("lockup_no_rst_raises", ReaderError, r.read_uid)
 raises("self_check_raises", ReaderError, r.self_check)
 chip.locked = False  # the fault clears (someone power-cycled the reader)
