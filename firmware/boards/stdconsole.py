@@ -1,5 +1,6 @@
 # The provisioning console's byte stream on stdin/stdout: the USB CDC or UART REPL stream on a
-# board, the process's stdin/stdout on the host board. Reads never block.
+# board (boards/mcu.py). Reads never block. (The host board is its own console, with the same
+# quirks: boards/host.py.)
 #
 # Quirk: a stream's read(n) blocks until n bytes arrive (MicroPython streams loop until full), so
 # we read one byte at a time, and only while poll() says one is ready.
