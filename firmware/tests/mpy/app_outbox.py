@@ -33,7 +33,7 @@ def test_put_read_remove_survive_reopen():
     check(ob.remove(2), "remove 2")
     check(not ob.remove(2), "second remove is a no-op")
     ob = Outbox(D)
-    eq(ob.seqs(), [1, 5, 9], "seqs after reopen")
+    eq(list(ob.seqs()), [1, 5, 9], "seqs after reopen")
     for s in (1, 5, 9):
         eq(ob.read(s), (PRIO_NORMAL, data(s)), "read %d" % s)
     eq(ob.next_after(1), 5, "next_after")
@@ -53,12 +53,12 @@ def test_torn_tail_at_every_byte_is_skipped_never_misread():
         with open(ob.path, "wb") as f:
             f.write(longer[:cut])
         got = Outbox(D)
-        eq(got.seqs(), [1, 2, 3], "cut at %d" % cut)
+        eq(list(got.seqs()), [1, 2, 3], "cut at %d" % cut)
         for s in (1, 2, 3):
             eq(got.read(s)[1], data(s), "data after cut %d" % cut)
         # The damaged tail was compacted away: appends go on cleanly.
         got.put(10, PRIO_ALARM, b"x")
-        eq(Outbox(D).seqs(), [1, 2, 3, 10], "append after torn tail")
+        eq(list(Outbox(D).seqs()), [1, 2, 3, 10], "append after torn tail")
 
 
 def test_corrupt_middle_record_is_skipped_others_kept():
@@ -73,7 +73,7 @@ def test_corrupt_middle_record_is_skipped_others_kept():
     with open(ob.path, "wb") as f:
         f.write(raw)
     got = Outbox(D)
-    eq(got.seqs(), [1, 2, 4, 5], "corrupt record skipped")
+    eq(list(got.seqs()), [1, 2, 4, 5], "corrupt record skipped")
     eq(got.damaged, 1, "damage counted")
     for s in (1, 2, 4, 5):
         eq(got.read(s)[1], data(s), "data %d" % s)
@@ -85,7 +85,7 @@ def test_garbage_file_gives_empty_outbox():
     ob = Outbox(D)
     eq(len(ob), 0, "no records from garbage")
     ob.put(1, PRIO_ALARM, b"a")
-    eq(Outbox(D).seqs(), [1], "usable after garbage")
+    eq(list(Outbox(D).seqs()), [1], "usable after garbage")
 
 
 def test_full_drops_oldest_heartbeat_first_never_alarm():
@@ -108,7 +108,7 @@ def test_full_drops_oldest_heartbeat_first_never_alarm():
         check(False, "full of alarms must refuse")
     except OutboxFull:
         pass
-    eq(Outbox(D, max_entries=4).seqs(), [2, 5, 7, 9], "only alarms survive, persisted")
+    eq(list(Outbox(D, max_entries=4).seqs()), [2, 5, 7, 9], "only alarms survive, persisted")
     eq(ob.dropped, 4, "dropped count")
 
 
@@ -117,7 +117,7 @@ def test_byte_bound():
     for s in range(1, 20):
         ob.put(s, PRIO_HEARTBEAT, b"x" * 30)
     check(ob.live_bytes <= 200, "live bytes bounded: %d" % ob.live_bytes)
-    eq(ob.seqs()[-1], 19, "newest heartbeat kept")
+    eq(list(ob.seqs())[-1], 19, "newest heartbeat kept")
 
 
 def test_compaction_bounds_file_and_keeps_order():
@@ -132,9 +132,9 @@ def test_compaction_bounds_file_and_keeps_order():
     check(ob.compactions > 0, "compacted")
     check(peak <= 64, "file <= live + max(compact_bytes, live) (+1 record): over by %d" % peak)
     want = [s for s in range(1, 400) if s % 3 == 0]
-    eq(ob.seqs(), want, "live after compaction")
+    eq(list(ob.seqs()), want, "live after compaction")
     again = Outbox(D, compact_bytes=512)
-    eq(again.seqs(), want, "live after reopen")
+    eq(list(again.seqs()), want, "live after reopen")
     for s in want[:5] + want[-5:]:
         eq(again.read(s)[1], data(s), "data %d" % s)
 
@@ -144,7 +144,7 @@ def test_crash_during_compaction_incomplete_new_ignored():
     ob.put(1, PRIO_ALARM, b"one")
     with open(D + "/outbox.new", "wb") as f:
         f.write(outbox._enc(0x45, b"\x00\x00\x00\x07\x02junk"))  # no commit record
-    eq(Outbox(D).seqs(), [1], "incomplete .new ignored")
+    eq(list(Outbox(D).seqs()), [1], "incomplete .new ignored")
     check("outbox.new" not in os.listdir(D), ".new removed")
 
 
@@ -155,7 +155,7 @@ def test_crash_between_remove_and_rename_adopts_complete_new():
     ob.remove(1)
     ob.compact()
     os.rename(ob.path, D + "/outbox.new")  # as if power failed after remove(), before rename()
-    eq(Outbox(D).seqs(), [2], "complete .new adopted")
+    eq(list(Outbox(D).seqs()), [2], "complete .new adopted")
 
 
 def test_failed_compaction_keeps_the_index_pointing_at_the_old_file():
@@ -173,7 +173,7 @@ def test_failed_compaction_keeps_the_index_pointing_at_the_old_file():
         eq(ob.read(s)[1], data(s), "read %d after failed compaction" % s)
     os.rmdir(D + "/outbox.new")
     ob.compact()
-    eq(Outbox(D).seqs(), [1, 3, 4, 5, 6, 7], "compacts fine afterwards")
+    eq(list(Outbox(D).seqs()), [1, 3, 4, 5, 6, 7], "compacts fine afterwards")
 
 
 def test_flash_refusing_writes_is_survived():
@@ -188,10 +188,10 @@ def test_flash_refusing_writes_is_survived():
     except OutboxFull as e:
         check(isinstance(e.args[0], OSError), "OutboxFull carries the flash's OSError: %r" % (e,))
     check(ob.remove(2), "remove still forgets in RAM")
-    eq(ob.seqs(), [1], "RAM index")
+    eq(list(ob.seqs()), [1], "RAM index")
     os.rmdir(ob.path)
     os.rename(D + "/saved", ob.path)
-    eq(Outbox(D).seqs(), [1, 2], "after reboot the unrecorded removal is resent once more")
+    eq(list(Outbox(D).seqs()), [1, 2], "after reboot the unrecorded removal is resent once more")
 
 
 def test_sizes_capped_so_u16_offsets_always_fit():
@@ -206,7 +206,7 @@ def test_sizes_capped_so_u16_offsets_always_fit():
             kept.append(s)
         check(size(ob.path) <= 0xFFFF, "file below 64 KB: %d" % size(ob.path))
     again = Outbox(D, max_entries=100, max_bytes=100000, compact_bytes=100000)
-    eq(again.seqs(), ob.seqs(), "same after reopen")
+    eq(list(again.seqs()), list(ob.seqs()), "same after reopen")
     for s in again.seqs():
         eq(again.read(s)[1], bytes([s & 0xFF]) * 400, "data %d" % s)
 

@@ -292,7 +292,7 @@ def test_seq_survives_uplink_restart():
     up2 = Uplink(cfg(), D, Clock())
     b = up2.emit(frame.UP_ALARM, [0], PRIO_ALARM)
     check(b > a, "new boot numbers above old: %d > %d" % (b, a))
-    eq(up2.outbox.seqs(), [a, b], "both waiting, in order")
+    eq(list(up2.outbox.seqs()), [a, b], "both waiting, in order")
 
 
 # -- alarm button: state machine -> LED -----------------------------------------------------
@@ -381,7 +381,7 @@ def test_alarm_triple_tap_cancels_open_alarm_only():
     role.on_ack(role.cancel_seq, 0)
     role.step()
     eq(role.led.state, "idle", "cancel acked: idle")
-    check(alarm in up.outbox.seqs(), "alarm still waiting for its own ack")
+    check(alarm in list(up.outbox.seqs()), "alarm still waiting for its own ack")
 
 
 def test_open_alarm_survives_a_reboot():
