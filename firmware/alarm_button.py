@@ -15,7 +15,7 @@ LED (and RGB colour), from the state of the newest alarm:
   failing   red double flash      no ack after `failing_s` (20 s) or the link is down: still
                                   trying, the alarm is kept on flash and resent
   idle      off                   no open alarm (after stage 3 closed, stage 4 cancelled, an
-                                  acked cancel, or `open_s` (2 h) after the last ack). An
+                                  acked cancel, or 2 h after the last ack). An
                                   alarm never acked stays "failing" as long as it is resent.
 Buzzer: a short chirp when the hold is recognised; the `siren` downlink plays its pattern
 (drivers.buzzer), and feedback beeps never mask a running siren.
@@ -26,11 +26,13 @@ If the outbox is full of unsent alarms (see outbox.py) a new alarm is refused: t
 The open alarm survives a reboot or power cut: its seq and newest ack stage (or "closed") are
 kept in `data/alarm.state` (9 bytes with a CRC, written by new file + rename on each change: a
 few writes per alarm); an alarm still waiting in the outbox that is newer than that record (the
-power went between the two writes, or the file is torn) is the open one. So after the power comes back the light goes on saying "failing"/"sending", then
-"stored" and "coming" as the acks for the alarm pressed before the cut arrive.
+power went between the two writes, or the file is torn) is the open one. So after the power
+comes back the light goes on saying "failing"/"sending", then "stored" and "coming" as the acks
+for the alarm pressed before the cut arrive.
+
+The runtime calls step() every ~10 ms from its board task (no task of its own: RAM).
 """
 
-import asyncio
 import os
 import struct
 from binascii import crc32
@@ -39,70 +41,68 @@ from time import ticks_diff, ticks_ms
 from drivers.button import HOLD, TAPS, Button
 from drivers.buzzer import Buzzer
 from drivers.led import Led
+from micropython import const
 from outbox import PRIO_ALARM, PRIO_NORMAL, OutboxFull
 from protocol import frame
 
-FAILING_S = 20
-OPEN_S = 7200
-_NO_STAGE = 255
-_CLOSED = 254
+_OPEN_MS = const(7200000)  # 2 h after the last ack with no news: back to idle
+_NO_STAGE = const(255)
+_CLOSED = const(254)
 
 
 class AlarmButton:
-    def __init__(self, board, uplink, settings, log=print, failing_s=FAILING_S, open_s=OPEN_S):
-        self.board = board
+    def __init__(self, board, uplink, settings, failing_s=20):
         self.uplink = uplink
-        self.settings = settings
-        self.log = log
-        self.failing_ms = failing_s * 1000
-        self.open_ms = open_s * 1000
+        self._f = failing_s * 1000  # no ack after this long: "failing"
         self.button = Button(board.button, hold_ms=settings.get("hold_ms", 1000))
         self.led = Led(board.led)
         self.buzzer = Buzzer(board.buzzer)
         self.alarm_seq = None  # the open alarm
         self.cancel_seq = None
         self.stage = None  # newest ack stage for the open alarm (None = not acked yet)
-        self.since_ms = ticks_ms()  # when the open alarm last changed
+        self._t = ticks_ms()  # when the open alarm last changed
         self.refused = False
-        self._state_path = uplink.outbox.path.rsplit("/", 1)[0] + "/alarm.state"
-        self._restore()
-        uplink.listeners.append(self)
-
-    # -- the open alarm across reboots --------------------------------------------------------
-    def _restore(self):
+        # The open alarm across reboots: data/alarm.state (beside the outbox), then any alarm
+        # still waiting in the outbox that is newer than that record.
+        ob = uplink.outbox
+        self._path = ob.path.rsplit("/", 1)[0] + "/alarm.state"
         seq, stage = 0, _CLOSED
         try:
-            with open(self._state_path, "rb") as f:
+            with open(self._path, "rb") as f:
                 raw = f.read(16)
-            if len(raw) == 9 and struct.unpack(">I", raw[5:])[0] == crc32(raw[:5]) & 0xFFFFFFFF:
+            if len(raw) == 9 and struct.unpack(">I", raw[5:])[0] == crc32(raw[:5]):
                 seq, stage = struct.unpack(">IB", raw)
         except OSError:
             pass
+        # Walk the waiting events newer than the record, oldest first: the last alarm found is
+        # the newest (one at a time: no list of a full outbox's seqs at boot).
         newest = 0
-        ob = self.uplink.outbox
-        for s in ob.seqs():  # oldest first: the last alarm found is the newest
+        s = ob.next_after(seq)
+        while s is not None:
             try:
-                _prio, rec = ob.read(s)
-            except (KeyError, OSError):
-                continue
-            if rec and rec[0] == frame.UP_ALARM:
-                newest = s
-        if newest > seq:  # pressed after the state was last written (or the file is torn)
+                if ob.read(s)[1][0] == frame.UP_ALARM:
+                    newest = s
+            except (KeyError, OSError, IndexError):
+                pass
+            s = ob.next_after(s)
+        if newest:  # pressed after the state was last written (or the file is torn)
             self.alarm_seq = newest
         elif seq and stage != _CLOSED:
             self.alarm_seq = seq
             self.stage = None if stage == _NO_STAGE else stage
+        uplink.listeners.append(self)
 
-    def _save(self, closed_seq=0):
+    def _save(self, seq=0):
+        # seq: the alarm just closed (alarm_seq is None then).
         try:
             if self.alarm_seq is None:
-                body = struct.pack(">IB", closed_seq, _CLOSED)
+                body = struct.pack(">IB", seq, _CLOSED)
             else:
                 body = struct.pack(">IB", self.alarm_seq, _NO_STAGE if self.stage is None else self.stage)
-            tmp = self._state_path + ".tmp"
+            tmp = self._path + ".tmp"
             with open(tmp, "wb") as f:
-                f.write(body + struct.pack(">I", crc32(body) & 0xFFFFFFFF))
-            os.rename(tmp, self._state_path)
+                f.write(body + struct.pack(">I", crc32(body)))
+            os.rename(tmp, self._path)
         except OSError:
             pass  # only the light after a reboot depends on it; the alarm itself is in the outbox
 
@@ -112,7 +112,7 @@ class AlarmButton:
             return "failing" if self.refused else "idle"
         if self.stage is None or self.cancel_seq is not None:
             link = self.uplink.link
-            if ticks_diff(ticks_ms(), self.since_ms) > self.failing_ms or link is None or not link.up:
+            if ticks_diff(ticks_ms(), self._t) > self._f or link is None or not link.up:
                 return "failing"
             return "sending"
         return "coming" if self.stage >= 2 else "stored"
@@ -124,35 +124,6 @@ class AlarmButton:
         self.stage = None
         self._save(seq)
 
-    # -- gestures -----------------------------------------------------------------------------
-    def raise_alarm(self, kind=0):
-        try:
-            seq = self.uplink.emit(frame.UP_ALARM, [kind], PRIO_ALARM)
-        except OutboxFull:
-            self.refused = True
-            self.buzzer.beep("error")
-            return None
-        self.refused = False
-        self.alarm_seq = seq
-        self.cancel_seq = None
-        self.stage = None
-        self.since_ms = ticks_ms()
-        self.buzzer.beep("stored")
-        self._save()
-        return seq
-
-    def cancel(self):
-        if self.alarm_seq is None:
-            return None
-        try:
-            self.cancel_seq = self.uplink.emit(frame.UP_ALARM_CANCEL, [self.alarm_seq], PRIO_NORMAL)
-        except OutboxFull:
-            self.buzzer.beep("error")
-            return None
-        self.since_ms = ticks_ms()
-        self.buzzer.beep("confirmed")
-        return self.cancel_seq
-
     # -- uplink listener ----------------------------------------------------------------------
     def on_ack(self, seq, stage):
         if seq == self.alarm_seq:
@@ -160,7 +131,7 @@ class AlarmButton:
                 self._close()
             elif self.stage is None or stage > self.stage:
                 self.stage = stage
-                self.since_ms = ticks_ms()
+                self._t = ticks_ms()
                 self._save()
         elif seq == self.cancel_seq:
             self._close()
@@ -172,24 +143,33 @@ class AlarmButton:
         if "hold_ms" in changed:
             self.button.hold_ms = changed["hold_ms"]
 
-    # -- task ---------------------------------------------------------------------------------
+    # -- gestures, every ~10 ms -----------------------------------------------------------------
     def step(self):
+        up = self.uplink
         g = self.button.poll()
         while g is not None:
-            if g == HOLD:
-                self.raise_alarm()
-            elif g == TAPS and self.button.taps >= 3:
-                self.cancel()
+            try:
+                if g == HOLD:  # raise an alarm (kind 0, emergency)
+                    seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+                    self.alarm_seq = seq
+                    self.cancel_seq = None
+                    self.stage = None
+                    self._t = ticks_ms()
+                    self.refused = False
+                    self.buzzer.beep("stored")
+                    self._save()
+                elif g == TAPS and self.button.taps >= 3 and self.alarm_seq is not None:
+                    self.cancel_seq = up.emit(frame.UP_ALARM_CANCEL, [self.alarm_seq], PRIO_NORMAL)
+                    self._t = ticks_ms()
+                    self.buzzer.beep("confirmed")
+            except OutboxFull:
+                # A refused alarm shows "failing"; a refused cancel leaves the alarm as it was.
+                if g == HOLD:
+                    self.refused = True
+                self.buzzer.beep("error")
             g = self.button.poll()
-        if self.stage is not None and ticks_diff(ticks_ms(), self.since_ms) > self.open_ms:
+        if self.stage is not None and ticks_diff(ticks_ms(), self._t) > _OPEN_MS:
             self._close()  # acknowledged long ago and no news since: back to idle
         self.led.set(self.state())
         self.led.poll()
         self.buzzer.poll()
-
-    async def run(self, alive=None):
-        while True:
-            if alive:
-                alive("role")
-            self.step()
-            await asyncio.sleep_ms(10)

@@ -14,25 +14,27 @@
   while it lasts, logged once per fault, retried every poll; no event is made from it.
 LED otherwise: "idle" (off) when the link is up or nothing is waiting, "failing" (red double
 flash) when check-ins are waiting and the link is down.
+
+The runtime calls step() every ~10 ms from its board task (no task of its own: RAM); the reader
+is asked every 100 ms.
 """
 
-import asyncio
 from time import ticks_diff, ticks_ms
 
 from drivers.buzzer import Buzzer
 from drivers.led import Led
 from drivers.mfrc522 import ReaderError
+from micropython import const
 from outbox import PRIO_NORMAL, OutboxFull
 from protocol import frame
 
-_GONE_POLLS = 3
-_MAX_SEEN = 32
-_POLL_MS = 100
+_GONE_POLLS = const(3)
+_MAX_SEEN = const(32)
+_POLL_MS = const(100)
 
 
 class CheckinPoint:
     def __init__(self, board, uplink, settings, checkpoint_id, log=print):
-        self.board = board
         self.uplink = uplink
         self.settings = settings
         self.checkpoint_id = checkpoint_id
@@ -45,27 +47,23 @@ class CheckinPoint:
         self.present = None
         self.absent = 0
         self.fault = False
-        self.counted = 0
-        self.repeats = 0
+        self._t = ticks_ms()  # the last read of the reader
         uplink.listeners.append(self)
-
-    def _forget_old(self, now, repeat_ms):
-        for uid in [u for u, t in self.seen.items() if ticks_diff(now, t) >= repeat_ms]:
-            del self.seen[uid]
-        while len(self.seen) >= _MAX_SEEN:  # bounded: forget the oldest
-            oldest = None
-            for u, t in self.seen.items():
-                if oldest is None or ticks_diff(t, self.seen[oldest]) < 0:
-                    oldest = u
-            del self.seen[oldest]
 
     def card(self, uid):
         """A card entered the field. Returns the event's seq, or None (repeat / refused)."""
         now = ticks_ms()
         repeat_ms = self.settings.get("checkin_repeat_s", 600) * 1000
-        self._forget_old(now, repeat_ms)
-        if uid in self.seen:
-            self.repeats += 1
+        seen = self.seen
+        for uid_old in [u for u, t in seen.items() if ticks_diff(now, t) >= repeat_ms]:
+            del seen[uid_old]
+        while len(seen) >= _MAX_SEEN:  # bounded: forget the oldest
+            oldest = None
+            for u, t in seen.items():
+                if oldest is None or ticks_diff(t, seen[oldest]) < 0:
+                    oldest = u
+            del seen[oldest]
+        if uid in seen:
             self.buzzer.beep("stored")
             self.led.flash("checkin_stored")
             return None
@@ -74,8 +72,7 @@ class CheckinPoint:
         except OutboxFull:
             self.buzzer.beep("error")
             return None
-        self.seen[uid] = now
-        self.counted += 1
+        seen[uid] = now
         if len(self.pending) < _MAX_SEEN:
             self.pending[seq] = uid
         self.buzzer.beep("stored")
@@ -94,6 +91,13 @@ class CheckinPoint:
         pass  # checkin_repeat_s is read from settings at every card
 
     def step(self):
+        if ticks_diff(ticks_ms(), self._t) >= _POLL_MS:
+            self._t = ticks_ms()
+            self._read()
+        self.led.poll()
+        self.buzzer.poll()
+
+    def _read(self):
         uid = None
         if self.reader is not None:
             try:
@@ -122,15 +126,3 @@ class CheckinPoint:
             self.led.set("failing")
         else:
             self.led.set("idle")
-
-    async def run(self, alive=None):
-        t = ticks_ms()
-        while True:
-            if alive:
-                alive("role")
-            if ticks_diff(ticks_ms(), t) >= _POLL_MS:
-                t = ticks_ms()
-                self.step()
-            self.led.poll()
-            self.buzzer.poll()
-            await asyncio.sleep_ms(10)

@@ -5,30 +5,28 @@
 # error, and the technician watches and listens. The reader check is real: the chip must answer
 # with a known version byte over SPI. Blocks for about one second, on purpose (a person watches).
 
+# Imported by the console for one request and dropped after it (console/__init__.py).
+
 import time
 
-_STEP_MS = 150
+from micropython import const
+
+_STEP_MS = const(150)
 
 
-def _sleep(board, ms):
-    if hasattr(board, "idle_ms"):
-        board.idle_ms(ms)
-    else:
-        time.sleep_ms(ms)
-
-
-def run(board, step_ms=_STEP_MS):
+def run(board):
     out = {}
+    sleep = getattr(board, "idle_ms", None) or time.sleep_ms  # the host board wakes for input
     try:
         for rgb in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)):
             board.led.rgb(*rgb)
-            _sleep(board, step_ms)
+            sleep(_STEP_MS)
         out["led"] = "driven"
     except (OSError, ValueError) as e:
         out["led"] = "error: %r" % e
     try:
         board.buzzer.on()
-        _sleep(board, step_ms)
+        sleep(_STEP_MS)
         board.buzzer.off()
         out["buzzer"] = "driven"
     except (OSError, ValueError) as e:

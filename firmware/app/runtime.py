@@ -9,17 +9,34 @@ Unprovisioned (or an identity that fails its CRC): the console only, LED "unprov
 watchdog fed only while every task checks in), and the console stays available so a technician
 can identify or read back a running unit; console writes take effect after a reboot.
 
-Tasks: board (board.poll + console), link (MQTT session), uplink (outbox -> link), role (alarm
-button or check-in point), health (heartbeat, tamper, battery), watch (watchdog).
+Tasks: board (board.poll, the console and the role's step, every 10 ms), link (MQTT session),
+uplink (outbox -> link), health (heartbeat, tamper, battery), and the supervisor's watchdog.
 Logs go to stderr (the same UART on a board; kept off the console's stdout on the host board).
+
+RAM (64 KB heap goal, LINK.md "Memory"): the identity module is imported to read the identity
+and dropped from sys.modules before the role's modules are imported (the console and a `config`
+downlink import it again for a moment, console/__init__.py); the role is stepped by the board
+task (a task is a Task, a supervisor frame and its own frame, ~0.4 KB); one App object holds
+what the board task and the settings listener need (no closures, no lambdas).
 """
 
 import gc
 import sys
 
-FW = 10000  # 1.0.0, SPEC section 3 packing
-DEFAULTS = {"keepalive_s": 60, "backoff_min_ms": 1000, "backoff_max_ms": 60000, "failing_s": 20,
-            "outbox_entries": 256, "outbox_bytes": 16384, "heap_log": 0}
+from micropython import const
+
+_FW = const(10000)  # 1.0.0, SPEC section 3 packing
+
+# Options, "--name N" ("--heap-log" takes no value; "_" may stand for "-"), in the order of the
+# opts list start() receives; defaults in options().
+_OPTS = const("keepalive-s backoff-min-ms backoff-max-ms failing-s outbox-entries outbox-bytes heap-log")
+_KEEPALIVE_S = const(0)
+_BACKOFF_MIN_MS = const(1)
+_BACKOFF_MAX_MS = const(2)
+_FAILING_S = const(3)
+_ENTRIES = const(4)
+_BYTES = const(5)
+_HEAP_LOG = const(6)
 
 heap_peak = 0
 live_peak = 0
@@ -29,17 +46,18 @@ def log(msg):
     print(msg, file=sys.stderr)
 
 
-def app_options(argv):
-    opts = dict(DEFAULTS)
+def options(argv):
+    names = _OPTS.split()
+    opts = [60, 1000, 60000, 20, 256, 16384, 0]
     i = 0
     while i < len(argv):
-        a = argv[i]
-        if a.startswith("--") and a[2:].replace("-", "_") in opts:
-            name = a[2:].replace("-", "_")
-            if name == "heap_log":
-                opts[name] = 1
+        a = argv[i][2:].replace("_", "-")
+        if argv[i][:2] == "--" and a in names:
+            k = names.index(a)
+            if k == _HEAP_LOG:
+                opts[k] = 1
             elif i + 1 < len(argv):
-                opts[name] = int(argv[i + 1])
+                opts[k] = int(argv[i + 1])
                 i += 1
         i += 1
     return opts
@@ -54,13 +72,13 @@ def note_heap():
     return used
 
 
-def console_only(board, root, led_state):
+def console_only(board, led_state):
     import console
     from drivers.led import Led
 
     led = Led(board.led)
     led.set(led_state)
-    c = console.Console(board, root, FW, log)
+    c = console.Console(board, board.flash_root, _FW, log)
     while True:
         c.poll()
         led.poll()
@@ -69,10 +87,73 @@ def console_only(board, root, led_state):
             board.idle_ms(10)
 
 
-async def run_role(board, cfg, opts):
-    import asyncio
+class App:
+    """The board task (board, console and role polled every 10 ms) and an uplink listener that
+    keeps settings changed by a `config` downlink in the identity (atomic save)."""
 
-    import console
+    def __init__(self, board, cfg, up, sup, role, health, heap_log):
+        from console import Console
+
+        self.board = board
+        self.cfg = cfg
+        self.up = up  # up.link: the Link
+        self.sup = sup
+        self.role = role
+        self._h = health  # the Health object (its task: health() below)
+        self.heap_log = heap_log
+        self.con = Console(board, board.flash_root, _FW, log)
+
+    def _nothing(self, *args):
+        pass
+
+    on_ack = on_siren = _nothing
+
+    def on_config(self, changed):
+        from console import drop
+
+        try:
+            from identity.write import save
+
+            save(self.board.flash_root, self.cfg)
+        except Exception as e:  # IdentityError, OSError; MemoryError: the unit runs on regardless
+            log("main: config not saved: %r" % (e,))
+        finally:
+            drop()
+
+    async def run(self):
+        import asyncio
+
+        global live_peak
+        sup, board, con, role, up = self.sup, self.board, self.con, self.role, self.up
+        n = 0
+        while True:
+            sup.alive("board")
+            board.poll()
+            con.poll()
+            role.step()
+            n += 1
+            if n % 50 == 0:
+                note_heap()
+                if self.heap_log:
+                    # Bench mode: collect, so the figure is live data, not garbage waiting.
+                    gc.collect()
+                    live = gc.mem_alloc()
+                    live_peak = max(live_peak, live)
+                    log("heap: live %d live_peak %d alloc_peak %d free %d outbox %d sent %d acks %d sessions %d" % (
+                        live, live_peak, heap_peak, gc.mem_free(), len(up.outbox), up.sent, up.acks,
+                        up.link.sessions))
+            await asyncio.sleep_ms(10)
+
+    # The other watched tasks, as the supervisor starts them (a method, not a closure per task).
+    def uplink(self):
+        return self.up.run(self.sup.alive)
+
+    def health(self):
+        return self._h.run(self.sup.alive)
+
+
+def start(board, cfg, opts):
+    """Build the unit and spawn its tasks; returns the supervisor (its watch() is the main task)."""
     from app.uplink import Uplink
     from clock import Clock
     from heartbeat import Health
@@ -81,27 +162,24 @@ async def run_role(board, cfg, opts):
     from protocol import frame
     from supervisor import Supervisor
 
-    root = board.flash_root
-    data_dir = root + "/data"
     settings = cfg["settings"]
-    clock = Clock()
-    up = Uplink(cfg, data_dir, clock, log, opts["outbox_entries"], opts["outbox_bytes"])
-    link = Link(board, cfg, up.on_message, log, keepalive_s=opts["keepalive_s"],
-                backoff_min_ms=opts["backoff_min_ms"], backoff_max_ms=opts["backoff_max_ms"])
+    up = Uplink(cfg, board.flash_root + "/data", Clock(), log, opts[_ENTRIES], opts[_BYTES])
+    link = Link(board, cfg, up.on_message, log, keepalive_s=opts[_KEEPALIVE_S],
+                backoff_min_ms=opts[_BACKOFF_MIN_MS], backoff_max_ms=opts[_BACKOFF_MAX_MS])
     up.link = link
     sup = Supervisor(board, log)
     if cfg["role"] == "alarm":
         from alarm_button import AlarmButton
 
-        role = AlarmButton(board, up, settings, log, failing_s=opts["failing_s"])
+        role = AlarmButton(board, up, settings, opts[_FAILING_S])
     else:
         from checkin_point import CheckinPoint
 
         role = CheckinPoint(board, up, settings, cfg.get("checkpoint_id") or 0, log)
-    health = Health(board, up, settings, FW, log)
-    up.listeners.append(SettingsKeeper(root, cfg))
+    app = App(board, cfg, up, sup, role, Health(board, up, settings, _FW, log), opts[_HEAP_LOG])
+    up.listeners.append(app)
     try:
-        up.emit(frame.UP_BOOT, [board.reset_reason(), FW], PRIO_NORMAL)
+        up.emit(frame.UP_BOOT, [board.reset_reason(), _FW], PRIO_NORMAL)
     except OutboxFull:
         pass
     gc.collect()
@@ -109,56 +187,11 @@ async def run_role(board, cfg, opts):
     live_peak = gc.mem_alloc()
     log("main: %s role up, device %s, outbox %d waiting, heap %d used" % (
         cfg["role"], link.client_id, len(up.outbox), note_heap()))
-    con = console.Console(board, root, FW, log)
-
-    async def board_task():
-        n = 0
-        while True:
-            sup.alive("board")
-            board.poll()
-            con.poll()
-            n += 1
-            if n % 50 == 0:
-                note_heap()
-                if opts["heap_log"]:
-                    # Bench mode: collect, so the figure is live data, not garbage waiting.
-                    gc.collect()
-                    live = gc.mem_alloc()
-                    global live_peak
-                    live_peak = max(live_peak, live)
-                    log("heap: live %d live_peak %d alloc_peak %d free %d outbox %d sent %d acks %d sessions %d" % (
-                        live, live_peak, heap_peak, gc.mem_free(), len(up.outbox), up.sent, up.acks, link.sessions))
-            await asyncio.sleep_ms(10)
-
-    sup.spawn("board", board_task)
+    sup.spawn("board", app.run)
     sup.spawn("link", link.run, watch=False)  # every await inside has its own deadline
-    sup.spawn("uplink", lambda: up.run(sup.alive))
-    sup.spawn("role", lambda: role.run(sup.alive))
-    sup.spawn("health", lambda: health.run(sup.alive))
-    board.app = (up, link, role, health, sup)  # for a debugger at the REPL
-    await sup.watch()
-
-
-class SettingsKeeper:
-    """Persists settings changed by a `config` downlink into the identity (atomic save)."""
-
-    def __init__(self, root, cfg):
-        self.root = root
-        self.cfg = cfg
-
-    def on_ack(self, seq, stage):
-        pass
-
-    def on_siren(self, on, pattern, duration_s):
-        pass
-
-    def on_config(self, changed):
-        import identity
-
-        try:
-            identity.save(self.root, self.cfg)
-        except (identity.IdentityError, OSError) as e:
-            log("main: config not saved: %r" % (e,))
+    sup.spawn("uplink", app.uplink)
+    sup.spawn("health", app.health)
+    return sup
 
 
 def main(argv=None):
@@ -166,20 +199,19 @@ def main(argv=None):
     from boards import load_board
 
     board = load_board(argv)
-    opts = app_options(argv)
+    import console
     import identity
 
-    root = board.flash_root
-    if not identity.is_provisioned(root):
-        log("main: not provisioned; console only")
-        console_only(board, root, "unprovisioned")
     try:
-        cfg = identity.load(root)
+        cfg = identity.load(board.flash_root)
     except identity.IdentityError as e:
-        log("main: identity unusable (%r); console only" % (e,))
-        console_only(board, root, "error")
+        cfg = e
+    console.drop()  # the identity module is not needed again until a console request
+    del identity, console
+    if type(cfg) is not dict:
+        log("main: %s; console only" % cfg.args[1])
+        console_only(board, "unprovisioned" if cfg.args[0] == "not_provisioned" else "error")
     gc.collect()
     import asyncio
 
-    asyncio.run(run_role(board, cfg, opts))
-
+    asyncio.run(start(board, cfg, options(argv)).watch())

@@ -1,93 +1,108 @@
 # The write side of the identity (validate, save, factory reset), imported only when a unit is
-# provisioned, erased or has its settings changed: a running role never pays the heap for it.
+# provisioned, erased or has its settings changed, and dropped again by whoever imported it
+# (console/__init__.py, app/runtime.py): a running role never holds it.
+#
+# Errors: IdentityError("invalid_config", "<field>: <why>") (see identity/__init__.py), OSError
+# from the flash.
 
 import binascii
 import json
 import os
 
-from identity import (DEFAULT_SETTINGS, ROLES, InvalidConfig, _exists, _join, crc32_hex, data_dir,
-                      fingerprint, path)
+from identity import IdentityError, data_dir, fingerprint, path, settings
 
 
-def _int(cfg, name, lo, hi, required=True):
+def _bad(name, why):
+    return IdentityError("invalid_config", "%s: %s" % (name, why))
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _int(cfg, name, lo, hi, opt=False):
+    # opt: may be missing (None).
     v = cfg.get(name)
-    if v is None and not required:
+    if v is None and opt:
         return None
     # bool is an int subclass on CPython; JSON true must not pass as 1.
     if type(v) is not int or v < lo or v > hi:
-        raise InvalidConfig(name, "integer %d..%d required" % (lo, hi))
+        raise _bad(name, "integer %d..%d required" % (lo, hi))
     return v
 
 
-def _str(cfg, name, max_len, required=True, allow_empty=False):
+def _str(cfg, name, hi, opt=False):
+    # opt: may be missing or empty ("" then).
     v = cfg.get(name)
-    if v is None and not required:
-        return None
-    if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
-        raise InvalidConfig(name, "text of at most %d characters required" % max_len)
+    if v is None and opt:
+        return ""
+    if type(v) is not str or len(v) > hi or (not v and not opt):
+        raise _bad(name, "text of at most %d characters required" % hi)
     return v
 
 
 def _key(v):
     if type(v) is str:
         if len(v) != 64:
-            raise InvalidConfig("key", "64 hex digits required")
+            raise _bad("key", "64 hex digits required")
         try:
             v = binascii.unhexlify(v)
         except ValueError:
-            raise InvalidConfig("key", "64 hex digits required")
+            raise _bad("key", "64 hex digits required")
     if type(v) not in (bytes, bytearray) or len(v) != 32:
-        raise InvalidConfig("key", "32 bytes required")
+        raise _bad("key", "32 bytes required")
     return bytes(v)
 
 
 def validate(cfg):
-    """Checked copy of cfg (a dict, key as bytes or hex); raises InvalidConfig(field, why)."""
+    """Checked copy of cfg (a dict, key as bytes or hex); raises IdentityError invalid_config."""
     if type(cfg) is not dict:
-        raise InvalidConfig("cfg", "object required")
+        raise _bad("cfg", "object required")
     out = {}
     out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
     out["key_id"] = _int(cfg, "key_id", 0, 255)
     out["key"] = _key(cfg.get("key"))
     role = cfg.get("role")
-    if role not in ROLES:
-        raise InvalidConfig("role", "one of %s required" % ", ".join(ROLES))
+    if role not in ("alarm", "checkin"):
+        raise _bad("role", "alarm or checkin required")
     out["role"] = role
     # 802.11: SSID <= 32 octets, WPA2 passphrase <= 63 characters (64 = raw hex PSK).
-    out["wifi_ssid"] = _str(cfg, "wifi_ssid", 32, required=False, allow_empty=True) or ""
-    out["wifi_password"] = _str(cfg, "wifi_password", 64, required=False, allow_empty=True) or ""
+    out["wifi_ssid"] = _str(cfg, "wifi_ssid", 32, True)
+    out["wifi_password"] = _str(cfg, "wifi_password", 64, True)
     out["broker_host"] = _str(cfg, "broker_host", 253)
     out["broker_port"] = _int(cfg, "broker_port", 1, 65535)
     tls = cfg.get("tls", False)
     if type(tls) is not bool:
-        raise InvalidConfig("tls", "true or false required")
+        raise _bad("tls", "true or false required")
     out["tls"] = tls
     ca = cfg.get("ca_pem")
     if ca is not None and (type(ca) is not str or len(ca) > 4000 or "-----BEGIN CERTIFICATE-----" not in ca):
-        raise InvalidConfig("ca_pem", "a PEM certificate (at most 4000 characters) or null required")
+        raise _bad("ca_pem", "a PEM certificate (at most 4000 characters) or null required")
     if tls and ca is None:
-        raise InvalidConfig("ca_pem", "tls needs the CA certificate that signed the broker's")
+        raise _bad("ca_pem", "tls needs the CA certificate that signed the broker's")
     out["ca_pem"] = ca
-    cp = _int(cfg, "checkpoint_id", 0, 65535, required=(role == "checkin"))
+    cp = _int(cfg, "checkpoint_id", 0, 65535, role != "checkin")
     out["checkpoint_id"] = cp
     pins = cfg.get("pins", {})
     if type(pins) is not dict:
-        raise InvalidConfig("pins", "object required")
+        raise _bad("pins", "object required")
     for k in pins:
         v = pins[k]
         if type(k) is not str or not (v is None or type(v) in (int, str, bool, list, dict)):
-            raise InvalidConfig("pins", "\"part.field\" -> number, name, list or null required")
+            raise _bad("pins", "\"part.field\" -> number, name, list or null required")
     out["pins"] = pins
-    settings = cfg.get("settings", {})
-    if type(settings) is not dict:
-        raise InvalidConfig("settings", "object required")
-    merged = dict(DEFAULT_SETTINGS)
-    for k in settings:
-        v = settings[k]
+    given = cfg.get("settings", {})
+    if type(given) is not dict:
+        raise _bad("settings", "object required")
+    for k in given:
+        v = given[k]
         if type(k) is not str or type(v) is not int or v < 0 or v > 0xFFFFFFFF:
-            raise InvalidConfig("settings", "name -> non-negative integer required")
-        merged[k] = v
-    out["settings"] = merged
+            raise _bad("settings", "name -> non-negative integer required")
+    out["settings"] = settings(given)
     return out
 
 
@@ -99,7 +114,7 @@ def _mkdirs(p):
             if i == 0:
                 cur = "/"
             continue
-        cur = _join(cur, part) if cur else part
+        cur = (cur.rstrip("/") + "/" + part) if cur else part
         if not _exists(cur):
             os.mkdir(cur)
 
@@ -110,7 +125,7 @@ def encode(cfg):
     doc["key"] = binascii.hexlify(cfg["key"]).decode()
     doc["v"] = 1
     line = json.dumps(doc).encode()
-    return line + b"\n" + crc32_hex(line).encode() + b"\n"
+    return line + b"\n%08x\n" % binascii.crc32(line)
 
 
 def save(root, cfg):
@@ -132,7 +147,7 @@ def save(root, cfg):
 def _rm_tree(p):
     for entry in os.ilistdir(p):
         name, kind = entry[0], entry[1]
-        full = _join(p, name)
+        full = p.rstrip("/") + "/" + name
         if kind == 0x4000:
             _rm_tree(full)
             os.rmdir(full)

@@ -73,7 +73,7 @@ def test_crc_valid_file_with_bad_fields_is_corrupt_not_misread(tmp_path):
         "    try:\n"
         "        identity.load(%r + '/' + n)\n"
         "        print('LOADED', n)\n"
-        "    except identity.CorruptConfig:\n"
-        "        print('CORRUPT', n)\n") % str(tmp_path)
+        "    except identity.IdentityError as e:\n"
+        "        print(e.args[0].upper(), n)\n") % str(tmp_path)
     proc = run_micropython_code(code, heap="64k", extra_paths=[build_image("host")])
-    assert sorted(proc.stdout.split("\n")[:-1]) == sorted("CORRUPT %s" % n for n in cases), proc.stdout + proc.stderr
+    assert sorted(proc.stdout.split("\n")[:-1]) == sorted("CORRUPT_CONFIG %s" % n for n in cases), proc.stdout + proc.stderr

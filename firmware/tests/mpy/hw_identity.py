@@ -4,8 +4,24 @@ import sys
 
 from hw_check import check, done, eq, raises
 
+import binascii
+
 import console
 import identity
+from console import admin
+from identity import write
+
+# The console drops its request modules after each request; the test keeps its own references.
+E = identity.IdentityError
+
+
+def code(name, want, fn, *args):
+    """fn(*args) raises IdentityError with code `want`; returns it."""
+    e = raises(name, E, fn, *args)
+    if e is not None:
+        eq(name + "_code", e.args[0], want)
+    return e
+
 
 root = sys.argv[1]
 KEY = bytes(range(32))
@@ -13,8 +29,8 @@ BASE = {"device_id": 42, "key_id": 1, "key": KEY, "role": "alarm", "broker_host"
         "broker_port": 1883}
 
 check("unprovisioned_at_start", not identity.is_provisioned(root))
-raises("load_unprovisioned_raises", identity.NotProvisioned, identity.load, root)
-fp = identity.save(root, BASE)
+code("load_unprovisioned_raises", "not_provisioned", identity.load, root)
+fp = write.save(root, BASE)
 eq("fingerprint_returned", fp, identity.fingerprint(KEY))
 print("FP", fp)
 cfg = identity.load(root)
@@ -34,15 +50,15 @@ bad = (
 for field, value in bad:
     c = dict(BASE)
     c[field] = value
-    e = raises("invalid_%s_%r" % (field, value), identity.InvalidConfig, identity.validate, c)
+    e = code("invalid_%s_%r" % (field, value), "invalid_config", write.validate, c)
     if e is not None:
-        eq("invalid_names_field_%s_%r" % (field, value), e.args[0], field)
+        eq("invalid_names_field_%s_%r" % (field, value), e.args[1].split(":")[0], field)
 c = dict(BASE, role="checkin")
-e = raises("checkin_needs_checkpoint", identity.InvalidConfig, identity.validate, c)
+e = code("checkin_needs_checkpoint", "invalid_config", write.validate, c)
 c = dict(BASE, tls=True)
-raises("tls_needs_ca", identity.InvalidConfig, identity.validate, c)
+code("tls_needs_ca", "invalid_config", write.validate, c)
 c = dict(BASE, key="%064x" % 7, role="checkin", checkpoint_id=7, pins={"button.pin": 4})
-eq("hex_key_accepted", identity.validate(c)["key"], b"\x00" * 31 + b"\x07")
+eq("hex_key_accepted", write.validate(c)["key"], b"\x00" * 31 + b"\x07")
 
 # Corruption: one flipped byte, truncation, garbage -> CorruptConfig, never a wrong identity.
 p = identity.path(root)
@@ -52,7 +68,7 @@ for name, raw in (("flipped", good[:10] + bytes((good[10] ^ 1,)) + good[11:]), (
                   ("empty", b""), ("garbage", b"\xff" * 50)):
     with open(p, "wb") as f:
         f.write(raw)
-    raises("corrupt_" + name, identity.CorruptConfig, identity.load, root)
+    code("corrupt_" + name, "corrupt_config", identity.load, root)
 with open(p, "wb") as f:
     f.write(good)
 
@@ -64,7 +80,7 @@ eq("tmp_leftover_ignored", identity.load(root)["device_id"], 42)
 # Factory reset removes the identity and every data file (an outbox of the old identity too).
 with open(identity.data_dir(root) + "/outbox.bin", "wb") as f:
     f.write(b"old events")
-identity.factory_reset(root)
+write.factory_reset(root)
 import os
 
 eq("factory_reset_empties_data", (identity.is_provisioned(root), os.listdir(identity.data_dir(root))), (False, []))
@@ -120,12 +136,12 @@ con = console.Console(board, root, fw=10203)
 
 
 def ask(obj=None, raw=None):
-    board.console.inp.extend(raw if raw is not None else console.encode(obj))
+    board.console.inp.extend(raw if raw is not None else admin.encode(obj))
     while board.console.inp:
         con.poll()
     lines = bytes(board.console.out).split(b"\n")
     board.console.out = bytearray()
-    return [console.decode(l) for l in lines if l]
+    return [admin.decode(l) for l in lines if l]
 
 
 r = ask({"id": 1, "cmd": "identify"})[0]
@@ -137,7 +153,7 @@ r = ask({"id": 3, "cmd": "write_config", "cfg": wire})[0]
 eq("write_config_refused", (r["ok"], r["error"]), (False, "already_provisioned"))
 r = ask({"id": 4, "cmd": "read_config"})[0]
 check("read_config_no_key", "key" not in r["cfg"] and r["cfg"]["key_fingerprint"] == identity.fingerprint(b"\xab" * 32), repr(r))
-check("read_config_no_key_bytes", b"abababab" not in console.encode(r))
+check("read_config_no_key_bytes", b"abababab" not in admin.encode(r))
 r = ask({"id": 5, "cmd": "factory_reset"})[0]
 eq("reset_needs_confirm", (r["ok"], r["error"]), (False, "confirm_required"))
 r = ask({"id": 6, "cmd": "factory_reset", "confirm": "hw-2"})[0]
@@ -151,17 +167,17 @@ r = ask({"id": 9, "cmd": "read_config"})[0]
 eq("read_unprovisioned", r["error"], "not_provisioned")
 
 # Malformed input: each gets an error reply with id null (or its id), nothing crashes.
-good = console.encode({"id": 10, "cmd": "identify"})
+good = admin.encode({"id": 10, "cmd": "identify"})
 cases = (
     ("no_prefix", b"hello\n", "bad_frame"),
     ("no_crc", b'FQ1 {"id": 1, "cmd": "identify"}\n', "bad_frame"),
     ("bad_crc", good[:-3] + b"00\n", "bad_crc"),
     ("flipped_json", good.replace(b"identify", b"identifz"), "bad_crc"),
-    ("bad_json", b"FQ1 {nope " + console.crc_hex(b"{nope").encode() + b"\n", "bad_json"),
-    ("not_object", b"FQ1 [1] " + console.crc_hex(b"[1]").encode() + b"\n", "bad_request"),
-    ("bad_id", console.encode({"id": "x", "cmd": "identify"}), "bad_request"),
-    ("unknown_cmd", console.encode({"id": 11, "cmd": "format_c"}), "unknown_cmd"),
-    ("no_cmd", console.encode({"id": 12}), "unknown_cmd"),
+    ("bad_json", b"FQ1 {nope " + b"%08x" % binascii.crc32(b"{nope") + b"\n", "bad_json"),
+    ("not_object", b"FQ1 [1] " + b"%08x" % binascii.crc32(b"[1]") + b"\n", "bad_request"),
+    ("bad_id", admin.encode({"id": "x", "cmd": "identify"}), "bad_request"),
+    ("unknown_cmd", admin.encode({"id": 11, "cmd": "format_c"}), "unknown_cmd"),
+    ("no_cmd", admin.encode({"id": 12}), "unknown_cmd"),
     ("binary", b"\x00\xff\xfe\x03\x80\n", "bad_frame"),
 )
 for name, raw, code in cases:
@@ -181,12 +197,17 @@ eq("blank_lines_ignored", rs, [])
 r = ask({"id": 13, "cmd": "identify"})
 eq("alive_after_garbage", (len(r), r[0]["ok"]), (1, True))
 # Two frames in one read, CRLF line ends.
-rs = ask(raw=console.encode({"id": 14, "cmd": "identify"})[:-1] + b"\r\n" + console.encode({"id": 15, "cmd": "identify"}))
+rs = ask(raw=admin.encode({"id": 14, "cmd": "identify"})[:-1] + b"\r\n" + admin.encode({"id": 15, "cmd": "identify"}))
 eq("two_frames_crlf", [x["id"] for x in rs], [14, 15])
 # A handler that raises: internal error, console keeps going.
-con._cmd_boom = lambda req: 1 // 0
-r = ask({"id": 16, "cmd": "boom"})[0]
+board.hardware_id = lambda: 1 // 0
+r = ask({"id": 16, "cmd": "identify"})[0]
+del board.hardware_id
 eq("handler_exception_internal", (r["id"], r["error"]), (16, "internal"))
+# Nothing a request imported stays: the identity and the request handling are dropped again.
+eq("request_modules_dropped", [m for m in ("identity", "identity.write", "console.admin", "selftest")
+                               if m in sys.modules], [])
+check("console_holds_no_admin", not hasattr(console, "admin"))
 # Made-up command names are refused without being interned as qstrs (which are never freed).
 import gc
 
@@ -197,4 +218,15 @@ for i in range(300):
     ask({"id": 18, "cmd": "nosuch%d" % i})
 gc.collect()
 check("unknown_cmds_leak_nothing", gc.mem_alloc() - before < 512, "grew %d bytes" % (gc.mem_alloc() - before))
+# Known commands too: each request imports what it needs and leaves nothing behind.
+write.save(root, BASE)
+ask({"id": 19, "cmd": "read_config"})
+gc.collect()
+before = gc.mem_alloc()
+for i in range(20):
+    ask({"id": 20, "cmd": "identify"})
+    ask({"id": 21, "cmd": "read_config"})
+    ask({"id": 22, "cmd": "write_config", "cfg": wire})  # refused: already provisioned
+gc.collect()
+check("requests_leak_nothing", gc.mem_alloc() - before < 512, "grew %d bytes" % (gc.mem_alloc() - before))
 done()
