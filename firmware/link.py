@@ -116,7 +116,8 @@ class Link:
                 await mqtt.io(sock, mqtt.connect_packet(self.client_id, frame.mqtt_password(cfg["key"]),
                                                         self.keepalive_s, frame.downlink_topic(cfg["device_id"])),
                               True)
-                first, body = await mqtt.recv(sock)
+                one = bytearray(1)  # the first byte of each packet: polled without allocating
+                first, body = await mqtt.recv(sock, one)
                 if first != 0x20 or len(body) != 2:
                     raise LinkDown("BadPacket", first)  # not a CONNACK
                 if body[1]:
@@ -125,8 +126,8 @@ class Link:
                 t = ping = time.ticks_ms()  # t: when the SUBSCRIBE, then the newest PUBLISH, went out
                 ping_out = pub_out = False
                 while True:
-                    p = await mqtt.recv(sock, False)
-                    if p:
+                    if mqtt.poll(sock, one):
+                        p = await mqtt.recv(sock, one, True)
                         first, body = p
                         kind = first & 0xF0
                         if kind == 0x30:  # PUBLISH

@@ -151,41 +151,44 @@ async def open(host, port, tls):
         raise
 
 
-async def io(sock, buf, write, wait=True):
-    """Write all of `buf` (write) or fill it (not write) within _OP_MS. Without `wait`, returns
-    False at once if nothing could be read."""
+def poll(sock, buf, write=False):
+    """One non-blocking transfer into (or from) `buf`: the bytes moved, 0 or None if the socket
+    is busy. Called alone with a 1-byte bytearray, it tells whether a packet has begun without
+    allocating anything (the link polls every 20 ms)."""
+    try:
+        n = sock.write(buf) if write else sock.readinto(buf)
+    except OSError as e:
+        # Still in progress on a non-blocking socket (plain or TLS): EAGAIN 11, ETIMEDOUT
+        # 110 (116 on ESP-IDF), EINPROGRESS 115 (119 on ESP-IDF), 118.
+        if e.args[0] not in (11, 110, 115, 116, 118, 119):
+            raise MqttError("Closed", e)
+        return None
+    except ValueError as e:  # mbedTLS reports certificate/handshake failures this way
+        raise MqttError("TlsFailure", e)
+    if n == 0 and not write:
+        raise MqttError("Closed")  # by the broker
+    return n
+
+
+async def io(sock, buf, write):
+    """Write all of `buf` (write) or fill it (not write) within _OP_MS."""
     mv = memoryview(buf)
     t0 = time.ticks_ms()
     while mv:
-        try:
-            n = sock.write(mv) if write else sock.readinto(mv)
-        except OSError as e:
-            # Still in progress on a non-blocking socket (plain or TLS): EAGAIN 11, ETIMEDOUT
-            # 110 (116 on ESP-IDF), EINPROGRESS 115 (119 on ESP-IDF), 118.
-            if e.args[0] not in (11, 110, 115, 116, 118, 119):
-                raise MqttError("Closed", e)
-            n = None
-        except ValueError as e:  # mbedTLS reports certificate/handshake failures this way
-            raise MqttError("TlsFailure", e)
-        if n == 0 and not write:
-            raise MqttError("Closed")  # by the broker
+        n = poll(sock, mv, write)
         if n:
             mv = mv[n:]
-            wait = True  # a packet has begun: the rest must follow
-            continue
-        if not wait:
-            return False
-        if time.ticks_diff(time.ticks_ms(), t0) > _OP_MS:
+        elif time.ticks_diff(time.ticks_ms(), t0) > _OP_MS:
             raise MqttError("Timeout", "write" if write else "read")
-        await asyncio.sleep_ms(_POLL_MS)
-    return True
+        else:
+            await asyncio.sleep_ms(_POLL_MS)
 
 
-async def recv(sock, wait=True):
-    """The next packet as (first byte, body). Without `wait`, None at once if none has begun."""
-    b = bytearray(1)
-    if not await io(sock, b, False, wait):
-        return None
+async def recv(sock, b, got=False):
+    """The next packet as (first byte, body). `b` is a 1-byte bytearray; got: poll(sock, b)
+    already read the packet's first byte into it."""
+    if not got:
+        await io(sock, b, False)
     first = b[0]
     n = shift = 0
     while True:

@@ -144,11 +144,14 @@ def test_mqtt_recv_reads_a_packet_and_polls_without_waiting():
             self.data = self.data[n:]
             return n
 
-    eq(asyncio.run(mqtt.recv(Sock(b""), False)), None, "nothing arrived: None at once")
-    first, body = asyncio.run(mqtt.recv(Sock(b"\x32\xcd\x01" + b"z" * 205)))
+    one = bytearray(1)
+    check(not mqtt.poll(Sock(b""), one), "nothing arrived: poll says so at once")
+    sock = Sock(b"\x32\xcd\x01" + b"z" * 205)
+    check(mqtt.poll(sock, one), "a packet has begun")
+    first, body = asyncio.run(mqtt.recv(sock, one, True))
     eq((first, len(body)), (0x32, 205), "two-byte remaining length, body read in pieces")
     try:
-        asyncio.run(mqtt.recv(Sock(b"\x30\xff\xff\x7f")))
+        asyncio.run(mqtt.recv(Sock(b"\x30\xff\xff\x7f"), one))
         check(False, "accepted an oversize packet")
     except mqtt.MqttError as e:
         eq(e.args[0], "BadPacket", "oversize refused")
