@@ -40,8 +40,8 @@ NetworkDown, Timeout, Closed, Refused, BadPacket, TlsFailure).
 
 Private names are short and shared with other modules (each distinct name is a qstr, ~11 bytes
 of heap for good): conn the session's socket, _out a PUBLISH packet for the session task to
-write, _p the packet id of the newest PUBLISH, ack that of the newest PUBACK, _t our uplink
-topic, tls the SSLContext (or None).
+write, _p the packet id of the newest PUBLISH, ack that of the newest PUBACK, tls the
+SSLContext (or None). `topic` (our uplink topic) is public: the uplink signs frames for it.
 """
 
 import asyncio
@@ -68,7 +68,7 @@ class Link:
         self.on_message = on_message
         self.log = log
         self.client_id = frame.device_id_text(cfg["device_id"])
-        self._t = frame.uplink_topic(cfg["device_id"])
+        self.topic = frame.uplink_topic(cfg["device_id"])  # also the uplink's, for the MAC
         self.keepalive_s = keepalive_s
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
@@ -95,7 +95,7 @@ class Link:
             raise LinkDown("Closed")
         n = self.sessions
         self._p = pid = self._p % 65535 + 1
-        self._out = mqtt.publish_packet(self._t, payload, pid)
+        self._out = mqtt.publish_packet(self.topic, payload, pid)
         while self.ack != pid:
             if not self.up or self.sessions != n:
                 raise LinkDown("Closed")
@@ -127,7 +127,7 @@ class Link:
                 ping_out = pub_out = False
                 while True:
                     if mqtt.poll(sock, one):
-                        p = await mqtt.recv(sock, one, True)
+                        p = await mqtt.recv(sock, one, 1)
                         first, body = p
                         kind = first & 0xF0
                         if kind == 0x30:  # PUBLISH

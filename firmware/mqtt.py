@@ -45,10 +45,10 @@ def _enc(s):
     return struct.pack(">H", len(s)) + s
 
 
-def pack(first, body):
+def pack(code, body):
     """Fixed header (type byte, remaining length) + body."""
     n = len(body)
-    out = bytearray((first,))
+    out = bytearray((code,))
     while True:
         b = n & 0x7F
         n >>= 7
@@ -65,15 +65,15 @@ def connect_packet(client_id, password, keepalive_s, topic):
                    + _enc(client_id) + _enc(password)) + pack(0x82, b"\x00\x01" + _enc(topic) + b"\x01")
 
 
-def publish_packet(topic, payload, n):
-    """PUBLISH at QoS 1, packet id `n`."""
-    return pack(0x32, _enc(topic) + struct.pack(">H", n) + payload)
+def publish_packet(topic, data, n):
+    """PUBLISH of `data` at QoS 1, packet id `n`."""
+    return pack(0x32, _enc(topic) + struct.pack(">H", n) + data)
 
 
-def parse_publish(p):
-    """(topic, pid or None, payload) of a PUBLISH packet p = (first byte, body) from recv();
+def parse_publish(buf):
+    """(topic, pid or None, payload) of a PUBLISH packet buf = (first byte, body) from recv();
     MqttError BadPacket when malformed."""
-    first, body = p
+    first, body = buf
     qos = (first >> 1) & 3
     if len(body) < 2 or qos == 3:
         raise MqttError("BadPacket", first)
@@ -184,10 +184,11 @@ async def io(sock, buf, write):
             await asyncio.sleep_ms(_POLL_MS)
 
 
-async def recv(sock, b, got=False):
-    """The next packet as (first byte, body). `b` is a 1-byte bytearray; got: poll(sock, b)
+async def recv(sock, buf, n=0):
+    """The next packet as (first byte, body). `buf` is a 1-byte bytearray; n=1: poll(sock, buf)
     already read the packet's first byte into it."""
-    if not got:
+    b = buf
+    if not n:
         await io(sock, b, False)
     first = b[0]
     n = shift = 0

@@ -23,9 +23,9 @@ Outbox record (the outbox's opaque data): msg_type u8, time u32 (0 = unknown), b
 
 Log lines: "uplink: <what> <detail>" from one format string (each distinct string constant costs
 heap). Private names are short and shared with other modules (each distinct name is a qstr,
-~11 bytes of heap for good): _mac the (uplink, downlink) keys, _t our uplink topic, _q the
-sequence counter, boot the first seq of this boot, hi the highest downlink seq accepted, _at
-when the newest ack came, _w how long without an ack before everything is resent.
+~11 bytes of heap for good): _mac the (uplink, downlink) keys, _q the sequence counter, boot
+the first seq of this boot, hi the highest downlink seq accepted, _at when the newest ack came,
+_w how long without an ack before everything is resent. Frames are signed for link.topic.
 """
 
 import asyncio
@@ -49,7 +49,6 @@ class Uplink:
     def __init__(self, cfg, data_dir, clock, log=print, max_entries=256, max_bytes=16384):
         self.cfg = cfg
         self._mac = frame.derive_keys(cfg["key"])
-        self._t = frame.uplink_topic(cfg["device_id"])
         self.clock = clock
         self.log = log
         self._q = SeqCounter(data_dir, cfg["key_id"])
@@ -117,7 +116,7 @@ class Uplink:
                 msg_type, t, mark, tk = struct.unpack(">BIII", rec)
                 if t == 0 and mark == self.boot:
                     t = self.clock.at_ticks(tk)
-                data = frame.sign(self._mac[0], self._t, struct.pack(
+                data = frame.sign(self._mac[0], link.topic, struct.pack(
                     ">BBIBII", 1, msg_type, cfg["device_id"], cfg["key_id"], seq, t) + rec[_REC_LEN:])
             except (ValueError, KeyError, FrameError) as e:
                 self.log("uplink: %s %r" % ("dropped", (seq, e)))

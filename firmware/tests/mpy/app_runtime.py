@@ -148,7 +148,7 @@ def test_mqtt_recv_reads_a_packet_and_polls_without_waiting():
     check(not mqtt.poll(Sock(b""), one), "nothing arrived: poll says so at once")
     sock = Sock(b"\x32\xcd\x01" + b"z" * 205)
     check(mqtt.poll(sock, one), "a packet has begun")
-    first, body = asyncio.run(mqtt.recv(sock, one, True))
+    first, body = asyncio.run(mqtt.recv(sock, one, 1))
     eq((first, len(body)), (0x32, 205), "two-byte remaining length, body read in pieces")
     try:
         asyncio.run(mqtt.recv(Sock(b"\x30\xff\xff\x7f"), one))
@@ -203,6 +203,7 @@ def sent_frame(up):
     class Capture:
         up = True
         sessions = 1
+        topic = frame.uplink_topic(DEV)
 
         async def publish(self, data):
             got.append(data)
