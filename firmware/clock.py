@@ -17,7 +17,7 @@ of heap for good): _now the ticks function, base the wall seconds at ticks _at (
 
 import time
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 _MIN_PLAUSIBLE_S = const(1704067200)  # 2024-01-01T00:00:00Z
 _REANCHOR_MS = const(3600 * 1000)

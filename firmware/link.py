@@ -48,7 +48,7 @@ import asyncio
 import random
 import time
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 import mqtt
 from protocol import frame

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 _MAX_PACKET = const(1024)  # our frames are <= 256 bytes; anything bigger is refused
 _POLL_MS = const(10)

@@ -49,7 +49,7 @@ import struct
 from array import array
 from binascii import crc32
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 PRIO_HEARTBEAT = const(0)
 PRIO_NORMAL = const(1)

@@ -30,7 +30,7 @@ next number, hi the end of the reservation, _w the generation of the newest slot
 import struct
 from binascii import crc32
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 _SLOT_LEN = const(13)  # ">BII" key_id, reserved end, generation; + crc32
 _MAX_SEQ = const(0xFFFFFFFF)

@@ -20,7 +20,7 @@ import asyncio
 import sys
 import time
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 _WATCHDOG_MS = const(8000)
 

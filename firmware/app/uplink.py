@@ -32,7 +32,7 @@ import asyncio
 import struct
 import time
 
-from micropython import const
+# const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 from link import LinkDown
 from outbox import Outbox
