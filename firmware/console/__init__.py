@@ -15,11 +15,13 @@
 # Split for RAM: this module is what stays in the heap while a role runs: collecting bytes into
 # lines. A complete line is handed to console/admin.py (framing, every command), which imports
 # identity (and identity.write, selftest) as it needs them; after the reply all of these are
-# dropped from sys.modules again, so their objects are garbage. A request costs ~4 KB of heap
-# while it runs (the modules and the config it reads) and nothing after it; the qstrs of their
-# names stay (qstrs are never freed), the same as when they were kept. Measured (Unix port,
-# 64-bit, code in ROMFS, qstr pool pre-grown): this module ~0.6 KB resident (2.8 KB when it held
-# framing and commands, plus 2.7 KB for identity).
+# dropped from sys.modules again, so their objects are garbage. A request needs ~5-6 KB of heap
+# while it runs (mostly the two modules' objects) and nothing after it; the qstrs of their
+# names stay (qstrs are never freed), the same as when the modules were kept. By then a running
+# unit's free heap is in small pieces (at most ~1 KB), so nothing a request does needs a large
+# one (admin.py, identity.load). Measured (Unix port, 64-bit, code in ROMFS, qstr pool
+# pre-grown): this module ~1.0 KB resident; it was 2.8 KB with the framing and the commands,
+# plus 2.7 KB for identity.
 
 import sys
 

@@ -6,46 +6,41 @@
 # exception class: identity.load/save raise it with the console's codes already
 # (not_provisioned, corrupt_config, invalid_config), so they pass through as they are.
 # Each command takes the Console (`con`) and the request, and returns the reply fields or raises.
-
-import binascii
-import json
+#
+# Heap: a request finds a running unit's heap in small pieces (~0.5-1 KB at most), so nothing
+# here needs a large piece: the request is parsed in place, the reply written a value at a time
+# (identity.load reads the file in one piece if it can, else a byte at a time), and this module
+# keeps few globals (12: the table of its globals dict is one 192-byte piece; the built-in
+# modules are imported where they are used).
 
 import identity
-from identity import IdentityError as ConsoleError
-
-# Looked up by name only once known: getattr() with a string interns it as a qstr for good, so
-# made-up command names would leak heap.
-_CMDS = ("identify", "read_config", "write_config", "factory_reset", "selftest", "reboot")
 
 
-def encode(obj):
-    body = json.dumps(obj).encode()
-    return b"FQ1 " + body + b" %08x\n" % binascii.crc32(body)
+def _put(w, crc, obj):
+    # obj as JSON through w, a dict a key and value at a time (no copy of the whole reply in
+    # the heap); returns the CRC-32 of what was written, continuing from crc.
+    import binascii
+    import json
 
-
-def decode(line):
-    """The request dict of one line (without the newline); raises ConsoleError."""
-    if not line.startswith(b"FQ1 "):
-        raise ConsoleError("bad_frame", "a frame starts with 'FQ1 '")
-    rest = line[4:].rstrip(b"\r ")
-    sp = rest.rfind(b" ")
-    if sp < 0 or len(rest) - sp - 1 != 8:
-        raise ConsoleError("bad_frame", "a frame ends with ' ' and 8 hex digits of CRC-32")
-    body = rest[:sp]
-    if b"%08x" % binascii.crc32(body) != rest[sp + 1:].lower():
-        raise ConsoleError("bad_crc", "CRC-32 does not match")
-    try:
-        req = json.loads(body)
-    except ValueError:
-        raise ConsoleError("bad_json", "not JSON")
-    if type(req) is not dict:
-        raise ConsoleError("bad_request", "a request is a JSON object")
-    return req
+    if type(obj) is dict:
+        sep = "{"
+        for k in obj:
+            b = (sep + json.dumps(k) + ": ").encode()
+            w(b)
+            crc = _put(w, binascii.crc32(b, crc), obj[k])
+            sep = ", "
+        b = b"}" if sep == ", " else b"{}"
+    else:
+        b = json.dumps(obj).encode()
+    w(b)
+    return binascii.crc32(b, crc)
 
 
 def send(con, obj):
+    w = con.board.console.write
     try:
-        con.board.console.write(encode(obj))
+        w(b"FQ1 ")
+        w(b" %08x\n" % _put(w, 0, obj))
     except (OSError, ValueError, TypeError) as e:
         if con.log:
             con.log("console: reply not sent: %r" % e)
@@ -53,15 +48,36 @@ def send(con, obj):
 
 def handle(con, line):
     """Answer one line (bytes without the newline; None: it was longer than 4096 bytes)."""
+    import binascii
+    import json
+
+    E = identity.IdentityError
     if line is not None:
-        line = bytes(line).rstrip(b"\r")
-        if not line.strip():
+        line = bytes(line)
+        if line[0] in (32, 9, 13) and not line.strip():  # a frame starts with "F": no copy
             return
     rid = None
     try:
         if line is None:
-            raise ConsoleError("too_long", "line longer than 4096 bytes")
-        req = decode(line)
+            raise E("too_long", "line longer than 4096 bytes")
+        # The frame, read in place (a line may be 4 KB).
+        if line[:4] != b"FQ1 ":
+            raise E("bad_frame", "a frame starts with 'FQ1 '")
+        end = len(line)
+        while line[end - 1] in (13, 32):  # a CR (CRLF line ends) and spaces
+            end -= 1
+        sp = line.rfind(b" ", 4, end)
+        if sp < 0 or end - sp - 1 != 8:
+            raise E("bad_frame", "a frame ends with ' ' and 8 hex digits of CRC-32")
+        body = memoryview(line)[4:sp]
+        if b"%08x" % binascii.crc32(body) != line[sp + 1:end].lower():
+            raise E("bad_crc", "CRC-32 does not match")
+        try:
+            req = json.loads(body)
+        except ValueError:
+            raise E("bad_json", "not JSON")
+        if type(req) is not dict:
+            raise E("bad_request", "a request is a JSON object")
         if "ok" in req:
             # A reply, not a request: our own output echoed back by a terminal (or another
             # unit's). Answering it would start an endless echo loop.
@@ -69,15 +85,17 @@ def handle(con, line):
         rid = req.get("id")
         if rid is not None and (type(rid) is not int or rid < 0 or rid > 0x7FFFFFFF):
             rid = None
-            raise ConsoleError("bad_request", "id must be an integer 0..2^31-1")
+            raise E("bad_request", "id must be an integer 0..2^31-1")
         cmd = req.get("cmd")
-        if cmd not in _CMDS:
-            raise ConsoleError("unknown_cmd", "unknown command %r" % (cmd,))
+        # Looked up by name only once known: getattr() with a string interns it as a qstr for
+        # good, so made-up command names would leak heap.
+        if cmd not in ("identify", "read_config", "write_config", "factory_reset", "selftest", "reboot"):
+            raise E("unknown_cmd", "unknown command %r" % (cmd,))
         out = globals()[cmd](con, req)
         reply = {"id": rid, "ok": True}
         if out:
             reply.update(out)
-    except ConsoleError as e:
+    except E as e:
         reply = {"id": rid, "ok": False, "error": e.args[0], "detail": e.args[1]}
     except Exception as e:  # a bug in a handler must not take the unit down
         if con.log:
@@ -96,7 +114,7 @@ def identify(con, req):
             cfg = identity.load(con.root)
             out["device_id"] = cfg["device_id"]
             out["role"] = cfg["role"]
-        except ConsoleError:
+        except identity.IdentityError:
             out["corrupt"] = True
     return out
 
@@ -112,26 +130,26 @@ def read_config(con, req):
 
 def write_config(con, req):
     if identity.is_provisioned(con.root):
-        raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
+        raise identity.IdentityError("already_provisioned", "this unit has an identity; factory_reset it first")
     from identity.write import save
 
     try:
         fp = save(con.root, req.get("cfg"))  # invalid_config goes back as it is
     except OSError as e:
-        raise ConsoleError("storage_error", "flash write failed: %r" % e)
+        raise identity.IdentityError("storage_error", "flash write failed: %r" % e)
     con.changed = True
     return {"key_fingerprint": fp}
 
 
 def factory_reset(con, req):
     if req.get("confirm") != con.board.hardware_id():
-        raise ConsoleError("confirm_required", "send confirm: <hardware id> (identify gives it) to erase this unit")
+        raise identity.IdentityError("confirm_required", "send confirm: <hardware id> (identify gives it) to erase this unit")
     from identity.write import factory_reset
 
     try:
         factory_reset(con.root)
     except OSError as e:
-        raise ConsoleError("storage_error", "erase failed: %r" % e)
+        raise identity.IdentityError("storage_error", "erase failed: %r" % e)
     con.changed = True
     return {"erased": True}
 
@@ -145,7 +163,7 @@ def selftest(con, req):
 def reboot(con, req):
     reboot = getattr(con.board, "reboot", None)
     if reboot is None:
-        raise ConsoleError("bad_request", "this board cannot reboot itself")
+        raise identity.IdentityError("bad_request", "this board cannot reboot itself")
     # Answer first: the reset takes the serial line with it.
     send(con, {"id": req.get("id"), "ok": True, "rebooting": True})
     reboot()

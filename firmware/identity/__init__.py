@@ -28,9 +28,11 @@
 # imported the same way. Measured (Unix port, 64-bit, code in ROMFS, qstr pool pre-grown): ~1.2 KB
 # while imported (2.7 KB before one exception class and no wrappers for the write side).
 
-import binascii
-import json
-import os
+# Heap: few globals (12; the built-in modules but io are imported where they are used), so the
+# table of the module's globals is one 192-byte piece: the console imports this module into a
+# running unit's heap, which is in small pieces by then.
+
+import io
 
 
 class IdentityError(Exception):
@@ -47,6 +49,8 @@ def path(root):
 
 
 def is_provisioned(root):
+    import os
+
     try:
         os.stat(path(root))
         return True
@@ -57,6 +61,7 @@ def is_provisioned(root):
 def fingerprint(key):
     # First 8 bytes of SHA-256(key), 16 lowercase hex digits. One-way: safe to print on a label
     # and to compare between the device, the tool and the gateway without revealing the key.
+    import binascii
     import hashlib
 
     return binascii.hexlify(hashlib.sha256(bytes(key)).digest()[:8]).decode()
@@ -70,22 +75,76 @@ def settings(given):
     return s
 
 
+class _Line(io.IOBase):
+    # Line 1 of the identity file as json.load reads it, a byte at a time: its CRC-32 on the way,
+    # the end of the stream at the newline. So the file is never in the heap in one piece (but
+    # each byte makes ~100 bytes of garbage: only when that one piece is not to be had).
+
+    def __init__(self, f):
+        self.f = f
+        self.crc = 0
+        self.one = bytearray(1)  # None once the newline (or the end of the file) was read
+
+    def readinto(self, b):
+        import binascii
+
+        one = self.one
+        i = 0
+        while one is not None and i < len(b):
+            if not self.f.readinto(one) or one[0] == 10:
+                self.one = one = None
+                break
+            # binascii.crc32 is unsigned on MicroPython and CPython 3: no mask needed.
+            self.crc = binascii.crc32(one, self.crc)
+            b[i] = one[0]
+            i += 1
+        return i
+
+
 def load(root):
     """The config dict; IdentityError not_provisioned (no file) or corrupt_config (the CRC, the
     JSON or a field the application relies on is wrong). Every field was validated when the
     file was written; the CRC says it has not changed since."""
+    import binascii
+    import json
+    import os
+
+    p = path(root)
     try:
-        with open(path(root), "rb") as f:
-            raw = f.read()
+        f = open(p, "rb")
     except OSError:
         raise IdentityError("not_provisioned", "no identity on this unit")
-    lines = raw.split(b"\n")
-    # binascii.crc32 is unsigned on MicroPython and CPython 3: no mask needed.
-    if len(lines) < 2 or b"%08x" % binascii.crc32(lines[0]) != lines[1].strip():
-        raise IdentityError("corrupt_config", "identity file fails its CRC")
+    with f:
+        try:
+            raw = f.read(os.stat(p)[6])  # in one piece, parsed in place: the usual case
+        except MemoryError:
+            raw = None
+        doc = None
+        if raw is None:
+            # A console request on a running unit whose heap is in small pieces: a byte at a
+            # time, no piece larger than the config's own values.
+            f.seek(0)
+            line = _Line(f)
+            try:
+                doc = json.load(line)
+            except ValueError:
+                while line.readinto(bytearray(1)):
+                    pass  # the rest of the line, for its CRC
+            crc = line.crc
+            raw = f.read(16)
+        else:
+            nl = raw.find(b"\n")
+            body = memoryview(raw)[:nl]
+            crc = binascii.crc32(body)
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                pass
+            raw = raw[nl + 1:] if nl >= 0 else b""
+        if b"%08x" % crc != raw.strip():
+            raise IdentityError("corrupt_config", "identity file fails its CRC")
     try:
-        doc = json.loads(lines[0])
-        if doc.pop("v") != 1:
+        if doc.pop("v") != 1:  # AttributeError if doc is not an object
             raise ValueError
         doc["key"] = binascii.unhexlify(doc["key"])
         if len(doc["key"]) != 32 or doc["role"] not in ("alarm", "checkin"):
@@ -94,7 +153,7 @@ def load(root):
             if type(doc[name]) is not int:
                 raise ValueError
         doc["settings"] = settings(doc.get("settings"))
-    except (ValueError, KeyError, TypeError, AttributeError):  # AttributeError: not an object
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise IdentityError("corrupt_config", "identity file has a bad or missing field")
     return doc
 

@@ -4,24 +4,16 @@
 #
 # Errors: IdentityError("invalid_config", "<field>: <why>") (see identity/__init__.py), OSError
 # from the flash.
+#
+# Heap: imported into a running unit's heap (a `config` downlink saves the settings), which is in
+# small pieces by then: few globals (9, so their table is one 192-byte piece), the built-in
+# modules imported where they are used.
 
-import binascii
-import json
-import os
-
-from identity import IdentityError, data_dir, fingerprint, path, settings
+import identity
 
 
 def _bad(name, why):
-    return IdentityError("invalid_config", "%s: %s" % (name, why))
-
-
-def _exists(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
+    return identity.IdentityError("invalid_config", "%s: %s" % (name, why))
 
 
 def _int(cfg, name, lo, hi, opt=False):
@@ -45,7 +37,16 @@ def _str(cfg, name, hi, opt=False):
     return v
 
 
-def _key(v):
+def validate(cfg):
+    """Checked copy of cfg (a dict, key as bytes or hex); raises IdentityError invalid_config."""
+    import binascii
+
+    if type(cfg) is not dict:
+        raise _bad("cfg", "object required")
+    out = {}
+    out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
+    out["key_id"] = _int(cfg, "key_id", 0, 255)
+    v = cfg.get("key")
     if type(v) is str:
         if len(v) != 64:
             raise _bad("key", "64 hex digits required")
@@ -55,17 +56,7 @@ def _key(v):
             raise _bad("key", "64 hex digits required")
     if type(v) not in (bytes, bytearray) or len(v) != 32:
         raise _bad("key", "32 bytes required")
-    return bytes(v)
-
-
-def validate(cfg):
-    """Checked copy of cfg (a dict, key as bytes or hex); raises IdentityError invalid_config."""
-    if type(cfg) is not dict:
-        raise _bad("cfg", "object required")
-    out = {}
-    out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
-    out["key_id"] = _int(cfg, "key_id", 0, 255)
-    out["key"] = _key(cfg.get("key"))
+    out["key"] = bytes(v)
     role = cfg.get("role")
     if role not in ("alarm", "checkin"):
         raise _bad("role", "alarm or checkin required")
@@ -85,8 +76,7 @@ def validate(cfg):
     if tls and ca is None:
         raise _bad("ca_pem", "tls needs the CA certificate that signed the broker's")
     out["ca_pem"] = ca
-    cp = _int(cfg, "checkpoint_id", 0, 65535, role != "checkin")
-    out["checkpoint_id"] = cp
+    out["checkpoint_id"] = _int(cfg, "checkpoint_id", 0, 65535, role != "checkin")
     pins = cfg.get("pins", {})
     if type(pins) is not dict:
         raise _bad("pins", "object required")
@@ -102,53 +92,53 @@ def validate(cfg):
         v = given[k]
         if type(k) is not str or type(v) is not int or v < 0 or v > 0xFFFFFFFF:
             raise _bad("settings", "name -> non-negative integer required")
-    out["settings"] = settings(given)
+    out["settings"] = identity.settings(given)
     return out
-
-
-def _mkdirs(p):
-    parts = p.split("/")
-    cur = ""
-    for i, part in enumerate(parts):
-        if not part:
-            if i == 0:
-                cur = "/"
-            continue
-        cur = (cur.rstrip("/") + "/" + part) if cur else part
-        if not _exists(cur):
-            os.mkdir(cur)
-
-
-def encode(cfg):
-    """The file's bytes for a validated cfg (the same function is mirrored by provision_dir)."""
-    doc = dict(cfg)
-    doc["key"] = binascii.hexlify(cfg["key"]).decode()
-    doc["v"] = 1
-    line = json.dumps(doc).encode()
-    return line + b"\n%08x\n" % binascii.crc32(line)
 
 
 def save(root, cfg):
     """Validate and write atomically; returns the key fingerprint."""
+    import binascii
+    import json
+    import os
+
     cfg = validate(cfg)
-    _mkdirs(data_dir(root))
-    final = path(root)
+    # The data directory and its parents (mkdir -p).
+    cur = ""
+    for part in identity.data_dir(root).split("/"):
+        if not part:
+            if not cur:
+                cur = "/"  # an absolute path
+            continue
+        cur = cur.rstrip("/") + "/" + part if cur else part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass  # there already (or the flash fails: the open below says so)
+    # The file's bytes (tools.hostboard.encode_identity writes the same).
+    doc = dict(cfg)
+    doc["key"] = binascii.hexlify(cfg["key"]).decode()
+    doc["v"] = 1
+    line = json.dumps(doc).encode()
+    final = identity.path(root)
     tmp = final + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(encode(cfg))
+        f.write(line)
+        f.write(b"\n%08x\n" % binascii.crc32(line))
         if hasattr(f, "flush"):
             f.flush()
         if hasattr(os, "fsync") and hasattr(f, "fileno"):
             os.fsync(f.fileno())
     os.rename(tmp, final)
-    return fingerprint(cfg["key"])
+    return identity.fingerprint(cfg["key"])
 
 
 def _rm_tree(p):
+    import os
+
     for entry in os.ilistdir(p):
-        name, kind = entry[0], entry[1]
-        full = p.rstrip("/") + "/" + name
-        if kind == 0x4000:
+        full = p.rstrip("/") + "/" + entry[0]
+        if entry[1] == 0x4000:  # a directory
             _rm_tree(full)
             os.rmdir(full)
         else:
@@ -158,10 +148,15 @@ def _rm_tree(p):
 def factory_reset(root):
     """Remove the identity (first, so a power cut mid-way leaves an unprovisioned unit) and
     every other data file."""
-    d = data_dir(root)
+    import os
+
     try:
-        os.remove(path(root))
+        os.remove(identity.path(root))
     except OSError:
         pass
-    if _exists(d):
-        _rm_tree(d)
+    d = identity.data_dir(root)
+    try:
+        os.stat(d)
+    except OSError:
+        return  # no data directory
+    _rm_tree(d)
