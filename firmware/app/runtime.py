@@ -72,12 +72,12 @@ def note_heap():
     return used
 
 
-def console_only(board, led_state):
+def console_only(board, state):
     import console
     from drivers.led import Led
 
     led = Led(board.led)
-    led.set(led_state)
+    led.set(state)
     c = console.Console(board, board.flash_root, _FW, log)
     while True:
         c.poll()
@@ -101,12 +101,12 @@ class App:
         self.role = role
         self._h = health  # the Health object (its task: health() below)
         self.heap_log = heap_log
-        self.con = Console(board, board.flash_root, _FW, log)
+        self.console = Console(board, board.flash_root, _FW, log)
 
-    def _nothing(self, *args):
-        pass
+    def on_ack(self, *args):
+        pass  # acks and sirens are the role's business
 
-    on_ack = on_siren = _nothing
+    on_siren = on_ack
 
     def on_config(self, changed):
         from console import drop
@@ -124,7 +124,7 @@ class App:
         import asyncio
 
         global live_peak
-        sup, board, con, role, up = self.sup, self.board, self.con, self.role, self.up
+        sup, board, con, role, up = self.sup, self.board, self.console, self.role, self.up
         n = 0
         while True:
             sup.alive("board")

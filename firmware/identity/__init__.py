@@ -67,12 +67,12 @@ def fingerprint(key):
     return binascii.hexlify(hashlib.sha256(bytes(key)).digest()[:8]).decode()
 
 
-def settings(given):
+def settings(s):
     """The settings with defaults for those the provisioning tool did not set (the gateway may
     change them later with a `config` downlink; that is the application's business)."""
-    s = {"heartbeat_interval_s": 300, "checkin_repeat_s": 600, "hold_ms": 1000, "low_battery_mv": 3400}
-    s.update(given or {})
-    return s
+    d = {"heartbeat_interval_s": 300, "checkin_repeat_s": 600, "hold_ms": 1000, "low_battery_mv": 3400}
+    d.update(s or {})
+    return d
 
 
 class _Line(io.IOBase):
