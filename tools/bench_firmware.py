@@ -167,11 +167,13 @@ import gc
 import sys
 gc.collect()
 base = gc.mem_alloc()
-import asyncio, identity, console, clock, supervisor, link, heartbeat, app.uplink
+# What a running board keeps imported (identity and the console's request handling are loaded
+# per use and dropped again: app/runtime.py, console/__init__.py).
+import asyncio, console, clock, supervisor, link, heartbeat, app.uplink, app.runtime
 from boards import load_board
 import boards.host, drivers.led, drivers.buzzer
 if sys.argv[1] == "alarm":
-    import alarm_button
+    import alarm_button, drivers.button
 else:
     import checkin_point, drivers.mfrc522, boards.sim_mfrc522
 gc.collect()

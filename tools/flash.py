@@ -52,11 +52,10 @@ ENTRY_POINTS = ("boot.py", "main.py", "boards/host_console_main.py")
 # Files that belong to one board only.
 BOARD_ONLY = {
     "boards/host.py": "host",
-    "boards/wiring_host.py": "host",
     "boards/sim_mfrc522.py": "host",
     "boards/host_console_main.py": "host",
     "boards/host_wdt.py": "host",
-    "boards/stdconsole.py": None,  # every board
+    "boards/stdconsole.py": "mcu",  # the host board is its own console
     "boards/esp32.py": "esp32",
     "boards/wiring_esp32.py": "esp32",
     "boards/picow.py": "picow",

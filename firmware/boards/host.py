@@ -334,7 +334,7 @@ class Board:
                 self.poller.register(conn, select.POLLIN)
                 continue
             try:
-                data = conn.recv(512)
+                data = conn.recv(64)  # small pieces: a 64 KB heap is fragmented, requests are short
             except OSError:
                 data = b""
             if not data:

@@ -1,6 +1,8 @@
-"""The memory scenario of `fengqiao bench firmware` runs through (200 queued events, drained,
-a broker restart, one more event) for each role. The figures themselves (smallest heap, GC
-high-water mark) are printed by the bench, not asserted here."""
+"""Issue 3, item 10: either role runs in a 64 KB heap (`micropython -X heapsize=64k`, code from
+ROMFS as a board runs it) through the memory scenario of `fengqiao bench firmware`: 200 queued
+events drained over MQTT, a broker restart and reconnect, one more event of the role. The run
+fails on any MemoryError, even one the supervisor recovered from. The bench prints the figures
+(smallest heap that passes, GC high-water mark); here the bound itself is asserted."""
 
 import pytest
 
@@ -9,7 +11,8 @@ from tools.bench_firmware import run_scenario
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("role", ["alarm", "checkin"])
-def test_200_queued_events_and_a_reconnect(role, tmp_path):
-    figures = run_scenario(role, 192, str(tmp_path / role))
+def test_200_queued_events_and_a_reconnect_in_64k(role, tmp_path):
+    figures = run_scenario(role, 64, str(tmp_path / role))
     assert figures["frames"] >= 202  # 200 queued + boot + the event after the reconnect
-    assert figures["live_peak"] > figures["code_bytes"] > 0  # the figures the bench prints exist
+    assert 0 < figures["code_bytes"] < figures["live_peak"] < 64 * 1024
+    assert figures["qstrs"] < 620  # the next qstr pool block would take another 7.1 KB
