@@ -51,7 +51,7 @@ from gateway.village.testing import sample_text
 from tools.hostboard import HostBoard, provision_dir
 from tools.testing.procs import REPO_ROOT, wait_for
 
-HEAP = "256k"   # the 64-bit Unix port keeps loaded bytecode in the heap (firmware/LINK.md, Memory)
+HEAP = "256k"   # behaviour, not the memory bound (firmware/tests/test_app_memory.py, LINK.md Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000"]
 DATE = datetime.date(2026, 3, 14)                     # long past: the report (system clock) sees every round over
 LOCAL = datetime.timezone(datetime.timedelta(hours=8))  # the sample village's utc_offset

@@ -16,7 +16,7 @@ from tools.hostboard import HostBoard, provision_dir
 from tools.simulate import ScriptedGateway, led_state
 from tools.testing.procs import wait_for
 
-HEAP = "256k"  # code lives in the heap on the 64-bit Unix port; see `fengqiao bench firmware`
+HEAP = "256k"  # behaviour tests: room to spare; the 64 KB bound is test_app_memory.py (LINK.md, Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "3"]
 
 
