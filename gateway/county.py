@@ -34,6 +34,7 @@ class CountyRecorder:
         self.on_envelope = on_envelope   # called with each new envelope line (e.g. to print it)
         self.ids = []            # envelope ids in the order first received
         self.duplicates = 0
+        self.duplicate_ids = []  # which ids came again, in order (tells a broker redelivery from a resend)
         self.malformed = 0
         self.messages = 0
         self._seen = set()
@@ -95,6 +96,7 @@ class CountyRecorder:
                 if env_id is not None and self.dedup:
                     if env_id in self._seen:
                         self.duplicates += 1
+                        self.duplicate_ids.append(env_id)
                         continue
                     self._seen.add(env_id)
                 if env_id is not None:

@@ -70,6 +70,14 @@ def _check_dump(tmp_path, rec, key, n):
     assert report.envelopes == n and report.macs_checked > 0
 
 
+def _only_broker_redeliveries(rec, acked_before_outage):
+    """The forwarder sent nothing twice: the only envelopes the recorder saw again are ones the county
+    broker had delivered before it was stopped, without having processed the recorder's PUBACK yet
+    (at-least-once to a persistent session; the recorder drops them by id)."""
+    allowed = {"tw1:%d" % i for i in range(1, acked_before_outage + 1)}
+    assert set(rec.duplicate_ids) <= allowed, rec.duplicate_ids
+
+
 @pytest.mark.timeout(90)
 def test_county_down_for_a_while_then_back(tmp_path, county):
     broker, rec = county
@@ -95,7 +103,7 @@ def test_county_down_for_a_while_then_back(tmp_path, county):
     broker.start()  # same port, like the county coming back
     assert up.wait_forwarded(total, 60), up.stats()
     _check_dump(tmp_path, rec, key, total)
-    assert rec.duplicates == 0
+    _only_broker_redeliveries(rec, 20)
     stats = up.stats()
     assert stats["queue_depth"] == 0 and stats["disconnects"] == 1
     assert stats["published_messages"] < total  # batched after the outage: one signature per batch
@@ -254,6 +262,6 @@ def test_gateway_restarted_during_the_outage_resumes_from_the_cursor(tmp_path, c
     broker.start()
     assert up.wait_forwarded(41, 30), up.stats()
     _check_dump(tmp_path, rec, key, 41)
-    assert rec.duplicates == 0
+    _only_broker_redeliveries(rec, 10)
     up.close()
     store.close()
