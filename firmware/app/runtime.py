@@ -112,9 +112,9 @@ class App:
         from console import drop
 
         try:
-            from identity.write import save
+            from identity.file import write
 
-            save(self.board.flash_root, self.cfg)
+            write(self.board.flash_root, self.cfg)  # as it is: only the settings changed
         except Exception as e:  # IdentityError, OSError; MemoryError: the unit runs on regardless
             log("main: config not saved: %r" % (e,))
         finally:
@@ -154,18 +154,24 @@ class App:
 
 def start(board, cfg, opts):
     """Build the unit and spawn its tasks; returns the supervisor (its watch() is the main task)."""
+    from link import Link
+
+    # The link first: with TLS it needs two pieces of the heap in one piece each (mbedTLS parses
+    # the CA into ~3 KB; the TLS socket's reserve, link.py), which a heap has for certain only
+    # before the rest of the unit is built. (Seen: built after the outbox and the role, a board
+    # restarted with events queued could not parse its CA at 64 KB.)
+    link = Link(board, cfg, None, log, keepalive_s=opts[_KEEPALIVE_S],
+                backoff_min_ms=opts[_BACKOFF_MIN_MS], backoff_max_ms=opts[_BACKOFF_MAX_MS])
     from app.uplink import Uplink
     from clock import Clock
     from heartbeat import Health
-    from link import Link
     from outbox import PRIO_NORMAL, OutboxFull
     from protocol import frame
     from supervisor import Supervisor
 
     settings = cfg["settings"]
     up = Uplink(cfg, board.flash_root + "/data", Clock(), log, opts[_ENTRIES], opts[_BYTES])
-    link = Link(board, cfg, up.on_message, log, keepalive_s=opts[_KEEPALIVE_S],
-                backoff_min_ms=opts[_BACKOFF_MIN_MS], backoff_max_ms=opts[_BACKOFF_MAX_MS])
+    link.on_message = up.on_message
     up.link = link
     sup = Supervisor(board, log)
     if cfg["role"] == "alarm":

@@ -32,7 +32,7 @@ _MAX_LINE = const(4096)  # a config with a 2 KB CA certificate in JSON fits with
 
 def drop():
     """Forget the modules a request (or the boot) imported, so their objects can be collected."""
-    for m in "console.admin identity.write identity selftest".split():  # (a tuple: 128 B resident)
+    for m in "console.admin identity.write identity.file identity selftest".split():  # (a tuple: 128 B resident)
         sys.modules.pop(m, None)
     # `import console.admin` also bound it here (and identity.write in identity's globals).
     globals().pop("admin", None)

@@ -97,39 +97,11 @@ def validate(cfg):
 
 
 def save(root, cfg):
-    """Validate and write atomically; returns the key fingerprint."""
-    import binascii
-    import json
-    import os
+    """Validate and write atomically (identity/file.py); returns the key fingerprint."""
+    from identity.file import write
 
     cfg = validate(cfg)
-    # The data directory and its parents (mkdir -p).
-    cur = ""
-    for part in identity.data_dir(root).split("/"):
-        if not part:
-            if not cur:
-                cur = "/"  # an absolute path
-            continue
-        cur = cur.rstrip("/") + "/" + part if cur else part
-        try:
-            os.mkdir(cur)
-        except OSError:
-            pass  # there already (or the flash fails: the open below says so)
-    # The file's bytes (tools.hostboard.encode_identity writes the same).
-    doc = dict(cfg)
-    doc["key"] = binascii.hexlify(cfg["key"]).decode()
-    doc["v"] = 1
-    line = json.dumps(doc).encode()
-    final = identity.path(root)
-    tmp = final + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(line)
-        f.write(b"\n%08x\n" % binascii.crc32(line))
-        if hasattr(f, "flush"):
-            f.flush()
-        if hasattr(os, "fsync") and hasattr(f, "fileno"):
-            os.fsync(f.fileno())
-    os.rename(tmp, final)
+    write(root, cfg)
     return identity.fingerprint(cfg["key"])
 
 
