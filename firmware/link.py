@@ -84,6 +84,7 @@ class Link:
             # Made once, early: mbedTLS parses the CA into a few KB that must not have to be
             # found in a fragmented heap later. A CA that cannot be used raises TlsFailure here.
             self.tls = mqtt.tls_context(cfg.get("ca_pem") or "")
+            mqtt.reserve()  # the TLS socket's piece of the heap (mqtt.py)
 
     async def publish(self, payload):
         """Publish one frame on our uplink topic at QoS 1 and wait for its PUBACK.
@@ -183,7 +184,9 @@ class Link:
                         self.conn.close()
                     except OSError:
                         pass
-                self.conn = None
+                self.conn = sock = None
+                if self.tls:
+                    mqtt.reserve()  # the socket's piece is free now: held for the next one
             if self.sessions != n and time.ticks_diff(time.ticks_ms(), t_start) > 10000:
                 # A session that came up and lasted resets the backoff; one that the broker
                 # drops at once (a kick loop) keeps it growing.

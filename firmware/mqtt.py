@@ -24,6 +24,7 @@ argument names here are short or shared with other modules.
 """
 
 import asyncio
+import gc
 import socket
 import struct
 import time
@@ -33,6 +34,14 @@ import time
 _MAX_PACKET = const(1024)  # our frames are <= 256 bytes; anything bigger is refused
 _POLL_MS = const(10)
 _OP_MS = const(10000)  # deadline of a connect, a write, a packet once begun (generous: slow brokers)
+# The TLS socket object (with mbedTLS's SSL context inside it) is 520 B on the 64-bit Unix port,
+# less on a 32-bit board, and must be had in ONE piece, which a running 64 KB heap may not have
+# (seen: 11 KB free, the largest piece under 500 B; the link task failed and was restarted).
+# So rsv holds a piece that size while no TLS socket is being made: open() lets it go just
+# before it wraps the socket, and reserve() takes it back once that socket is closed, when the
+# socket's own piece has just come free.
+_RESERVE = const(520)
+rsv = None
 
 
 class MqttError(Exception):
@@ -112,9 +121,22 @@ def tls_context(ca_pem):
     return ctx
 
 
+def reserve():
+    """Hold the TLS socket's piece of the heap (see _RESERVE) if it is not held; if there is no
+    such piece now, the next open() takes its chance."""
+    global rsv
+    if rsv is None:
+        gc.collect()
+        try:
+            rsv = bytearray(_RESERVE)
+        except MemoryError:
+            pass
+
+
 async def open(host, port, tls):
     """A connected non-blocking socket to the broker, TLS when `tls` (an SSLContext; it
     handshakes during the first write), or MqttError."""
+    global rsv
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     sock = raw = socket.socket(ai[0], ai[1], ai[2])
     try:
@@ -124,6 +146,9 @@ async def open(host, port, tls):
         except OSError:
             pass  # in progress, or failed at once: either way poll() below tells
         if tls:
+            if rsv is not None:
+                rsv = None
+                gc.collect()
             try:
                 sock = tls.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
             except (OSError, ValueError) as e:
