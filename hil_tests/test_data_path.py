@@ -19,13 +19,12 @@ from gateway.config import from_dict
 from gateway.county import CountyRecorder
 from gateway.keys import SigningKey, load_public_key
 from protocol import frame
-from tools.hostboard import HostBoard, provision_dir
+from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.simulate import led_state
 from tools.testing.mosquitto import MosquittoProcess
 from tools.testing.procs import free_port, wait_for
 
-# The Unix port is 64-bit and keeps loaded bytecode in the heap (see firmware/LINK.md, Memory).
-HEAP = "256k"
+HEAP = board_heap()  # a board's 64 KB, code in ROMFS (firmware/LINK.md, Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "4"]
 ALARM, GATE = 0x0501, 0x0601
 COUNTY_TOPIC = "fq/v1/county/hil"

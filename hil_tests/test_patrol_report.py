@@ -48,10 +48,10 @@ from gateway.village.cli import sync_registry
 from gateway.village.config import parse_village
 from gateway.village.db import import_village, open_db
 from gateway.village.testing import sample_text
-from tools.hostboard import HostBoard, provision_dir
+from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.testing.procs import REPO_ROOT, wait_for
 
-HEAP = "256k"   # behaviour, not the memory bound (firmware/tests/test_app_memory.py, LINK.md Memory)
+HEAP = board_heap()  # a board's 64 KB, code in ROMFS (firmware/LINK.md, Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000"]
 DATE = datetime.date(2026, 3, 14)                     # long past: the report (system clock) sees every round over
 LOCAL = datetime.timezone(datetime.timedelta(hours=8))  # the sample village's utc_offset
@@ -225,15 +225,28 @@ class Village:
         self.app.ctx.send_downlink(dev, 0x82, [True, 3, 0])
         wait_for(lambda: len(hb.buzzer_history()) > n, 15, "the board at %s to chirp after taking the time" % place)
 
+    @staticmethod
+    def _buzzer_quiet(hb, quiet_ms=300):
+        reply = hb.request("buzzer", since=1 << 30)
+        last = hb.buzzer_history(since=max(reply["count"] - 1, 0))
+        return not reply["on"] and (not last or reply["now_ms"] - last[-1][0] >= quiet_ms)
+
     def tap(self, place, card, t):
         """At gateway time t, present `card` at `place` until its check-in is stored."""
         self.sync_clock(place, t)
         n = len(self.checkins(place))
-        self.boards[place].card(card)
+        hb = self.boards[place]
+        led_k = hb.request("led", since=1 << 30)["count"]
+        hb.card(card)
         try:
             wait_for(lambda: len(self.checkins(place)) > n, 15, "check-in of card %s at %s stored" % (card, place))
         finally:
-            self.boards[place].remove_card()
+            hb.remove_card()
+        # The board's "confirmed" (green flash, two beeps) for this check-in, and its beeps over:
+        # otherwise they could come during the next sync_clock and pass for its chirp.
+        wait_for(lambda: any(rgb == (0, 1, 0) for _t, rgb in hb.led_history(since=led_k)), 15,
+                 "the board at %s to show the check-in confirmed" % place)
+        wait_for(lambda: self._buzzer_quiet(hb), 5, "the board at %s to finish its confirmed beeps" % place)
         ev = self.checkins(place)[-1]
         assert ev.body == [DEVICES[place][1], bytes.fromhex(card)]
         assert t <= ev.device_time <= t + 10, "the board's clock follows the gateway's acks"

@@ -23,6 +23,7 @@ on the 32-bit ESP32 and RP2040).
 Last line: one JSON object.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -233,11 +234,22 @@ def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=F
     return {"heap_kb": None, "failed_kb": tried}
 
 
+def _kb_list(text):
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("heap sizes in KB, e.g. 56,64: got %r" % text) from None
+    if any(kb < 16 for kb in sizes):
+        raise argparse.ArgumentTypeError("a heap below 16 KB cannot start MicroPython: got %r" % text)
+    return sizes
+
+
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--role", choices=("alarm", "checkin", "both"), default="both")
-    parser.add_argument("--heap-kb", type=int, action="append",
-                        help="heap sizes to try, smallest first (default: %s)" % ",".join(map(str, HEAPS_KB)))
+    parser.add_argument("--heap-kb", type=_kb_list, action="extend", metavar="KB[,KB...]",
+                        help="heap sizes to try, smallest first; a list or the option repeated (default: %s)"
+                        % ",".join(map(str, HEAPS_KB)))
     parser.add_argument("--events", type=int, default=EVENTS, help="events queued before the run (default 200)")
     parser.add_argument("--tls", action="store_true",
                         help="MQTT over TLS, verifying the broker against the provisioned CA (default: plain TCP)")
@@ -245,7 +257,7 @@ def add_arguments(parser):
 
 def run(args):
     roles = ("alarm", "checkin") if args.role == "both" else (args.role,)
-    heaps = tuple(args.heap_kb) if args.heap_kb else HEAPS_KB
+    heaps = tuple(sorted(set(args.heap_kb))) if args.heap_kb else HEAPS_KB
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     report = (lambda msg: None) if args.json else print
     result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48, "transport": "tls" if args.tls else "tcp",

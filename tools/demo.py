@@ -83,7 +83,7 @@ class Demo:
         self._seen_envelopes = 0
 
     # -- set-up ---------------------------------------------------------------------------------
-    def start(self, max_boards=None, heap="256k"):
+    def start(self, max_boards=None, heap=None):
         from gateway.cli import GatewayApp, sync_broker_credentials
         from gateway.config import from_dict
         from gateway.county import CountyRecorder
@@ -159,7 +159,9 @@ class Demo:
         with open(broker.ca_path) as f:
             ca_pem = f.read()
         checkpoint_of = {p["id"]: p.get("checkpoint") for p in data["places"]}
-        from tools.hostboard import HostBoard, provision_dir
+        from tools.hostboard import HostBoard, board_heap, provision_dir
+
+        heap = heap or board_heap()
 
         boards_dir = os.path.join(self.workdir, "boards")
         for d in devices:
@@ -398,7 +400,8 @@ def add_arguments(parser):
     parser.add_argument("--no-story", action="store_true", help="only start the village and show the duty view")
     parser.add_argument("--exit-after-story", action="store_true", help="stop after the story (for tests)")
     parser.add_argument("--boards", type=int, default=None, help="start only the first N devices of the village")
-    parser.add_argument("--heap", default="256k", help="MicroPython heap per host board (see `fengqiao bench firmware`)")
+    parser.add_argument("--heap", default=None, help="MicroPython heap per host board (default 64k with code in ROMFS, else "
+                        "256k; see `fengqiao bench firmware`)")
 
 
 def run(args):

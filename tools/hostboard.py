@@ -38,7 +38,7 @@ from tools.testing.micropython import micropython_binary
 from tools.testing.procs import WaitTimeout, wait_for
 
 __all__ = ["HostBoard", "HostBoardError", "ControlError", "NullModem", "provision_dir", "encode_identity",
-           "key_fingerprint", "DEFAULT_SETTINGS"]
+           "key_fingerprint", "DEFAULT_SETTINGS", "board_heap"]
 
 
 class HostBoardError(RuntimeError):
@@ -110,6 +110,13 @@ def romfs_available():
     except RuntimeError:  # no `micropython` command at all: the launcher needs only micropython_run
         return True
     return head.startswith(b"#!") and b"micropython_unix" in head
+
+
+def board_heap():
+    """The heap a host board gets in tests, `fengqiao simulate` and the demo: a board's 64 KB
+    when its code runs from flash (ROMFS), as on an ESP32 or Pico W; 256 KB when it cannot (the
+    bytecode then sits in the heap too: firmware/boards/HOSTBOARD.md)."""
+    return "64k" if romfs_available() else "256k"
 
 
 def image_run_argv(script, args=(), heap="1m", romfs=None, image=None):

@@ -139,9 +139,10 @@ class Village:
     """N host boards of each role, provisioned against one broker (used by `make demo` too)."""
 
     def __init__(self, workdir, broker_host, broker_port, ca_pem=None, tls=False, alarms=3, checkins=2,
-                 heap="256k", first_id=0x100, settings=None, args=()):
-        from tools.hostboard import HostBoard, provision_dir
+                 heap=None, first_id=0x100, settings=None, args=()):
+        from tools.hostboard import HostBoard, board_heap, provision_dir
 
+        heap = heap or board_heap()
         self.workdir = workdir
         self.boards = []  # (device_id, role, key, HostBoard)
         n = 0
@@ -175,7 +176,7 @@ def add_arguments(parser):
     parser.add_argument("--checkins", type=int, default=2, help="check-in point boards (default 2)")
     parser.add_argument("--seconds", type=float, default=30.0, help="run this long, pressing buttons and tapping cards")
     parser.add_argument("--workdir", help="where flash dirs and the broker live (default: a temp dir)")
-    parser.add_argument("--heap", default="256k", help="MicroPython heap per board (default 256k)")
+    parser.add_argument("--heap", default=None, help="MicroPython heap per board (default 64k with code in ROMFS, else 256k)")
     parser.add_argument("--no-ack", action="store_true", help="do not run the scripted gateway's acks")
 
 

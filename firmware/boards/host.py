@@ -93,7 +93,8 @@ class _Out:
 
 def _send(sock, data, o=None, k=0):
     # One reply line: `data`; for led / buzzer (o, the _Out) then its changes from index k as
-    # JSON text, 16 changes per piece (a full history never sits in the heap at once), and the
+    # JSON text, 4 changes per piece (~80 B: a full history never sits in the heap at once, and a
+    # running 64 KB heap has few free pieces of 300 B), and the
     # "]}\n" that closes the history and the reply.
     # A client that stops reading must not hang the board: at most 2 s per piece.
     sock.settimeout(2)
@@ -108,7 +109,7 @@ def _send(sock, data, o=None, k=0):
             if o is not None:
                 if k < o.n:
                     part = []
-                    for k in range(k, min(k + 16, o.n)):
+                    for k in range(k, min(k + 4, o.n)):
                         e = o.e[k % ring]
                         x = e & 7
                         part.append("[%d, [%d, %d, %d]]" % (e >> 3, x >> 2, x >> 1 & 1, x & 1) if o.k else

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from tools.hostboard import HostBoard, provision_dir
+from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.simulate import ScriptedGateway
 from tools.testing.procs import wait_for
 
-HEAP = "256k"
+HEAP = board_heap()  # a board's 64 KB (code in ROMFS), TLS included
 
 
 def _log(hb):

@@ -22,11 +22,11 @@ from gateway.village.cli import sync_registry
 from gateway.village.config import parse_village
 from gateway.village.db import import_village, open_db
 from gateway.village.testing import sample_text
-from tools.hostboard import HostBoard, provision_dir
+from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.simulate import led_state
 from tools.testing.procs import REPO_ROOT, wait_for
 
-HEAP = "256k"   # as firmware/tests/test_app_roles.py: code lives in the heap on the 64-bit Unix port
+HEAP = board_heap()  # a board's 64 KB, code in ROMFS (firmware/LINK.md, Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "20"]
 PRESSER, NEIGHBOUR, OTHER_GROUP, GATE = 0x101, 0x102, 0x201, 0x301
 

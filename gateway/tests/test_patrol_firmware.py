@@ -23,10 +23,10 @@ from gateway.village.cli import sync_registry
 from gateway.village.config import parse_village
 from gateway.village.db import import_village, open_db
 from gateway.village.testing import sample_text
-from tools.hostboard import HostBoard, provision_dir
+from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.testing.procs import wait_for
 
-HEAP = "256k"
+HEAP = board_heap()  # a board's 64 KB, code in ROMFS (firmware/LINK.md, Memory)
 FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000"]
 GATE, WELL = 0x301, 0x303
 CHECKPOINT_NO = {GATE: 101, WELL: 103}
