@@ -159,9 +159,7 @@ class Demo:
         with open(broker.ca_path) as f:
             ca_pem = f.read()
         checkpoint_of = {p["id"]: p.get("checkpoint") for p in data["places"]}
-        from tools.hostboard import HostBoard, board_heap, provision_dir
-
-        heap = heap or board_heap()
+        from tools.hostboard import HostBoard, provision_dir
 
         boards_dir = os.path.join(self.workdir, "boards")
         for d in devices:
@@ -176,7 +174,7 @@ class Demo:
             hb.start()
             self.boards[d["id"]] = hb
         n.say("%d host boards started (firmware on the MicroPython VM, %s heap each); waiting for them to "
-              "connect" % (len(self.boards), heap))
+              "connect" % (len(self.boards), hb.heap))
         _wait(lambda: self._connected_count() >= len(self.boards), 60, "all boards to connect to the gateway's broker")
         n.say("all %d boards connected and sent their boot frame" % len(self.boards))
 

@@ -113,9 +113,9 @@ def romfs_available():
 
 
 def board_heap():
-    """The heap a host board gets in tests, `fengqiao simulate` and the demo: a board's 64 KB
-    when its code runs from flash (ROMFS), as on an ESP32 or Pico W; 256 KB when it cannot (the
-    bytecode then sits in the heap too: firmware/boards/HOSTBOARD.md)."""
+    """The heap a HostBoard gets by default (heap=None), for callers that want it up front: a
+    board's 64 KB when its code runs from flash (ROMFS), as on an ESP32 or Pico W; 256 KB when
+    it cannot (the bytecode then sits in the heap too: firmware/boards/HOSTBOARD.md)."""
     return "64k" if romfs_available() else "256k"
 
 
@@ -146,7 +146,7 @@ def _uid_hex(uid):
 class HostBoard:
     """One host board process and a client for its control socket."""
 
-    def __init__(self, flash_dir, control_path=None, entry="main.py", heap="64k", hwid=None,
+    def __init__(self, flash_dir, control_path=None, entry="main.py", heap=None, hwid=None,
                  args=(), console=None, log_path=None, image=None, single_led=False, no_rfid=False,
                  wdt=False, env=None, romfs=None):
         self.flash_dir = os.path.abspath(str(flash_dir))
@@ -159,7 +159,6 @@ class HostBoard:
             digest = hashlib.sha256(self.flash_dir.encode()).hexdigest()[:16]
             self.control_path = "/tmp/fq-%s.ctl" % digest
         self.entry = entry
-        self.heap = heap
         self.hwid = hwid
         self.args = list(args)
         self.console = console  # None: stdin /dev/null; "pipe"; or an fd (e.g. a pty slave)
@@ -169,6 +168,8 @@ class HostBoard:
         self.env = env
         # ROMFS of the current sources by default; a caller's own image= directory runs as files.
         self.romfs = (romfs_available() and image is None) if romfs is None else bool(romfs)
+        # heap None: a board's 64 KB from ROMFS, 256 KB when the bytecode sits in the heap too.
+        self.heap = heap or ("64k" if self.romfs else "256k")
         self._romfs_image = None
         self.proc = None
         self._sock = None

@@ -140,9 +140,8 @@ class Village:
 
     def __init__(self, workdir, broker_host, broker_port, ca_pem=None, tls=False, alarms=3, checkins=2,
                  heap=None, first_id=0x100, settings=None, args=()):
-        from tools.hostboard import HostBoard, board_heap, provision_dir
+        from tools.hostboard import HostBoard, provision_dir
 
-        heap = heap or board_heap()
         self.workdir = workdir
         self.boards = []  # (device_id, role, key, HostBoard)
         n = 0

@@ -157,7 +157,7 @@ def start(board, cfg, opts):
     from link import Link
 
     # The link first: with TLS it needs two pieces of the heap in one piece each (mbedTLS parses
-    # the CA into ~3 KB; the TLS socket's reserve, link.py), which a heap has for certain only
+    # the CA into ~3 KB; the TLS socket's reserve, mqtt.py), which a heap has for certain only
     # before the rest of the unit is built. (Seen: built after the outbox and the role, a board
     # restarted with events queued could not parse its CA at 64 KB.)
     link = Link(board, cfg, None, log, keepalive_s=opts[_KEEPALIVE_S],

@@ -6,8 +6,8 @@
 # from the flash.
 #
 # Heap: imported into a running unit's heap (a `config` downlink saves the settings), which is in
-# small pieces by then: few globals (9, so their table is one 192-byte piece), the built-in
-# modules imported where they are used.
+# small pieces by then: few globals (8, so their table is one 192-byte piece), the built-in
+# modules imported where they are used; the file itself is written by identity/file.py.
 
 import identity
 
