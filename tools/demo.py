@@ -12,10 +12,17 @@ its verification, the store, the ack and the upstream envelope; her neighbours' 
 escalation when nobody answers; the duty officer's acknowledgement turning her button green; a
 patrol round that skips a checkpoint — and then shows the duty view until Ctrl-C.
 
-    fengqiao demo [--workdir var/demo] [--no-story] [--exit-after-story] [--boards N]
+    fengqiao demo [--workdir var/demo] [--no-story | --story-only] [--boards N]
 
 The demo shortens deadlines (village 20 s, township 60 s) and the patrol route (minutes instead of
-tens of minutes) so the story fits in about three minutes; everything else is the shipped config.
+tens of minutes) so the story fits in about a minute and a half (STORY_S); everything else is the
+shipped config.
+
+Stopping: `fengqiao demo` runs the demo in a worker process under tools/supervisor.py. Ctrl-C,
+SIGTERM, SIGHUP, SIGPIPE and a broken stdout (`fengqiao demo | head`) end the worker's story or
+duty view and its `finally` stops every board, the gateway and both brokers; if the worker is
+killed outright, the supervisor (its children's subreaper) stops what it left behind; if the
+supervisor is killed outright, the worker gets SIGTERM (PR_SET_PDEATHSIG).
 """
 
 import datetime
@@ -30,6 +37,17 @@ from tools.errors import CliError
 
 HELP = "run a simulated village against the real gateway and play the alarm and patrol story"
 
+# How long the story takes, measured (2026-12-06, 2 shared cores: 80-95 s); said at its start.
+STORY_S = 90
+# The duty view is checked this often and printed when it changed, and at least every DUTY_EVERY_S.
+DUTY_CHECK_S = 5.0
+DUTY_EVERY_S = 60.0
+# Services started after the gateway, before the boards: (name, start) with start(demo) returning
+# an object with stop() (stopped first, in reverse order). The web console adds its entry here,
+# e.g. ("web console", _start_console), and says its URL and login with demo.n.say().
+DEMO_SERVICES = []
+_WORKER_ENV = "FENGQIAO_DEMO_WORKER"
+
 _STAGES = {0: "stored", 1: "dispatched", 2: "someone is coming", 3: "closed", 4: "cancelled"}
 _LED_MEANING = {"sending": "amber fast blink = sending", "stored": "blue slow blink = stored at the township",
                 "coming": "steady green = someone is coming", "failing": "red double flash = not getting through",
@@ -38,23 +56,69 @@ _LED_MEANING = {"sending": "amber fast blink = sending", "stored": "blue slow bl
 _ROLE = {"alarm_button": "alarm", "checkpoint": "checkin"}
 
 
+class OutputClosed(BaseException):
+    """The demo's stdout went away (its reader exited): stop as for Ctrl-C."""
+
+
 class Narrator:
-    """Prints numbered, timestamped lines so a newcomer can follow the data path."""
+    """Prints numbered, timestamped lines so a newcomer can follow the data path.
+
+    When the output breaks (a pipe whose reader exited), printing stops for good and the main
+    thread is interrupted (OutputClosed there; from another thread, e.g. the store's subscriber,
+    via a simulated SIGINT), so the demo stops and cleans up instead of running on unseen."""
 
     def __init__(self, out=sys.stdout):
         self.t0 = time.monotonic()
         self.out = out
         self.lock = threading.Lock()
+        self.closed = False
+
+    def _write(self, text):
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.closed = True
+        if self.closed:
+            self._output_closed()
+
+    def _output_closed(self):
+        # Later writes (and the interpreter's final flush) must not fail again: fd 1 -> /dev/null.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.out.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+        if threading.current_thread() is threading.main_thread():
+            raise OutputClosed()
+        import _thread
+
+        _thread.interrupt_main(signal.SIGPIPE)
+
+    def check(self):
+        """Notice a reader that went away while nothing was printed (poll: POLLERR on a pipe
+        with no reader left); stops the demo as a failed write does."""
+        import select
+
+        try:
+            fd = self.out.fileno()
+        except (AttributeError, ValueError, OSError):
+            return
+        p = select.poll()
+        p.register(fd, select.POLLOUT)
+        if any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in p.poll(0)) and not self.closed:
+            self.closed = True
+            self._output_closed()
 
     def say(self, text, indent=0):
-        with self.lock:
-            self.out.write("[%6.1fs] %s%s\n" % (time.monotonic() - self.t0, "    " * indent, text))
-            self.out.flush()
+        self._write("[%6.1fs] %s%s\n" % (time.monotonic() - self.t0, "    " * indent, text))
 
     def title(self, text):
-        with self.lock:
-            self.out.write("\n==== %s ====\n" % text)
-            self.out.flush()
+        self._write("\n==== %s ====\n" % text)
 
 
 def _demo_village_text(sample_text, now_local):
@@ -79,6 +143,7 @@ class Demo:
         self.n = narrator or Narrator()
         self.app = self.county = self.recorder = None
         self.boards = {}  # device id -> HostBoard
+        self.services = []  # (name, object with stop()) started from DEMO_SERVICES
         self.places = {}  # device id -> place id
         self._seen_envelopes = 0
 
@@ -155,6 +220,8 @@ class Demo:
         n.say("gateway running: Mosquitto TLS on port %d (CA %s), metrics http://127.0.0.1:%d/metrics"
               % (broker.tls_port, os.path.relpath(broker.ca_path), self.app.metrics_port))
         self.app.store.subscribe(self._on_stored)
+        for name, start_service in DEMO_SERVICES:
+            self.services.append((name, start_service(self)))
 
         with open(broker.ca_path) as f:
             ca_pem = f.read()
@@ -317,24 +384,37 @@ class Demo:
                    % os.path.relpath(self.recorder.path), indent=1)
 
     # -- the duty view ----------------------------------------------------------------------------
-    def duty_view(self, stop, every_s=60.0):
-        """A summary whenever something changed (checked every 5 s), and at least every minute."""
+    def duty_state(self):
+        """What the duty officer needs: open cases and offline devices (no counters that grow
+        with every heartbeat)."""
+        open_cases = [c for c in self.plugin_cases().list_cases() if c["status"] not in ("closed", "cancelled")]
+        offline = sorted(set(self.app.supervisor.offline)) if self.app.supervisor else []
+        return ([(c["case_id"], c["place_id"], c["status"], c["escalated_to"]) for c in open_cases], offline)
+
+    def duty_view(self, stop, check_s=DUTY_CHECK_S, every_s=DUTY_EVERY_S):
+        """Checked every check_s; printed at once, whenever it changes, and at least every every_s."""
         last, last_at = None, 0.0
-        while not stop.wait(5.0):
-            cases = self.plugin_cases().list_cases()
-            open_cases = [c for c in cases if c["status"] not in ("closed", "cancelled")]
-            now_state = (self.app.store.count(), len(open_cases), self.recorder.count())
-            if now_state == last and time.monotonic() - last_at < every_s:
-                continue
-            last, last_at = now_state, time.monotonic()
-            self.n.title("duty view  %s" % time.strftime("%H:%M:%S"))
-            self.n.say("boards %d | events stored %d | open cases %d | envelopes at county %d"
-                       % (len(self.boards), self.app.store.count(), len(open_cases), self.recorder.count()))
-            for c in open_cases[:10]:
-                self.n.say("case %s at %s: %s, escalated to %s" % (c["case_id"], c["place_id"], c["status"],
-                                                                   c["escalated_to"]), 1)
+        while True:
+            cases, offline = state = self.duty_state()
+            if state != last or time.monotonic() - last_at >= every_s:
+                last, last_at = state, time.monotonic()
+                self.n.title("duty view  %s  (checked every %g s; Ctrl-C ends the demo)"
+                             % (time.strftime("%H:%M:%S"), check_s))
+                self.n.say("%d devices: %d online, %d offline | %d open case(s)"
+                           % (len(self.boards), len(self.boards) - len(offline), len(offline), len(cases)))
+                for case_id, place, status, escalated in cases:
+                    self.n.say("case %s at %s: %s%s" % (case_id, place, status,
+                                                         ", escalated to %s" % escalated if escalated else ""), 1)
+                for d in offline:
+                    self.n.say("offline: device %08x at %s" % (d, self.places.get(d, "?")), 1)
+            if stop.wait(check_s):
+                return
+            self.n.check()
 
     def stop(self):
+        for _name, service in reversed(self.services):
+            service.stop()
+        self.services = []
         for hb in self.boards.values():
             try:
                 hb.stop()
@@ -389,40 +469,101 @@ def _wait(pred, timeout_s, what):
         raise CliError(str(exc)) from exc
 
 
+class Stopped(BaseException):
+    """A signal asked the demo to stop (SIGINT, SIGTERM, SIGHUP, SIGPIPE)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stopping = []
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    if not _stopping:  # once: a second signal (Ctrl-C pressed twice) must not cut the clean-up short
+        _stopping.append(signum)
+        raise Stopped(signum)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
 def add_arguments(parser):
     parser.add_argument("--workdir", default="var/demo", help="where the demo keeps its files (wiped at start)")
-    parser.add_argument("--no-story", action="store_true", help="only start the village and show the duty view")
-    parser.add_argument("--exit-after-story", action="store_true", help="stop after the story (for tests)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--no-story", action="store_true", help="only start the village and show the duty view")
+    how.add_argument("--story-only", "--exit-after-story", dest="story_only", action="store_true",
+                     help="stop after the story (status 0), without the duty view")
     parser.add_argument("--boards", type=int, default=None, help="start only the first N devices of the village")
     parser.add_argument("--heap", default=None, help="MicroPython heap per host board (default 64k with code in ROMFS, else "
                         "256k; see `fengqiao bench firmware`)")
 
 
+def _worker_argv(args):
+    argv = [sys.executable, "-m", "tools.cli", "demo", "--workdir", os.path.abspath(args.workdir)]
+    if args.no_story:
+        argv.append("--no-story")
+    if args.story_only:
+        argv.append("--story-only")
+    if args.boards is not None:
+        argv += ["--boards", str(args.boards)]
+    if args.heap:
+        argv += ["--heap", args.heap]
+    return argv
+
+
 def run(args):
+    if os.environ.get(_WORKER_ENV) != "1" and sys.platform.startswith("linux"):
+        from tools.supervisor import supervise
+
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, **{_WORKER_ENV: "1"})
+        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return supervise(_worker_argv(args), env)
+    return run_worker(args)
+
+
+def run_worker(args):
     demo = Demo(args.workdir)
     stop = threading.Event()
-    # Ctrl-C and SIGTERM both end the duty view; installed explicitly because a shell that starts
-    # us in the background leaves SIGINT ignored.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    # Installed explicitly for every stop signal: a shell that starts us in the background leaves
+    # SIGINT ignored, and Python ignores SIGPIPE (a broken stdout is handled by the Narrator).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in _STOP_SIGNALS}
     try:
+        if not args.no_story:
+            demo.n.title("Fengqiao demo: set-up takes about 20 s, the story about %d s; Ctrl-C ends the demo "
+                         "at any time and stops everything it started" % STORY_S)
         demo.start(args.boards, args.heap)
         if not args.no_story:
+            t0 = time.monotonic()
             demo.story()
-        if args.exit_after_story:
+            demo.n.say("the story took %.0f s" % (time.monotonic() - t0))
+        if args.story_only:
             demo.n.title("story complete")
             return 0
-        demo.n.title("The village keeps running. Ctrl-C stops everything cleanly.")
+        demo.n.title("The village keeps running; the duty view follows. Ctrl-C stops everything cleanly.")
         demo.duty_view(stop)
         return 0
-    except KeyboardInterrupt:
-        demo.n.title("interrupted")
-        return 0
+    except Stopped as exc:
+        status = {signal.SIGINT: 0, signal.SIGTERM: 0}.get(exc.signum, 128 + exc.signum)
+        try:
+            demo.n.title("stopping (%s)" % exc)
+        except OutputClosed:
+            pass
+        return status
+    except OutputClosed:
+        return 128 + signal.SIGPIPE
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        demo.n.say("stopping boards, gateway and brokers")
-        demo.stop()
+        # Nothing may interrupt the clean-up; the supervisor stops whatever it leaves behind.
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            demo.n.say("stopping boards, gateway and brokers")
+            demo.stop()
+        except OutputClosed:
+            demo.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tools.demo import STORY_S
 from tools.testing.procs import REPO_ROOT
 
 
@@ -17,16 +18,16 @@ from tools.testing.procs import REPO_ROOT
 def test_demo_story_runs_end_to_end_and_stops_cleanly(tmp_path):
     workdir = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "demo", "--exit-after-story", "--workdir", str(workdir)],
+        [sys.executable, "-m", "tools.cli", "demo", "--story-only", "--workdir", str(workdir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=380,
     )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     # the data path a newcomer follows, in order
-    for marker in ("frame on fq/v1/00000102/up (33 bytes)", "gateway verified", "LED blue slow blink",
+    for marker in ("the story about %d s; Ctrl-C ends the demo" % STORY_S, "frame on fq/v1/00000102/up (33 bytes)", "gateway verified", "LED blue slow blink",
                    "county received envelope qiaotou:", "siren sounding at hh-e01", "west-lane households stay quiet",
                    "case_escalated", "steady green = someone is coming", "closed         by p-zhou-min",
-                   "patrol_missed_checkpoint", "fengqiao verify:", "story complete"):
+                   "patrol_missed_checkpoint", "fengqiao verify:", "the story took", "story complete"):
         assert marker in out, "demo output lacks %r:\n%s" % (marker, out[-3000:])
     assert "problem" not in out.split("fengqiao verify:")[1].splitlines()[0]
     # clean stop: no host board, broker or gateway left running from this work directory
