@@ -2,7 +2,8 @@
 # One-time (idempotent) set-up behind `make test` and `make demo`:
 #   - .venv from the pinned requirements (re-done when requirements change),
 #   - the MicroPython Unix port, unless a `micropython` is already on PATH,
-#   - Mosquitto from the OS packages when it is missing (as root), or the exact command to run.
+#   - Mosquitto from the OS packages when it is missing (as root), or the exact command to run,
+#   - chromium and fonts-noto-cjk the same way (the duty console's browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,4 +56,8 @@ fi
 
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 command -v mosquitto_passwd >/dev/null || [ -x /usr/bin/mosquitto_passwd ] || apt_install mosquitto
+# The duty console's browser tests drive Debian's chromium with Playwright (which cannot download
+# its own browser here); fonts-noto-cjk makes the Chinese in its screenshots readable.
+[ -x /usr/bin/chromium ] || apt_install chromium
+[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || apt_install fonts-noto-cjk
 exit 0

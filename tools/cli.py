@@ -22,12 +22,14 @@ from tools.errors import CliError
 # name -> module that implements it. Keep sorted by what a user does first.
 COMMANDS = {
     "demo": "tools.demo",              # broker + gateway + simulated village + duty view
+    "hostboard": "tools.hostboard_cli",  # a host board on a pty: start | press | hold | tap | status | stop
     "flash": "tools.flash",            # copy the firmware onto a board over USB serial
     "provision": "tools.provision",    # write identity, key and settings over the serial console
     "simulate": "tools.simulate",      # run host boards (the simulated village)
     "gateway": "gateway.cli",          # gateway run --config FILE, device add/revoke
     "registry": "gateway.village.cli",  # registry import FILE (places, groups, people, routes)
     "case": "gateway.cases.cli",       # case list | show | ack | dispatch | close
+    "console": "gateway.console.cli",  # duty console: user add | passwd | disable; screenshots
     "report": "gateway.reports.cli",   # report patrol | alarms
     "verify": "gateway.verify_cli",    # offline check of upstream envelopes
     "bench": "tools.bench",            # bench frames | fuzz | firmware | gateway | outbox
