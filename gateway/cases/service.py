@@ -41,6 +41,7 @@ DOWN_SIREN = 0x82
 MAX_ATTEMPTS = 5
 LATE_DELIVERY_S = 60       # an alarm whose device time is older than this when stored is marked late
 OPEN_STATES = ("open", "acknowledged")
+OUTCOMES = ("real", "false", "test", "other")   # how a case was closed (duty console)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -337,9 +338,24 @@ class CaseService:
             self._step(case_id, "dispatched", now, actor, detail)
             self._emit(case_id, "case_dispatched", now, actor, case["device_id"], case["place_id"], detail)
 
-    def close(self, case_id, actor, note):
+    def note(self, case_id, actor, text):
+        """A note on an open or closed case (step `note`, event `case_note`); no effect on devices."""
+        if not text or not text.strip():
+            raise CaseStateError("a note needs some text")
+        self.directory()
+        with self._lock, _Tx(self.db):
+            self._person(actor)
+            case = self._case(case_id)
+            now = self.clock.now()
+            self._step(case_id, "note", now, actor, {"note": text})
+            self._emit(case_id, "case_note", now, actor, case["device_id"], case["place_id"], {"note": text})
+
+    def close(self, case_id, actor, note, outcome=None):
+        """Step 5. `outcome` (optional): one of OUTCOMES, kept in the step and the case_closed event."""
         if not note or not note.strip():
             raise CaseStateError("closing a case needs a note (what happened, what was done)")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise CaseStateError("outcome must be one of %s" % ", ".join(OUTCOMES))
         self.directory()
         with self._lock, _Tx(self.db):
             self._person(actor)
@@ -349,8 +365,9 @@ class CaseService:
                 self._acknowledge(case, actor, "", now, implicit=True)
             self.db.execute("UPDATE cases SET status = 'closed', closed_at = ?, closed_by = ?, close_note = ? "
                             "WHERE case_id = ?", (now, actor, note, case_id))
-            self._step(case_id, "closed", now, actor, {"note": note})
-            self._emit(case_id, "case_closed", now, actor, case["device_id"], case["place_id"], {"note": note})
+            closed = {"note": note} if outcome is None else {"note": note, "outcome": outcome}
+            self._step(case_id, "closed", now, actor, closed)
+            self._emit(case_id, "case_closed", now, actor, case["device_id"], case["place_id"], closed)
             self._sirens_off(case_id, now)
             for i in self._inputs(case_id):
                 if i["kind"] == "alarm":
