@@ -1,4 +1,5 @@
-"""Prometheus text-format metrics over http.server (`GET /metrics`), no extra dependency.
+"""Gateway metrics in Prometheus text format: written by prometheus_client, served at `GET /metrics`
+on uvicorn + Starlette (the duty console's web stack). The API below is the one every part uses.
 
     m = Metrics()
     m.inc("fengqiao_events_total", {"kind": "alarm"}, 3)      # counters (labels as a dict or None)
@@ -15,7 +16,12 @@ forwarder), fengqiao_handler_errors_total, fengqiao_clock_skew_seconds (histogra
 """
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    UnknownMetricFamily)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -119,77 +125,100 @@ class Metrics:
                 h.observe(v)
 
     def render(self):
-        lines, seen = [], set()
+        """The Prometheus text format (0.0.4), written by prometheus_client from our series."""
+        collector = _Collector(self)
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(collector)
+        text = generate_latest(reg).decode()
+        return text + "".join(line + "\n" for line in collector.problems)
 
-        def head(name):
-            if name not in seen:
-                seen.add(name)
-                typ, text = HELP.get(name, ("untyped", name))
-                lines.append("# HELP %s %s" % (name, text))
-                lines.append("# TYPE %s %s" % (name, typ))
-
-        gauges = {}
+    def snapshot(self):
+        """(counters, gauges, histograms, problems) as plain values, consistent under the lock."""
+        gauges, problems = {}, []
         for name, fn in list(self._gauge_fns.items()):
             try:
                 gauges[(name, ())] = fn()
             except Exception as exc:  # a scrape must not fail because one source is down
-                lines.append("# %s unavailable: %s" % (name, type(exc).__name__))
+                problems.append("# %s unavailable: %s" % (name, type(exc).__name__))
         with self._lock:
             counters = dict(self._counters)
             gauges.update(self._gauges)
             hists = {k: (h.buckets, list(h.counts), h.sum, h.count) for k, h in self._hist.items()}
+        return counters, gauges, hists, problems
+
+
+class _Collector:
+    """Our series as prometheus_client metric families (names, types and labels as before)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.problems = []
+
+    def collect(self):
+        counters, gauges, hists, self.problems = self.metrics.snapshot()
+        families = {}
+
+        def family(name, kind):
+            typ, text = HELP.get(name, (kind, name))
+            fam = families.get(name)
+            if fam is None:
+                cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}.get(typ, UnknownMetricFamily)
+                fam = families[name] = (cls, text, [])
+            return fam
+
         for (name, labels), v in sorted(counters.items()):
-            head(name)
-            lines.append("%s%s %s" % (name, _labels(dict(labels)), v))
+            family(name, "untyped")[2].append((labels, v))
         for (name, labels), v in sorted(gauges.items()):
-            if v is None:
-                continue
-            head(name)
-            lines.append("%s%s %s" % (name, _labels(dict(labels)), v))
+            if v is not None:
+                family(name, "gauge")[2].append((labels, v))
+        for name, (cls, text, samples) in families.items():
+            label_names = sorted({k for labels, _ in samples for k, _ in labels})
+            fam = cls(name, text, labels=label_names)
+            for labels, v in samples:
+                d = dict(labels)
+                fam.add_metric([str(d.get(k, "")) for k in label_names], v)
+            yield fam
         for name, (buckets, counts, total, count) in sorted(hists.items()):
-            head(name)
-            acc = 0
+            acc, cumulative = 0, []
             for b, c in zip(buckets, counts):
                 acc += c
-                lines.append('%s_bucket{le="%s"} %d' % (name, b, acc))
-            lines.append('%s_bucket{le="+Inf"} %d' % (name, count))
-            lines.append("%s_sum %s" % (name, total))
-            lines.append("%s_count %d" % (name, count))
-        return "\n".join(lines) + "\n"
+                cumulative.append((str(b), acc))
+            cumulative.append(("+Inf", count))
+            fam = HistogramMetricFamily(name, HELP.get(name, ("histogram", name))[1])
+            fam.add_metric([], cumulative, total)
+            yield fam
 
 
 class MetricsServer:
+    """GET /metrics on uvicorn + Starlette (the duty console's web stack), in a thread.
+
+    Kept separate from the console: it may listen where the Prometheus scraper reaches it and
+    it needs no login. The console also serves the same text at its own /metrics."""
+
     def __init__(self, metrics, host="127.0.0.1", port=9108):
+        from gateway.console.server import WebServer
+
         self.metrics = metrics
-        m = metrics
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
-                    return
-                body = m.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt, *args):  # scrapes every 15 s are not news
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = None
+        self._web = WebServer(metrics_app(metrics), host, port, name="metrics")
+        self.port = port
 
     def start(self):
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-        self._thread.start()
+        self._web.start()
+        self.port = self._web.port
         return self
 
     def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(5)
+        self._web.stop()
+
+
+def metrics_app(metrics):
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def scrape(request):
+        body = await run_in_threadpool(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/metrics", scrape)])

@@ -30,6 +30,7 @@ from gateway.cases.service import OUTCOMES, CaseError, CaseNotFound
 from gateway.console import i18n
 from gateway.console.accounts import LockedOut, LoginFailed, csrf_ok
 from gateway.console.live import summary
+from gateway.metrics import CONTENT_TYPE
 from gateway.patrol.rounds import local_hhmm
 from gateway.village.cliutil import fmt_time
 
@@ -299,7 +300,7 @@ def build_app(console):
 
     async def metrics(request):
         body = await run_in_threadpool(console.metrics.render)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(body, media_type=CONTENT_TYPE)
 
     routes = [
         Route("/login", login_page, methods=["GET"]), Route("/login", login_post, methods=["POST"]),
