@@ -11,8 +11,8 @@ A session token is 32 random bytes sent once in an HttpOnly, SameSite=Strict coo
 SHA-256 is stored, so a copy of the database opens no session. Each session has its own CSRF
 token (checked on every POST) and an absolute expiry.
 
-Lockout: 5 failed logins for one account, or from one source address, within LOCK_WINDOW_S lock
-that account (or source) for 30 s, doubling with each further failure up to 15 minutes. The
+Lockout: 5 failed logins for one account (or 20 from one source address: an office's PCs may
+share one) within LOCK_WINDOW_S lock that account (or source) for 30 s, doubling with each further failure up to 15 minutes. The
 lockout is logged (`fengqiao.console` warning) and kept in `console_audit`. A locked account is
 refused even with the right password (that is the point: guessing gets no answers).
 
@@ -36,7 +36,8 @@ log = logging.getLogger("fengqiao.console")
 
 ROLES = ("viewer", "officer", "admin")
 RIGHTS = {"viewer": {"read"}, "officer": {"read", "act"}, "admin": {"read", "manage"}}
-MAX_FAILURES = 5
+MAX_FAILURES = 5            # per account
+MAX_SOURCE_FAILURES = 20    # per source address (a township office shares one address)
 LOCK_WINDOW_S = 900
 LOCK_BASE_S = 30
 LOCK_MAX_S = 900
@@ -183,9 +184,10 @@ class Accounts:
         """Seconds until `key` may try again (0 = not locked)."""
         rows = [t for (t,) in self.db.execute(
             "SELECT at FROM console_login_failures WHERE key = ? AND at > ? ORDER BY at", (key, now - LOCK_WINDOW_S))]
-        if len(rows) < MAX_FAILURES:
+        limit = MAX_SOURCE_FAILURES if key.startswith("source:") else MAX_FAILURES
+        if len(rows) < limit:
             return 0
-        lock_s = min(LOCK_MAX_S, LOCK_BASE_S * 2 ** (len(rows) - MAX_FAILURES))
+        lock_s = min(LOCK_MAX_S, LOCK_BASE_S * 2 ** min(10, len(rows) - limit))
         return max(0, int(rows[-1] + lock_s - now + 0.999))
 
     def session(self, token):

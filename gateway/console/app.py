@@ -139,7 +139,7 @@ def build_app(console):
         resp = RedirectResponse(nxt, status_code=303)
         resp.set_cookie(COOKIE, s.token, httponly=True, samesite="strict", secure=console.tls,
                         max_age=int(s.expires_at - time.time()), path="/")
-        resp.delete_cookie(LOGIN_CSRF)
+        resp.delete_cookie(LOGIN_CSRF, httponly=True, samesite="strict", secure=console.tls)
         return resp
 
     @guarded("read")
@@ -147,7 +147,7 @@ def build_app(console):
         await form_with_csrf(request, session)
         console.accounts.logout(session.token)
         resp = RedirectResponse("/login", status_code=303)
-        resp.delete_cookie(COOKIE, path="/")
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=console.tls)
         return resp
 
     async def set_lang(request):

@@ -96,18 +96,26 @@
     if (banner) banner.hidden = !down;
     body.classList.toggle("stream-down", down);
   }
-  var es = new EventSource("/events?after=" + encodeURIComponent(body.dataset.head));
-  es.onopen = function () { fq.opens++; setDown(false); };
-  es.onerror = function () {
-    setDown(true);
-    if (es.readyState === EventSource.CLOSED) {   // refused (session ended): back to the login page
-      fetch("/board/rows", { credentials: "same-origin" }).then(function (r) {
-        if (r.status === 401) location.href = "/login";
-      });
-    }
-  };
-  es.addEventListener("fq", function (msg) {
+  var lastId = body.dataset.head, es = null;
+  function connect() {
+    // The browser resumes by itself with Last-Event-ID; if it gives up (CLOSED), we open a new
+    // stream from the last id we saw: either way the server sends everything after it.
+    es = new EventSource("/events?after=" + encodeURIComponent(lastId));
+    es.onopen = function () { fq.opens++; setDown(false); };
+    es.onerror = function () {
+      setDown(true);
+      if (es.readyState === EventSource.CLOSED) {
+        fetch("/board/rows", { credentials: "same-origin" }).then(function (r) {
+          if (r.status === 401) location.href = "/login?next=" + encodeURIComponent(location.pathname);
+          else setTimeout(connect, 1000);
+        }, function () { setTimeout(connect, 1000); });
+      }
+    };
+    es.addEventListener("fq", onEvent);
+  }
+  function onEvent(msg) {
     var ev = JSON.parse(msg.data);
+    lastId = ev.id;
     fq.ids.push(ev.id);
     if (live) {
       var li = document.createElement("li");
@@ -130,7 +138,8 @@
         note.appendChild(a); caseTitle.parentNode.insertBefore(note, caseTitle.nextSibling);
       }
     }
-  });
+  }
+  connect();
 
   // -- one submit per form (a double click sends one request) ----------------------------------------------
   document.querySelectorAll("form.once").forEach(function (f) {
