@@ -329,3 +329,23 @@ def test_xss_place_name_is_inert(township, context):
     page.goto(t.url + "/devices")
     playwright_api.expect(page.locator('#device-rows tr[data-device="00000202"]')).to_contain_text("<script>")
     assert page.evaluate("window.__xss === undefined")
+
+
+def test_devices_page_follows_tamper_and_offline_without_a_reload(township, context):
+    from protocol import frame as pframe
+
+    t = township
+    page = login(context, t, path="/devices")
+    live(page)
+    row = page.locator('#device-rows tr[data-device="00000203"]')
+    playwright_api.expect(row).to_contain_text("在线")
+    t.sim_button(0x203).send(pframe.UP_TAMPER, (True,))
+    playwright_api.expect(row).to_contain_text("外壳被打开", timeout=5000)       # pushed, no reload
+    t.app.supervisor.watch(0x203)
+    with t.app.supervisor._lock:
+        t.app.supervisor.last_seen[0x203] -= 3600          # silent for an hour: the next check says offline
+    playwright_api.expect(row).to_contain_text("离线", timeout=10_000)
+    first = page.locator("#device-rows tr").first
+    assert first.get_attribute("data-device") in [d["device"] for d in t.console.views.devices(state="offline")]
+    page.click("#lang")
+    playwright_api.expect(page.locator("#device-rows")).to_contain_text("Offline")
