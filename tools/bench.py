@@ -16,6 +16,7 @@ KINDS = {
     "outbox": "tools.bench_outbox",         # kill -9 at random points, nothing acked lost
     "gateway": "gateway.bench",             # events/s, ratio to bare paho, p50/p99 latency
     "cases": "gateway.cases.bench",         # alarm press to neighbours' sirens (dispatch within 1 s)
+    "console": "gateway.console.bench",     # store -> visible in the browser; gateway rate with 20 sessions
 }
 
 

@@ -162,7 +162,8 @@ def build_app(console):
     @guarded("read")
     async def board(request, session):
         rows = await run_in_threadpool(console.views.board)
-        return render(request, "board.html", session, rows=rows, head=console.hub.seen, page="board")
+        recent = [summary(e) for e in console.hub.recent(15)]
+        return render(request, "board.html", session, rows=rows, head=console.hub.seen, page="board", recent=recent)
 
     @guarded("read", page=False)
     async def board_rows(request, session):

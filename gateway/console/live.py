@@ -107,6 +107,10 @@ class Hub:
         self.generation += 1
         await self._notify()
 
+    def recent(self, n):
+        """The last n relevant events, newest first (what the board lists under live activity)."""
+        return list(self._ring)[-n:][::-1]
+
     def _from_ring(self, after):
         return [e for e in self._ring if e.event_id > after]
 

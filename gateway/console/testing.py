@@ -68,13 +68,14 @@ class SimButton:
 
 class Township:
     def __init__(self, work, county=True, console_port=0, devices=SAMPLE_BUTTONS + SAMPLE_CHECKPOINTS,
-                 place_names=None, log_level="warning"):
+                 place_names=None, log_level="warning", pipeline=None):
         self.work = str(work)
         self.with_county = county
         self.console_port = console_port
         self.devices = devices
         self.place_names = place_names or {}
         self.log_level = log_level
+        self.pipeline = pipeline or {}
         self.county = self.recorder = self.broker = self.app = None
         self.keys = {}
         self.sims = []
@@ -96,7 +97,7 @@ class Township:
             raw = {"gateway": {"data_dir": os.path.join(self.work, "gw"), "plugins": plugins},
                    "metrics": {"port": 0}, "log": {"level": self.log_level, "format": "text"},
                    "cases": {"tick_s": 0.2}, "console": {"port": self.console_port},
-                   "supervision": {"check_interval_s": 1.0}}
+                   "supervision": {"check_interval_s": 1.0}, "pipeline": dict(self.pipeline)}
             if self.with_county:
                 self.county = MosquittoProcess(os.path.join(self.work, "county")).start()
                 self.recorder = CountyRecorder("127.0.0.1", self.county.port, COUNTY_TOPIC,
