@@ -91,12 +91,14 @@ class Console:
             self.accounts.db.close()
 
 
-def attach(app):
-    """Gateway plugin hook: find the cases plugin loaded before us and serve the console."""
+def attach(app, **overrides):
+    """Gateway plugin hook: find the cases plugin loaded before us and serve the console.
+
+    `overrides` replace [console] keys (the demo starts it on a running gateway this way)."""
     from gateway.cases.hooks import CasesPlugin
 
     section = dict(DEFAULTS)
-    given = app.config.section("console") if getattr(app, "config", None) else {}
+    given = dict(app.config.section("console") if getattr(app, "config", None) else {}, **overrides)
     unknown = set(given) - set(DEFAULTS)
     if unknown:
         raise ValueError("unknown key(s) in [console]: %s" % ", ".join(sorted(unknown)))

@@ -11,7 +11,7 @@ form). Templates are autoescaped and the pages carry a Content-Security-Policy w
 script, so a device or place called `<script>` is text.
 """
 
-import asyncio
+import anyio
 import datetime
 import json
 import logging
@@ -46,6 +46,21 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+class EventStream(StreamingResponse):
+    """A StreamingResponse that also ends when the client goes away (http.disconnect), so a closed
+    browser tab frees its stream at once instead of at the next keep-alive write."""
+
+    async def __call__(self, scope, receive, send):
+        async with anyio.create_task_group() as tg:
+            async def until_disconnect():
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_disconnect)
+            await self.stream_response(send)
+            tg.cancel_scope.cancel()
 
 
 class Denied(Exception):
@@ -188,7 +203,7 @@ def build_app(console):
                 else:
                     yield "id: %d\nevent: fq\ndata: %s\n\n" % (ev.event_id, json.dumps(summary(ev)))
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
+        return EventStream(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     # -- cases -------------------------------------------------------------------------------------------

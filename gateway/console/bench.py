@@ -38,7 +38,7 @@ def add_arguments(parser):
     parser.add_argument("--sessions", type=int, default=20, help="console sessions for (2) and (3) (default 20)")
     parser.add_argument("--devices", type=int, default=200, help="heartbeat devices for (2) (default 200)")
     parser.add_argument("--events", type=int, default=10_000, help="heartbeats per rate run (default 10000)")
-    parser.add_argument("--repeat", type=int, default=2, help="rate runs per condition; the best is kept")
+    parser.add_argument("--repeat", type=int, default=3, help="rate runs per condition, alternated; the best is kept")
     parser.add_argument("--slow-alarms", type=int, default=15, help="alarms at 1/s (default 15)")
     parser.add_argument("--fast-alarms", type=int, default=300, help="alarms at 100/s (default 300)")
 
@@ -98,10 +98,9 @@ def alarm_main(conn, devices, host, port):
 # -- console sessions (another process) --------------------------------------------------------------
 
 def sessions_main(url, n, user, password, conn):
-    """n logged-in sessions, each holding /events and refetching /board/rows on case events."""
+    """n logged-in sessions; on "open" each holds /events and refetches /board/rows on case events
+    (as the page does); on "close" the streams are closed."""
     u = urllib.parse.urlparse(url)
-    counts = [0] * n
-    stop = threading.Event()
 
     def login():
         c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
@@ -119,29 +118,42 @@ def sessions_main(url, n, user, password, conn):
         c.close()
         return session
 
-    def follow(i, cookie):
+    def follow(cookie, stop, conns):
         c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conns.append(c)
         c.request("GET", "/events", headers={"Cookie": cookie, "Accept": "text/event-stream"})
         r = c.getresponse()
         side = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-        while not stop.is_set():
-            line = r.fp.readline()
-            if not line:
-                break
-            if line.startswith(b"data: "):
-                counts[i] += 1
-                if b'"kind": "case_' in line:
+        try:
+            while not stop.is_set():
+                line = r.fp.readline()
+                if not line:
+                    break
+                if line.startswith(b"data: ") and b'"kind": "case_' in line:
                     side.request("GET", "/board/rows", headers={"Cookie": cookie})
                     side.getresponse().read()
+        except (OSError, ValueError, AttributeError):   # closed by "close"
+            pass
 
     cookies = [login() for _ in range(n)]
-    threads = [threading.Thread(target=follow, args=(i, c), daemon=True) for i, c in enumerate(cookies)]
-    for t in threads:
-        t.start()
     conn.send(("ready", n))
-    conn.recv()
-    stop.set()
-    conn.send(("events", sum(counts)))
+    stop, conns = None, []
+    while True:
+        cmd = conn.recv()
+        if cmd == "open":
+            stop, conns = threading.Event(), []
+            for c in cookies:
+                threading.Thread(target=follow, args=(c, stop, conns), daemon=True).start()
+            conn.send("opened")
+        elif cmd == "close":
+            stop.set()
+            for c in conns:
+                if c.sock is not None:
+                    c.sock.shutdown(2)
+                c.close()
+            conn.send("closed")
+        else:
+            return
 
 
 def _rss_kb():
@@ -206,25 +218,41 @@ def run(args):
                 time.sleep(seconds)
                 return (_cpu_self() - c0) / (time.monotonic() - w0)
 
-            rate0, us0 = rates("without sessions")
-            idle0, rss0 = idle_cpu(), _rss_kb()
             sparent, schild = ctx.Pipe()
             sp = ctx.Process(target=sessions_main, args=(t.url, args.sessions, "zhou", PASSWORD, schild), daemon=True)
             sp.start()
             procs.append((sp, sparent))
             if sparent.recv()[0] != "ready":
-                raise CliError("sessions did not start")
-            t_wait = time.monotonic() + 10
-            while t.console.hub.followers < args.sessions and time.monotonic() < t_wait:
-                time.sleep(0.05)
-            idle1, rss1 = idle_cpu(), _rss_kb()
-            rate1, us1 = rates("with %d sessions" % args.sessions)
-            sparent.send("stop")
+                raise CliError("sessions did not log in")
+
+            def streams(n):
+                deadline = time.monotonic() + 15
+                while t.console.hub.followers != n and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return t.console.hub.followers
+
+            # alternate the conditions, so that a change in the machine's load hits both alike
+            without, with_ = [], []
+            idle0, rss0 = idle_cpu(), _rss_kb()
+            for i in range(args.repeat):
+                without.append(rates("without sessions"))
+                sparent.send("open")
+                sparent.recv()
+                opened = streams(args.sessions)
+                if i == 0:
+                    idle1, rss1 = idle_cpu(), _rss_kb()
+                with_.append(rates("with %d sessions" % args.sessions))
+                sparent.send("close")
+                sparent.recv()
+                streams(0)
+            (rate0, us0), (rate1, us1) = max(without), max(with_)
             result.update(
                 gateway_events_per_s_without=round(rate0), gateway_events_per_s_with_sessions=round(rate1),
+                gateway_runs_without=[round(r) for r, _ in without], gateway_runs_with=[round(r) for r, _ in with_],
                 gateway_rate_change_pct=round(100.0 * (rate1 - rate0) / rate0, 1),
-                cpu_us_per_event_without=round(us0), cpu_us_per_event_with_sessions=round(us1),
-                streams_open=t.console.hub.followers,
+                cpu_us_per_event_without=round(min(u for _, u in without)),
+                cpu_us_per_event_with_sessions=round(min(u for _, u in with_)),
+                streams_open=opened,
                 console_sessions_rss_kb=rss1 - rss0, process_rss_kb=rss1,
                 idle_cpu_cores_without=round(idle0, 4), idle_cpu_cores_with_sessions=round(idle1, 4))
             _say(args, "(3) %d sessions: +%d kB resident, idle CPU %.3f -> %.3f cores"

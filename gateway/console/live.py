@@ -13,7 +13,7 @@ already in the ring when a follower looks, or committed after, and then it wakes
 Only what a console shows is relayed (alarms, cancels, tamper and battery uplinks, and the
 gateway's case_/device_/patrol_ events); heartbeats and check-ins are not, so the commit
 callback, which runs in the gateway's pipeline thread, costs one set lookup per event and at
-most one `call_soon_threadsafe` per commit.
+most one `call_soon_threadsafe` per commit that has a relevant event (none for the others).
 
 Failure modes: the console's loop is slow or stopped -> the callback only appends to a deque
 (bounded by RING) and never blocks the pipeline; a follower too far behind -> it is served
@@ -52,7 +52,7 @@ class Hub:
         self._loop = None
         self._ring = collections.deque(maxlen=RING)
         self.floor = store.head()[0]   # the ring holds every relevant event after this id
-        self.seen = self.floor         # highest event id the hub has taken in
+        self.seen = self.floor         # id of the latest relevant event in the ring (a page's start point)
         self._cond = None
         self.closed = False
         self.generation = 0            # drop_all() ends every stream open now (they reconnect)
@@ -67,6 +67,8 @@ class Hub:
 
     def _on_commit(self, events):
         keep = [e for e in events if relevant(e)]
+        if not keep:       # heartbeats, check-ins: nothing to wake the console's loop for
+            return
         with self._lock:
             self._pending.append((events[-1].event_id, keep))
             if self._scheduled or self._loop is None:
