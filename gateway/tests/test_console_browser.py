@@ -84,7 +84,7 @@ def login(context, township, user="zhou", path="/"):
 
 
 def live(page):
-    page.wait_for_function("window.__fq && window.__fq.connected", timeout=10_000)
+    page.wait_for_function("() => window.__fq && window.__fq.connected", timeout=10_000)
 
 
 def case_with(township, device_id):
@@ -349,3 +349,17 @@ def test_devices_page_follows_tamper_and_offline_without_a_reload(township, cont
     assert first.get_attribute("data-device") in [d["device"] for d in t.console.views.devices(state="offline")]
     page.click("#lang")
     playwright_api.expect(page.locator("#device-rows")).to_contain_text("Offline")
+
+
+def test_pages_fit_a_360_px_phone(township, browser):
+    t = township
+    case = t.cases.list_cases(status=None, limit=1)[0]
+    ctx = browser.new_context(viewport={"width": 360, "height": 740})
+    try:
+        page = login(ctx, t)
+        for path in ("/", "/case/%d" % case["case_id"], "/devices", "/patrol", "/history"):
+            page.goto(t.url + path)
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 360, "%s is %d px wide on a 360 px phone" % (path, width)
+    finally:
+        ctx.close()
