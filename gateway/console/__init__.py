@@ -18,8 +18,8 @@ gateway. Why in the process and not beside it:
 - supervision's state (offline, battery, tamper, last seen) is in the gateway's memory, and
   /metrics serves the gateway's Metrics object.
 The price is sharing the GIL with the MQTT thread; `fengqiao bench console` measures it (gateway
-throughput with and without 20 open sessions). The console holds no key: it never reads the
-master key, the device keys or the upstream signing key (it gets the services, not the files).
+throughput with and without 20 open sessions). Keys: the console opens no key file, is handed the
+registry's device list (not its key API), and no route returns or shows a key.
 
 Accounts: `fengqiao console user add NAME --role officer --person p-zhou-min --config gateway.toml`.
 """
@@ -32,7 +32,7 @@ DEFAULTS = {"host": "127.0.0.1", "port": 8470, "tls_cert": None, "tls_key": None
 
 
 class Console:
-    def __init__(self, store, cases, patrol, registry, supervisor, clock, metrics, ctx=None,
+    def __init__(self, store, cases, patrol, list_devices, supervisor, clock, metrics,
                  flush=None, session_ttl_s=DEFAULTS["session_ttl_s"], tls=False):
         from gateway.console.accounts import Accounts
         from gateway.console.live import Hub
@@ -40,11 +40,10 @@ class Console:
         from gateway.village.db import open_db
 
         self.store, self.cases, self.patrol, self.clock, self.metrics = store, cases, patrol, clock, metrics
-        self.ctx = ctx
         self._flush = flush
         self.tls = tls
         self.accounts = Accounts(open_db(store.path), clock, session_ttl_s=session_ttl_s)
-        self.views = Views(cases, patrol, registry, supervisor, clock)
+        self.views = Views(cases, patrol, list_devices, supervisor, clock)
         self.hub = Hub(store)
         self.server = None
         metrics.gauge_fn("fengqiao_console_streams", lambda: self.hub.followers, "duty console live streams open")
@@ -114,8 +113,8 @@ def attach(app, **overrides):
     def flush():
         plugin.cases.flush(app.ctx)
 
-    console = Console(app.store, plugin.cases, plugin.patrol, app.registry, app.supervisor, app.clock, app.metrics,
-                      ctx=app.ctx, flush=flush, session_ttl_s=int(section["session_ttl_s"]), tls=bool(cert))
+    console = Console(app.store, plugin.cases, plugin.patrol, app.registry.devices, app.supervisor, app.clock, app.metrics,
+                      flush=flush, session_ttl_s=int(section["session_ttl_s"]), tls=bool(cert))
     console.start(section["host"], int(section["port"]), cert, key)
     app.console = console
     log.info("duty console running", extra={"fields": {"url": console.url}})

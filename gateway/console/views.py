@@ -1,6 +1,6 @@
 """What the console's pages show, as plain values (dicts and lists): no HTML, no HTTP.
 
-    v = Views(cases, patrol, registry, supervisor, clock)
+    v = Views(cases, patrol, list_devices, supervisor, clock)   # list_devices: registry.devices (no keys)
     v.board()              # open cases: unacknowledged first, then level (5 first), then oldest first
     v.case(case_id)        # one case with its timeline of steps and the people one can dispatch to
     v.devices(filters)     # every registered device with online/offline, last seen, battery, tamper
@@ -21,10 +21,10 @@ STEP_ORDER = ("received", "dispatched", "acknowledged", "feedback", "closed")
 
 
 class Views:
-    def __init__(self, cases, patrol, registry, supervisor, clock):
+    def __init__(self, cases, patrol, list_devices, supervisor, clock):
         self.cases = cases
         self.patrol = patrol
-        self.registry = registry
+        self.list_devices = list_devices      # the registry's device list only: the console holds no key
         self.supervisor = supervisor
         self.clock = clock
 
@@ -108,7 +108,7 @@ class Views:
         d = self.directory()
         sup = self.supervisor
         out = []
-        for dev in self.registry.devices():
+        for dev in self.list_devices():
             place = dev.place_id or (d.device_place(dev.device_id) if d else None)
             vil = d.above(place, "village") if d and place else None
             grd = d.above(place, "grid") if d and place else None

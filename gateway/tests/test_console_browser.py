@@ -363,3 +363,17 @@ def test_pages_fit_a_360_px_phone(township, browser):
             assert width <= 360, "%s is %d px wide on a 360 px phone" % (path, width)
     finally:
         ctx.close()
+
+
+def test_patrol_today_and_its_report_links(township, context):
+    t = township
+    page = login(context, t, path="/patrol")
+    playwright_api.expect(page.locator("h1")).to_contain_text("今日巡逻")
+    csv_link = page.locator("#report-csv")
+    playwright_api.expect(csv_link).to_be_visible()
+    r = page.request.get(t.url + csv_link.get_attribute("href"))
+    assert r.status == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.text().splitlines()[0].startswith("date,village,route")
+    r = page.request.get(t.url + page.locator("#report-html").get_attribute("href"))
+    assert r.status == 200 and "Patrol report" in r.text()
+    assert page.locator("section.round").count() + page.locator("main p").count() >= 1
