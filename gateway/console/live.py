@@ -66,6 +66,8 @@ class Hub:
     # -- the pipeline's thread ---------------------------------------------------------------------
 
     def _on_commit(self, events):
+        if self.closed:    # the console stopped (the store has no unsubscribe)
+            return
         keep = [e for e in events if relevant(e)]
         if not keep:       # heartbeats, check-ins: nothing to wake the console's loop for
             return

@@ -377,3 +377,31 @@ def test_patrol_today_and_its_report_links(township, context):
     r = page.request.get(t.url + page.locator("#report-html").get_attribute("href"))
     assert r.status == 200 and "Patrol report" in r.text()
     assert page.locator("section.round").count() + page.locator("main p").count() >= 1
+
+
+def test_tls_options_serve_https_with_secure_cookies(township):
+    import ssl
+
+    from gateway.console import Console
+
+    t = township
+    app = t.app
+    plugin = t.console
+    tls = Console(app.store, plugin.cases, plugin.patrol, app.registry.devices, app.supervisor, app.clock, app.metrics,
+                  tls=True)
+    tls.start("127.0.0.1", 0, os.path.join(t.broker.workdir, "server.pem"), os.path.join(t.broker.workdir, "server.key"))
+    try:
+        assert tls.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=t.broker.ca_path)
+        conn = http.client.HTTPSConnection("127.0.0.1", tls.server.port, context=ctx, timeout=10)
+        conn.request("GET", "/login")
+        r = conn.getresponse()
+        assert r.status == 200 and "Secure" in r.getheader("set-cookie")
+        r.read()
+        conn.close()
+        plain = http.client.HTTPConnection("127.0.0.1", tls.server.port, timeout=5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/login")
+            plain.getresponse()
+    finally:
+        tls.stop()
