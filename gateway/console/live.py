@@ -44,13 +44,13 @@ def summary(ev):
 
 
 class Hub:
-    def __init__(self, store):
+    def __init__(self, store, ring=RING):
         self.store = store
         self._pending = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False
         self._loop = None
-        self._ring = collections.deque(maxlen=RING)
+        self._ring = collections.deque(maxlen=ring)
         self.floor = store.head()[0]   # the ring holds every relevant event after this id
         self.seen = self.floor         # id of the latest relevant event in the ring (a page's start point)
         self._cond = None
