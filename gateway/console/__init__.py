@@ -47,6 +47,10 @@ class Console:
         self.hub = Hub(store)
         self.server = None
         metrics.gauge_fn("fengqiao_console_streams", lambda: self.hub.followers, "duty console live streams open")
+        from gateway.metrics import HELP
+
+        HELP.setdefault("fengqiao_console_actions_total", ("counter", "Case actions taken in the duty console"))
+        HELP.setdefault("fengqiao_console_logins_total", ("counter", "Duty console logins, by result"))
 
     def act(self, name, case_id, actor, form):
         """One officer action through the case service, then its effects at once (LED, sirens)."""

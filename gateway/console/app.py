@@ -146,11 +146,14 @@ def build_app(console):
             s = await run_in_threadpool(console.accounts.login, form.get("username", ""), form.get("password", ""),
                                         _source(request))
         except LockedOut as exc:
+            console.metrics.inc("fengqiao_console_logins_total", {"result": "locked"})
             return render(request, "login.html", None, status=429, login_csrf=cookie, next=nxt, offset=0,
                           error=i18n.t(lang, "locked", exc.retry_after_s))
         except LoginFailed:
+            console.metrics.inc("fengqiao_console_logins_total", {"result": "failed"})
             return render(request, "login.html", None, status=401, login_csrf=cookie, next=nxt, offset=0,
                           error=i18n.t(lang, "login_failed"))
+        console.metrics.inc("fengqiao_console_logins_total", {"result": "ok"})
         resp = RedirectResponse(nxt, status_code=303)
         resp.set_cookie(COOKIE, s.token, httponly=True, samesite="strict", secure=console.tls,
                         max_age=int(s.expires_at - time.time()), path="/")

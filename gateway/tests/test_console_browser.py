@@ -295,6 +295,9 @@ def test_lockout_after_five_bad_passwords(township):
     db.close()
     assert "locked_out" in actions
     assert Http(township).login("guest")[0] == 303          # others (same address) still get in
+    status, headers, text = Http(township).request("GET", "/metrics")   # the gateway's metrics, same web stack
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'fengqiao_console_logins_total{result="locked"}' in text and "fengqiao_events_total" in text
 
 
 def test_viewer_acknowledge_is_refused_by_the_server(township, context):
