@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.cases.service import OUTCOMES, CaseError, CaseNotFound
 from gateway.console import i18n
-from gateway.console.accounts import LockedOut, LoginFailed, csrf_ok
+from gateway.console.accounts import AccountError, LockedOut, LoginFailed, csrf_ok
 from gateway.console.live import summary
 from gateway.metrics import CONTENT_TYPE
 from gateway.patrol.rounds import local_hhmm
@@ -314,7 +314,12 @@ def build_app(console):
     async def user_disable(request, session):
         form = await form_with_csrf(request, session)
         name = request.path_params["username"]
-        console.accounts.disable(name, form.get("enable") != "1")
+        try:
+            console.accounts.disable(name, form.get("enable") != "1")
+        except AccountError as exc:
+            return render(request, "error.html", session, status=404, message=str(exc))
+        console.accounts.audit(session.username, _source(request), "user_disable" if form.get("enable") != "1"
+                               else "user_enable", name)
         return RedirectResponse("/users", status_code=303)
 
     async def metrics(request):
