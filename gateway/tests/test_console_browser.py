@@ -408,3 +408,23 @@ def test_tls_options_serve_https_with_secure_cookies(township):
             plain.getresponse()
     finally:
         tls.stop()
+
+
+def test_admin_manages_users_and_officers_cannot(township):
+    from gateway.console.accounts import Accounts
+    from gateway.village.db import open_db
+
+    db = open_db(township.db_path)
+    Accounts(db, township.app.clock).add_user("leaver", PASSWORD, "viewer")
+    db.close()
+    officer = Http(township)
+    officer.login("zhou")
+    assert officer.request("GET", "/users")[0] == 403
+    admin = Http(township)
+    admin.login("admin")
+    status, _, page = admin.request("GET", "/users")
+    assert status == 200 and "leaver" in page
+    assert admin.request("POST", "/users/leaver/disable", {"csrf": admin.csrf("/users")})[0] == 303
+    assert Http(township).login("leaver")[0] == 401
+    token = admin.csrf("/users")
+    assert admin.request("POST", "/case/1/ack", {"csrf": token})[0] == 403      # an admin manages, does not act
