@@ -233,6 +233,10 @@ class Outbox:
         (no copy: a list of 256 ints is 2 KB in one piece on a 64-bit port)."""
         return memoryview(self._q)[:self._n]
 
+    def first(self):
+        """The oldest waiting seq, or 0 when nothing is waiting."""
+        return self._q[0] if self._n else 0
+
     def next_after(self, seq):
         """The smallest waiting seq greater than `seq`, or None."""
         for i in range(self._n):

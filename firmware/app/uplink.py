@@ -7,9 +7,13 @@
 Failures it survives:
 - link down for hours: events stay in the outbox (bounded; see outbox.py for what is dropped);
   the sender task resends everything unacknowledged, oldest first, on every new session;
-- gateway down while the broker is up (PUBACKs but no acks): everything unacknowledged is sent
-  again after `ack_timeout_ms`, doubling up to 10 minutes while no ack comes (the gateway
-  removes duplicates by device and seq);
+- gateway down while the broker is up (PUBACKs but no acks), or a record PUBACKed into a session
+  the broker then lost (kill -9) while later records are acked: a record is resent until its
+  own ack comes, whatever acks for later records say. When everything waiting has been sent and
+  the oldest waiting record is still the same `ack_timeout_ms` (30 s) later, everything waiting
+  is sent again, oldest first; the wait doubles up to 10 minutes while that record stays
+  unacked and starts at 30 s again when it is acked (the gateway removes duplicates by device
+  and seq, and accepts late seqs inside its window, SPEC section 4);
 - clock unknown: frames carry time 0; an event stored with time 0 in this boot is stamped from
   its ticks when it is (re)sent after the clock became known (clock.at_ticks);
 - forged, replayed or garbled downlinks: frame.decode raises a named FrameError; it is counted
@@ -24,8 +28,8 @@ Outbox record (the outbox's opaque data): msg_type u8, time u32 (0 = unknown), b
 Log lines: "uplink: <what> <detail>" from one format string (each distinct string constant costs
 heap). Private names are short and shared with other modules (each distinct name is a qstr,
 ~11 bytes of heap for good): _mac the (uplink, downlink) keys, _q the sequence counter, boot
-the first seq of this boot, hi the highest downlink seq accepted, _at when the newest ack came,
-_w how long without an ack before everything is resent. Frames are signed for link.topic.
+the first seq of this boot, hi the highest downlink seq accepted, _o the oldest waiting seq and _at since when
+it has been (sent, unacked), _w how long it may stay so before everything is resent. Frames are signed for link.topic.
 """
 
 import asyncio
@@ -46,7 +50,7 @@ _ACK_TIMEOUT_MAX_MS = const(600000)
 
 
 class Uplink:
-    def __init__(self, cfg, data_dir, clock, log=print, max_entries=256, max_bytes=16384):
+    def __init__(self, cfg, data_dir, clock, log=print, max_entries=256, max_bytes=16384, ack_ms=_ACK_TIMEOUT_MS):
         self.cfg = cfg
         self._mac = frame.derive_keys(cfg["key"])
         self.clock = clock
@@ -60,8 +64,10 @@ class Uplink:
         self.rejected = {}  # rejected downlinks by error name
         self.sent = 0
         self.acks = 0
-        self._at = time.ticks_ms()
-        self._w = _ACK_TIMEOUT_MS
+        self._o = 0  # the oldest waiting seq when it was last looked at (all sent)
+        self._at = time.ticks_ms()  # since when _o has been the oldest, sent and unacked
+        self.ack_ms = ack_ms  # the first wait for an ack before a resend (tests shorten it)
+        self._w = ack_ms
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, msg_type, body, prio):
@@ -98,11 +104,22 @@ class Uplink:
                 cursor = 0  # a new session: resend everything unacknowledged, in order
             seq = ob.next_after(cursor)
             if seq is None:
+                # Everything waiting went out in this pass. Each record is resent until its OWN
+                # ack comes, whatever acks for later records say (issue 14: after a broker
+                # kill -9, seq 6-10 were PUBACKed into a lost session while 11 was acked): the
+                # oldest waiting record is timed from when it was first seen sent and unacked.
                 now = time.ticks_ms()
-                if len(ob) and time.ticks_diff(now, self._at) > self._w and time.ticks_diff(now, last_send) > self._w:
-                    self.log("uplink: %s %r" % ("no ack", self._w))
+                if not len(ob):
+                    self._o = 0
+                elif ob.first() != self._o:
+                    self._o = ob.first()  # progress: the oldest changed (acked or dropped)
+                    self._at = now
+                    self._w = self.ack_ms
+                elif time.ticks_diff(now, self._at) > self._w and time.ticks_diff(now, last_send) > self._w:
+                    self.log("uplink: %s %r" % ("no ack", (self._o, self._w)))
                     self._w = min(self._w * 2, _ACK_TIMEOUT_MAX_MS)
-                    cursor = 0  # resend everything
+                    self._at = now
+                    cursor = 0  # resend everything still waiting, oldest first
                     continue
                 # Polled, not woken by an Event: no Event/wait_for task per wait (see link.py).
                 await asyncio.sleep_ms(50)
@@ -149,9 +166,7 @@ class Uplink:
         if t == frame.DOWN_ACK:
             self.clock.adopt(b[2])
             self.acks += 1
-            self._at = time.ticks_ms()
-            self._w = _ACK_TIMEOUT_MS
-            self.outbox.remove(b[0])
+            self.outbox.remove(b[0])  # only this record: an ack says nothing about older ones
             for lst in self.listeners:
                 lst.on_ack(b[0], b[1])
         elif t == frame.DOWN_SIREN:

@@ -299,6 +299,60 @@ def test_seq_survives_uplink_restart():
     eq(list(up2.outbox.seqs()), [a, b], "both waiting, in order")
 
 
+def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
+    """Issue 14: seq 6-10 PUBACKed into a broker session lost by a kill -9, 11 acked by the
+    gateway: 6-10 must still be resent (they are unacked) until each gets its own ack."""
+    import asyncio
+
+    up = Uplink(cfg(), D, Clock(), ack_ms=150)
+    seqs = [up.emit(frame.UP_CHECKIN, [5, bytes([4, i, 2, 3])], PRIO_NORMAL) for i in range(4)]
+    k_up, _kd = frame.derive_keys(KEY)
+    got = []
+
+    class Capture:
+        up = True
+        sessions = 1
+        topic = frame.uplink_topic(DEV)
+
+        async def publish(self, data):
+            got.append(frame.decode(k_up, self.topic, data, downlink=False).seq)
+
+    up.link = Capture()
+    ack_seq = [10]
+
+    async def scenario():
+        t = asyncio.create_task(up.run())
+        for _ in range(100):
+            await asyncio.sleep_ms(10)
+            if len(got) >= 4:
+                break
+        # The gateway acks only the newest (the older ones went to the lost session) ...
+        up.on_message(*downlink(ack_seq[0], frame.DOWN_ACK, [seqs[3], 0, NOW]))
+        ack_seq[0] += 1
+        first_pass = list(got)
+        # ... and keeps acking other things; the three older records are resent anyway.
+        for _ in range(100):
+            await asyncio.sleep_ms(10)
+            if len(got) >= 7:
+                break
+        resent = got[len(first_pass):]
+        # Then their own acks arrive, oldest last: nothing is resent once all are acked.
+        for s in (seqs[1], seqs[2], seqs[0]):
+            up.on_message(*downlink(ack_seq[0], frame.DOWN_ACK, [s, 0, NOW]))
+            ack_seq[0] += 1
+        n = len(got)
+        await asyncio.sleep_ms(600)
+        t.cancel()
+        return first_pass, resent, len(got) - n
+
+    first_pass, resent, after = asyncio.run(scenario())
+    up.link = None
+    eq(first_pass, seqs, "first pass, in order")
+    eq(resent[:3], seqs[:3], "the three unacked records resent, in order, after a later ack")
+    eq(len(up.outbox), 0, "all acked")
+    eq(after, 0, "nothing resent once every record has its own ack")
+
+
 # -- alarm button: state machine -> LED -----------------------------------------------------
 def _alarm_role():
     from alarm_button import AlarmButton
