@@ -14,15 +14,25 @@ registry, Throttled here); `Outcome.reason` is the exception's class name, the l
 the counters and logs. An unexpected exception while handling one frame is reported as reason
 "InternalError" for that frame alone: no input stops the batch or the gateway.
 
-Sequence rule (SPEC section 4): per (device, key id) the highest accepted seq; greater -> new
-(a gap is counted); not greater and stored (or earlier in this batch) -> duplicate, re-acknowledged,
-not stored; not greater and not stored -> Replay.
+Sequence rule (SPEC section 4): per (device, key id) an anti-replay window as in IPsec/DTLS
+(RFC 4303 section 3.4.3, RFC 6347 section 4.1.2.6): the highest accepted seq and a bitmap of which
+of the WINDOW numbers ending there are stored. Greater than the highest -> new (a gap is counted);
+inside the window and stored (or earlier in this batch) -> duplicate, re-acknowledged, not stored;
+inside the window and not stored -> new (a late frame: e.g. the broker lost it once and the device
+resent it after a later one was stored); below the window -> duplicate if stored, otherwise
+`OutsideReplayWindow` (a Replay: rejected, counted, no ack). WINDOW = 256, the device outbox's
+capacity: a device cannot hold an unacknowledged record older than that many records.
+
+The window state (`SeqWindow`) is the store's (gateway/store.py persists it in the same transaction
+as the events); the pipeline works on a copy and the caller reloads it from the store if the commit
+fails. The store's unique index stays the authority: a number inside the window whose bit is clear
+is also looked up in the store before it is taken as new.
 """
 
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cbor2
 
@@ -37,8 +47,15 @@ _HEADER = struct.Struct(">BBIBII")
 DOWN_ACK = 0x81
 
 
+WINDOW = 256   # numbers per (device, key id) that may still arrive late (the device outbox's 256 records)
+
+
 class Throttled(FrameError):
     """The device sent more than its rate allows; dropped unacknowledged (it will resend)."""
+
+
+class OutsideReplayWindow(Replay):
+    """A seq more than WINDOW below the highest accepted and never stored: rejected, not acked."""
 
 
 @dataclass(slots=True)
@@ -62,15 +79,62 @@ class Outcome:
     kind: "str | None" = None
     new: "NewDeviceEvent | None" = None
     gap: int = 0                     # numbers skipped before this seq (counted, not rejected)
+    late: bool = False               # new, but below the highest accepted (inside the window)
     skew_s: "float | None" = None    # device_time - gateway time
     stored: object = None            # set by the service after the commit (the StoredEvent)
 
 
-@dataclass
-class SeqState:
-    """Highest accepted seq per (device_id, key_id); loaded from the store, updated per batch."""
+class SeqWindow:
+    """One (device, key id)'s anti-replay window: `top` = highest accepted seq (0: none yet) and
+    `bits`, an int whose bit i is set when seq top - i is stored (bit 0 = top itself)."""
 
-    highest: dict = field(default_factory=dict)
+    __slots__ = ("top", "bits")
+
+    def __init__(self, top=0, bits=0):
+        self.top, self.bits = top, bits
+
+    def copy(self):
+        return SeqWindow(self.top, self.bits)
+
+    def has(self, seq):
+        """True/False inside the window; None below it (the window cannot say)."""
+        d = self.top - seq
+        if d < 0:
+            return False
+        if d >= WINDOW:
+            return None
+        return bool(self.bits >> d & 1)
+
+    def mark(self, seq):
+        d = seq - self.top
+        if d > 0:
+            self.bits = ((self.bits << d) | 1) & _WINDOW_MASK if d < WINDOW else 1
+            self.top = seq
+        elif -d < WINDOW:
+            self.bits |= 1 << -d
+
+    def __eq__(self, other):
+        return isinstance(other, SeqWindow) and (self.top, self.bits) == (other.top, other.bits)
+
+    def __repr__(self):
+        return "SeqWindow(top=%d, bits=%#x)" % (self.top, self.bits)
+
+
+_WINDOW_MASK = (1 << WINDOW) - 1
+
+
+class SeqState:
+    """The windows per (device_id, key_id) (`store.seq_windows()`: copies), updated per batch."""
+
+    def __init__(self, windows=None):
+        self.windows = dict(windows or {})
+
+    def reload(self, windows):
+        self.windows = dict(windows)
+
+    @property
+    def highest(self):
+        return {k: w.top for k, w in self.windows.items()}
 
 
 def verify_one(incoming, key_lookup):
@@ -78,24 +142,29 @@ def verify_one(incoming, key_lookup):
     return strict.decode_uplink(incoming.payload, incoming.topic, key_lookup)
 
 
-def classify_seq(highest, device_id, key_id, seq, is_stored):
-    """NEW or DUPLICATE for this seq given the highest accepted; raises Replay."""
-    top = highest.get((device_id, key_id), 0)
-    if seq > top:
+def classify_seq(window, device_id, key_id, seq, is_stored):
+    """NEW or DUPLICATE for this seq given the device's SeqWindow (or None); raises OutsideReplayWindow."""
+    if window is None or seq > window.top:
         return NEW
-    if is_stored(device_id, key_id, seq):
+    inside = window.has(seq)
+    if inside:
         return DUPLICATE
-    raise Replay("seq %d of %08x key %d is not above %d and was never stored" % (seq, device_id, key_id, top))
+    if is_stored(device_id, key_id, seq):   # the store is the authority (and the only one below the window)
+        return DUPLICATE
+    if inside is None:
+        raise OutsideReplayWindow("seq %d of %08x key %d is more than %d below the highest accepted %d and was "
+                                  "never stored" % (seq, device_id, key_id, WINDOW, window.top))
+    return NEW
 
 
 def process_batch(items, key_lookup, place_of, seqs, find_stored, now):
     """Verify a batch. `find_stored(device_id, key_id, seq)` -> bool (already in the store).
 
-    Updates `seqs.highest` for the accepted frames (the caller reloads it from the store if the
+    Updates `seqs.windows` for the accepted frames (the caller reloads them from the store if the
     commit then fails)."""
     outcomes = []
     pending = set()
-    highest = seqs.highest
+    windows = seqs.windows
 
     def is_stored(d, k, s):
         return (d, k, s) in pending or find_stored(d, k, s)
@@ -103,7 +172,9 @@ def process_batch(items, key_lookup, place_of, seqs, find_stored, now):
     for inc in items:
         try:
             f = verify_one(inc, key_lookup)
-            status = classify_seq(highest, f.device_id, f.key_id, f.seq, is_stored)
+            k = (f.device_id, f.key_id)
+            w = windows.get(k)
+            status = classify_seq(w, f.device_id, f.key_id, f.seq, is_stored)
         except FrameError as exc:
             outcomes.append(_rejected(inc, exc))
             continue
@@ -116,10 +187,13 @@ def process_batch(items, key_lookup, place_of, seqs, find_stored, now):
         if f.device_time is not None:
             o.skew_s = f.device_time - now
         if status == NEW:
-            k = (f.device_id, f.key_id)
-            top = highest.get(k, 0)
-            o.gap = f.seq - top - 1 if top else 0
-            highest[k] = f.seq
+            if w is None:
+                w = windows[k] = SeqWindow()
+            elif f.seq > w.top:
+                o.gap = f.seq - w.top - 1
+            else:
+                o.late = True
+            w.mark(f.seq)
             pending.add((f.device_id, f.key_id, f.seq))
             o.new = NewDeviceEvent(f.name, f.device_id, f.key_id, f.seq, f.body, f.raw, f.topic, f.device_time,
                                    place_of(f.device_id), f.raw[15:-16])

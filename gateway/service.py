@@ -108,7 +108,7 @@ class GatewayService:
         self.backlog_grace_s = backlog_grace_s
         self.ctx = GatewayContext(self)
         self.signer = pipeline.DownlinkSigner(registry.device_key)
-        self.seqs = pipeline.SeqState(store.highest_seqs())
+        self.seqs = pipeline.SeqState(store.seq_windows())   # anti-replay windows (SPEC section 4)
         self.buckets = pipeline.TokenBuckets(device_rate_per_s, device_burst)
         self.rejection_log = RateLimitedLog(log, log_per_reason_per_min)
         self._handlers = []
@@ -335,7 +335,7 @@ class GatewayService:
                 log.error("store write failed; nothing acknowledged, retrying",
                           extra={"fields": {"error": str(exc), "batch": len(batch)}})
                 self.metrics.inc("fengqiao_store_errors_total")
-                self.seqs.highest = self.store.highest_seqs()
+                self.seqs.reload(self.store.seq_windows())
                 if self._stopping.wait(delay):
                     return []
                 delay = min(delay * 2, 5.0)

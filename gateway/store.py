@@ -4,13 +4,19 @@
     store.append_device_events([NewDeviceEvent, ...]) -> [StoredEvent, ...]   # one transaction
     store.append_gateway_event(kind, body, device_id=None, place_id=None, actor="system")
     store.events_after(event_id, limit=500), store.get(event_id), store.head()
-    store.find_device_event(device_id, key_id, seq), store.highest_seqs()
+    store.find_device_event(device_id, key_id, seq), store.highest_seqs(), store.seq_windows()
     store.subscribe(callback)   # callback(list_of_new_events) in the committing thread, after commit
 
 Durability: `synchronous=FULL` by default, so a returned append has reached the disk (WAL fsync);
 the gateway acknowledges a device only after that return. A process killed at any instant either
 committed the whole batch or none of it. UPDATE and DELETE on `events` are refused by triggers, and
 (device_id, key_id, seq) is unique among device events, so a frame is stored at most once.
+
+Anti-replay windows (gateway/pipeline.py, SPEC section 4): table `seq_windows` keeps, per (device,
+key id), the highest stored seq and a 256-bit bitmap (32 bytes, big-endian: the last bit is the
+highest seq itself) of which numbers below it are stored. It is written in the SAME transaction as
+the events it covers, so it can never say "stored" for an event that was rolled back. A database
+from before the table existed gets its windows rebuilt from the events when it is opened.
 
 Hash chain (what a receiver recomputes; also SPEC section 10):
 
@@ -38,6 +44,7 @@ import threading
 import cbor2
 
 from gateway.events import SOURCE_DEVICE, SOURCE_GATEWAY, ZERO_HASH, StoredEvent
+from gateway.pipeline import WINDOW, SeqWindow
 
 log = logging.getLogger("fengqiao.store")
 
@@ -67,11 +74,26 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_device_seq
     ON events(device_id, key_id, seq) WHERE source = 'device';
 CREATE INDEX IF NOT EXISTS events_gateway_kind ON events(kind, event_id) WHERE source = 'gateway';
+CREATE TABLE IF NOT EXISTS seq_windows (
+    device_id INTEGER NOT NULL,
+    key_id INTEGER NOT NULL,
+    top INTEGER NOT NULL,   -- highest stored seq
+    bits BLOB NOT NULL,     -- 32 bytes: bit i (from the least significant end) = seq top - i is stored
+    PRIMARY KEY (device_id, key_id)
+);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 """
+
+
+_UPSERT_WINDOW = ("INSERT INTO seq_windows (device_id, key_id, top, bits) VALUES (?, ?, ?, ?)"
+                  " ON CONFLICT(device_id, key_id) DO UPDATE SET top = excluded.top, bits = excluded.bits")
+
+
+def _bits(window):
+    return window.bits.to_bytes(WINDOW // 8, "big")
 
 
 class StoreError(RuntimeError):
@@ -124,6 +146,31 @@ class EventStore:
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT event_id, hash FROM events ORDER BY event_id DESC LIMIT 1").fetchone()
         self._head = (row[0], bytes(row[1])) if row else (0, ZERO_HASH)
+        self._windows = self._load_windows()
+
+    def _load_windows(self):
+        windows = {(d, k): SeqWindow(top, int.from_bytes(bits, "big"))
+                   for d, k, top, bits in self._db.execute("SELECT device_id, key_id, top, bits FROM seq_windows")}
+        missing = {k: top for k, top in self.highest_seqs().items() if k not in windows}
+        if missing:  # a database written before seq_windows existed: rebuild from the events
+            rows = []
+            for (d, k), top in missing.items():
+                w = windows[(d, k)] = SeqWindow()
+                for (seq,) in self._db.execute(
+                        "SELECT seq FROM events WHERE source = 'device' AND device_id = ? AND key_id = ? AND seq > ?"
+                        " ORDER BY seq", (d, k, top - WINDOW)):
+                    w.mark(seq)
+                rows.append((d, k, w.top, _bits(w)))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(_UPSERT_WINDOW, rows)
+            self._db.execute("COMMIT")
+            log.info("rebuilt %d sequence window(s) from the stored events", len(rows))
+        return windows
+
+    def seq_windows(self):
+        """{(device_id, key_id): SeqWindow} as committed (copies: the pipeline updates its own)."""
+        with self._lock:
+            return {k: w.copy() for k, w in self._windows.items()}
 
     def _connect(self):
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -155,7 +202,14 @@ class EventStore:
             received_at = received_us / 1_000_000
             event_id, prev = self._head
             rows, stored = [], []
+            windows = {}
             for it in items:
+                key = (it.device_id, it.key_id)
+                w = windows.get(key)
+                if w is None:
+                    old = self._windows.get(key)
+                    w = windows[key] = old.copy() if old else SeqWindow()
+                w.mark(it.seq)
                 event_id += 1
                 rec = record_bytes(event_id, SOURCE_DEVICE, it.kind, it.device_id, it.key_id, it.seq,
                                    it.frame, it.topic, it.device_time, received_us, it.place_id, None, None)
@@ -167,7 +221,8 @@ class EventStore:
                                           it.body, it.frame, it.topic, it.device_time, received_at,
                                           it.place_id, None, prev, h))
                 prev = h
-            self._commit(rows)
+            self._commit(rows, [(d, k, w.top, _bits(w)) for (d, k), w in windows.items()])
+            self._windows.update(windows)
             self._head = (event_id, prev)
         self._notify(stored)
         return stored
@@ -190,11 +245,13 @@ class EventStore:
         self._notify([event])
         return event
 
-    def _commit(self, rows):
+    def _commit(self, rows, window_rows=()):
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO events (%s) VALUES (%s)" % (_COLUMNS, ",".join("?" * 15)), rows)
+            if window_rows:
+                db.executemany(_UPSERT_WINDOW, window_rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:

@@ -105,3 +105,22 @@ def test_record_encoding_is_canonical_cbor():
                             "".join(chr(rnd.randrange(32, 0x3000)) for _ in range(rnd.randrange(30))),
                             rnd.randbytes(rnd.randrange(300))]) for _ in range(13)]
         assert record_bytes(*vals) == cbor2.dumps(vals, canonical=True)
+
+
+def test_seq_windows_are_committed_with_the_events_and_rebuilt_for_an_older_database(tmp_path):
+    from gateway.pipeline import SeqWindow
+
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    store.append_device_events([_dev(1), _dev(4)])
+    with pytest.raises(StoreError):                     # a failed batch leaves the window as it was
+        store.append_device_events([_dev(9), _dev(1)])
+    assert store.seq_windows() == {(42, 1): SeqWindow(4, 0b1001)}
+    store.close()
+    db = sqlite3.connect(tmp_path / "g.db")
+    assert db.execute("SELECT top, hex(bits) FROM seq_windows").fetchall() == [(4, "00" * 31 + "09")]
+    db.execute("DROP TABLE seq_windows")               # as a database from before the table existed
+    db.commit()
+    db.close()
+    store = EventStore(tmp_path / "g.db", ManualClock())
+    assert store.seq_windows() == {(42, 1): SeqWindow(4, 0b1001)}
+    store.close()

@@ -3,7 +3,8 @@
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.pipeline import DUPLICATE, NEW, REJECTED, DownlinkSigner, Incoming, SeqState, TokenBuckets, process_batch
+from gateway.pipeline import (DUPLICATE, NEW, REJECTED, WINDOW, DownlinkSigner, Incoming, SeqState, SeqWindow,
+                              TokenBuckets, process_batch)
 from gateway.registry import Registry
 from gateway.store import EventStore
 from protocol import frame, strict
@@ -41,7 +42,7 @@ def env(tmp_path):
 
 def run(env, items, seqs=None):
     reg, store = env
-    seqs = seqs or SeqState(store.highest_seqs())
+    seqs = seqs or SeqState(store.seq_windows())
     outs = process_batch(items, reg.device_key, lambda d: reg.device(d).place_id, seqs,
                          lambda d, k, s: store.find_device_event(d, k, s) is not None, NOW)
     store.append_device_events([o.new for o in outs if o.status == NEW])
@@ -84,12 +85,61 @@ def test_each_rejection_has_its_reason(env):
     assert env[1].count() == 0
 
 
-def test_duplicate_is_reacked_not_stored_and_replay_rejected(env):
+def test_duplicate_is_reacked_not_stored_and_a_late_frame_inside_the_window_is_new(env):
     run(env, [uplink(1), uplink(3)])
-    outs = run(env, [uplink(3), uplink(2), uplink(4), uplink(4)])
-    assert [(o.status, o.reason) for o in outs] == [(DUPLICATE, None), (REJECTED, "Replay"), (NEW, None), (DUPLICATE, None)]
-    assert env[1].count() == 3
-    assert sorted(e.seq for e in env[1].events_after(0)) == [1, 3, 4]
+    outs = run(env, [uplink(3), uplink(2), uplink(4), uplink(4), uplink(2)])
+    assert [(o.status, o.reason) for o in outs] == [(DUPLICATE, None), (NEW, None), (NEW, None), (DUPLICATE, None),
+                                                    (DUPLICATE, None)]
+    assert outs[1].late and not outs[2].late
+    assert env[1].count() == 4
+    assert sorted(e.seq for e in env[1].events_after(0)) == [1, 2, 3, 4]
+
+
+def test_the_issue_14_sequence_broker_lost_6_to_10_then_11_stored(env):
+    """seq 1-5 acked; the broker lost 6-10; 11 stored; the resent 6-10 are stored, not refused."""
+    run(env, [uplink(s) for s in range(1, 6)])
+    run(env, [uplink(11)])
+    outs = run(env, [uplink(s) for s in range(6, 12)])
+    assert [o.status for o in outs] == [NEW] * 5 + [DUPLICATE]
+    assert sorted(e.seq for e in env[1].events_after(0)) == list(range(1, 12))
+
+
+def test_below_the_window_a_never_stored_seq_is_a_named_replay_and_a_stored_one_a_duplicate(env):
+    top = 1 + WINDOW + 10
+    run(env, [uplink(1), uplink(top)])
+    edge = top - WINDOW + 1                               # the oldest number the window still holds
+    outs = run(env, [uplink(1), uplink(2), uplink(top - WINDOW), uplink(edge)])
+    assert [(o.status, o.reason) for o in outs] == [(DUPLICATE, None), (REJECTED, "OutsideReplayWindow"),
+                                                    (REJECTED, "OutsideReplayWindow"), (NEW, None)]
+    from protocol.errors import Replay
+    from gateway.pipeline import OutsideReplayWindow
+    assert issubclass(OutsideReplayWindow, Replay)        # `except Replay` still catches it
+
+
+def test_the_window_survives_a_restart_and_a_failed_commit_leaves_it_unchanged(env, tmp_path):
+    reg, store = env
+    run(env, [uplink(1), uplink(5), uplink(3)])
+    assert store.seq_windows() == {(DEV, 1): SeqWindow(5, 0b10101)}
+    reopened = EventStore(tmp_path / "g.db", ManualClock(NOW))
+    assert reopened.seq_windows() == {(DEV, 1): SeqWindow(5, 0b10101)}
+    reopened.close()
+    seqs = SeqState(store.seq_windows())
+    outs = process_batch([uplink(4)], reg.device_key, lambda d: None, seqs, lambda d, k, s: False, NOW)
+    assert outs[0].status == NEW and seqs.windows[(DEV, 1)] == SeqWindow(5, 0b10111)
+    assert store.seq_windows()[(DEV, 1)] == SeqWindow(5, 0b10101)   # not committed: the store's copy is intact
+
+
+def test_seq_window_bitmap_edges():
+    w = SeqWindow()
+    w.mark(1)
+    assert (w.top, w.bits) == (1, 1)
+    w.mark(1 + WINDOW)                  # shifts the old top exactly out of the window
+    assert (w.top, w.bits) == (1 + WINDOW, 1) and w.has(1) is None and w.has(2) is False
+    w.mark(2)
+    assert w.has(2) is True and w.bits == 1 | 1 << (WINDOW - 1)
+    w.mark(10 * WINDOW)                 # a jump larger than the window clears it
+    assert (w.top, w.bits) == (10 * WINDOW, 1)
+    assert w.bits < 1 << WINDOW
 
 
 def test_garbage_never_escapes(env):

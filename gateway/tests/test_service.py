@@ -52,24 +52,24 @@ def test_rejections_each_counted_by_reason_and_never_acked(running_gateway, proj
     _provision(app, project_broker, (A, KEY_A), (B, KEY_B))
     a = SimDevice(project_broker, A, KEY_A, clients).start()
     b = SimDevice(project_broker, B, KEY_B, clients)
-    a.send(5)
-    wait_for(lambda: 5 in a.acked(), 10, "ack of seq 5")
-    good = a.frame(6)
+    a.send(300)
+    wait_for(lambda: 300 in a.acked(), 10, "ack of seq 300")
+    good = a.frame(301)
     a.send_raw(good[:-1] + bytes([good[-1] ^ 0x55]))                       # forged MAC
-    a.send(3)                                                               # replay: below 5, never stored
+    a.send(3)                                                               # replay: below the window under 300, never stored
     a.send_raw(frame.sign(b.k_up, a.topic, b.frame(1)[:-16]))               # B's frame on A's topic
     unknown = SimDevice(project_broker, 0x99, KEY_A, clients)
     a.send_raw(frame.sign(unknown.k_up, a.topic, unknown.frame(1)[:-16]))  # unregistered device id
     a.send_raw(b"\x01\x03" + bytes(10))                                     # malformed (short)
     a.send_raw(frame.sign(a.k_up, a.topic, good[:15] + b"\x81\x18\x00"))     # non-canonical body
-    a.send(5)                                                               # duplicate: re-acked
-    a.send(7)
-    wait_for(lambda: 7 in a.acked(), 10, "ack of seq 7")
-    want = {"BadMac": 1, "Replay": 1, "TopicMismatch": 1, "UnknownDevice": 1, "MalformedFrame": 1, "NonCanonical": 1}
+    a.send(300)                                                               # duplicate: re-acked
+    a.send(302)
+    wait_for(lambda: 302 in a.acked(), 10, "ack of seq 302")
+    want = {"BadMac": 1, "OutsideReplayWindow": 1, "TopicMismatch": 1, "UnknownDevice": 1, "MalformedFrame": 1, "NonCanonical": 1}
     wait_for(lambda: all(app.metrics.counter("fengqiao_rejections_total", {"reason": r}) == n for r, n in want.items()),
              10, "every rejection counted")
-    assert a.acks == {5: [0, 0], 7: [0]}
-    assert [e.seq for e in app.store.events_after(0)] == [5, 7]
+    assert a.acks == {300: [0, 0], 302: [0]}
+    assert [e.seq for e in app.store.events_after(0)] == [300, 302]
     assert app.metrics.counter("fengqiao_duplicates_total") == 1
     assert app.metrics.counter("fengqiao_seq_gaps_total") == 1
     text = _metrics(app)
