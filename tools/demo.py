@@ -34,6 +34,7 @@ import threading
 import time
 
 from tools.errors import CliError
+from tools.simulate import LED_MEANING
 
 HELP = "run a simulated village against the real gateway and play the alarm and patrol story"
 
@@ -43,15 +44,19 @@ STORY_S = 90
 DUTY_CHECK_S = 5.0
 DUTY_EVERY_S = 60.0
 # Services started after the gateway, before the boards: (name, start) with start(demo) returning
-# an object with stop() (stopped first, in reverse order). The web console adds its entry here,
-# e.g. ("web console", _start_console), and says its URL and login with demo.n.say().
-DEMO_SERVICES = []
+# an object with stop() (stopped first, in reverse order). The web console says its URL and login.
+
+
+def _start_console(demo):
+    from gateway.console import demo as console_demo   # imported here: Starlette only when used
+
+    return console_demo.start(demo)
+
+
+DEMO_SERVICES = [("web console", _start_console)]
 _WORKER_ENV = "FENGQIAO_DEMO_WORKER"
 
 _STAGES = {0: "stored", 1: "dispatched", 2: "someone is coming", 3: "closed", 4: "cancelled"}
-_LED_MEANING = {"sending": "amber fast blink = sending", "stored": "blue slow blink = stored at the township",
-                "coming": "steady green = someone is coming", "failing": "red double flash = not getting through",
-                "idle": "off"}
 # Host boards of the sample village: device id -> (firmware role, checkpoint id or None)
 _ROLE = {"alarm_button": "alarm", "checkpoint": "checkin"}
 
@@ -283,7 +288,7 @@ class Demo:
         n.say("gateway verified: device known and active, topic matches, MAC ok, seq %d new -> stored as event "
               "#%d, chain hash %s" % (ev.seq, ev.event_id, ev.hash.hex()[:16]), indent=1)
         state = _wait(lambda: _led(granny) in ("stored", "coming") and _led(granny), 10, "her LED to show stored")
-        n.say("ack (stage 0, stored) reached the button: LED %s" % _LED_MEANING.get(state, state), indent=1)
+        n.say("ack (stage 0, stored) reached the button: LED %s" % LED_MEANING.get(state, state), indent=1)
         env = _wait(lambda: self._envelope_for(ev.event_id), 15, "the signed envelope at the county")
         from gateway import envelope
 
@@ -308,9 +313,15 @@ class Demo:
 
         n.title("4. Duty officer Zhou Min acknowledges the case; the button turns green")
         case = self._case_for(ev)
+        for name, service in self.services:
+            if name == "web console":
+                from gateway.console.demo import board_lists_case
+
+                _wait(lambda: board_lists_case(service, case["case_id"]), 10, "the case on the console's board")
+                n.say("the duty console's alarm board (%s, logged in over HTTP) lists case %s" % (service.url, case["case_id"]), indent=1)
         self.plugin_cases().acknowledge(case["case_id"], "p-zhou-min", "on the phone with her neighbour, ambulance called")
         _wait(lambda: _led(granny) == "coming", 15, "her LED to show someone is coming")
-        n.say("her LED: %s" % _LED_MEANING["coming"], indent=1)
+        n.say("her LED: %s" % LED_MEANING["coming"], indent=1)
         self.plugin_cases().close(case["case_id"], "p-zhou-min", "fell in the kitchen; taken to the township clinic")
         n.say("case %s closed with a note; its steps:" % case["case_id"], indent=1)
         for step in self.plugin_cases().get(case["case_id"])["steps"]:

@@ -28,3 +28,20 @@ def start(demo):
     demo.n.say("duty console: %s  (log in as %s / %s, the township duty officer Zhou Min)"
                % (console.url, DEMO_USER, DEMO_PASSWORD))
     return console
+
+
+def board_lists_case(console, case_id):
+    """Log in over HTTP as the demo officer and fetch the alarm board, as a browser would: True
+    when the board links to case `case_id` (what the demo says to show the console is live)."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(console.url.rstrip("/") + "/login", timeout=10).read().decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"username": DEMO_USER, "password": DEMO_PASSWORD, "csrf": token, "next": "/"})
+    board = opener.open(console.url.rstrip("/") + "/login", data=form.encode(), timeout=10).read().decode()
+    return ('href="/case/%d"' % case_id) in board

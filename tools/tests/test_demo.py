@@ -26,7 +26,7 @@ def test_demo_story_runs_end_to_end_and_stops_cleanly(tmp_path):
     # the data path a newcomer follows, in order
     for marker in ("the story about %d s; Ctrl-C ends the demo" % STORY_S, "frame on fq/v1/00000102/up (33 bytes)", "gateway verified", "LED blue slow blink",
                    "county received envelope qiaotou:", "siren sounding at hh-e01", "west-lane households stay quiet",
-                   "case_escalated", "steady green = someone is coming", "closed         by p-zhou-min",
+                   "case_escalated", "duty console: http://127.0.0.1:", "the duty console's alarm board (http://", "steady green = someone is coming", "closed         by p-zhou-min",
                    "patrol_missed_checkpoint", "fengqiao verify:", "the story took", "story complete"):
         assert marker in out, "demo output lacks %r:\n%s" % (marker, out[-3000:])
     assert "problem" not in out.split("fengqiao verify:")[1].splitlines()[0]
