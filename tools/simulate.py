@@ -26,6 +26,10 @@ HELP = "run host boards of each role against a broker and print the frames they 
 
 # LED colours of drivers/led.py PATTERNS -> the state names the firmware uses.
 _COLOURS = {(1, 1, 0): "sending", (0, 0, 1): "stored", (0, 1, 0): "coming", (1, 0, 0): "failing"}
+# What each state tells the person at the button (README, "The alarm button").
+LED_MEANING = {"sending": "amber fast blink = sending", "stored": "blue slow blink = stored at the township",
+               "coming": "steady green = someone is coming", "failing": "red double flash = not getting through",
+               "idle": "off"}
 
 
 def led_state(hb, window_s=2.2):
