@@ -56,9 +56,11 @@ class GatewayApp:
 
     def open_registry(self):
         from gateway.registry import Registry
+        from gateway.store import check_database
 
         g = self.config["gateway"]
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        check_database(self.config.path_of(g["database"]))   # StoreDamaged before anything opens it
         return Registry(self.config.path_of(g["database"]), self.config.path_of(g["master_key"]), self.clock)
 
     def start(self, connect_timeout_s=15):
@@ -261,6 +263,15 @@ def _write_key(path, key):
 
 
 def run(args):
+    from gateway.store import StoreDamaged
+
+    try:
+        return _run(args)
+    except StoreDamaged as exc:   # a named, actionable error: no traceback, exit status 1
+        raise CliError(str(exc)) from exc
+
+
+def _run(args):
     from gateway.logs import setup_logging
     from gateway.registry import RegistryError
 

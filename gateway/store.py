@@ -38,6 +38,7 @@ Hash chain (what a receiver recomputes; also SPEC section 10):
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 
@@ -98,6 +99,61 @@ def _bits(window):
 
 class StoreError(RuntimeError):
     """The log could not be written (disk, corruption, a duplicate that the caller should have caught)."""
+
+
+class StoreDamaged(StoreError):
+    """The database file is not a sound SQLite database (found by `check_database` at start)."""
+
+    def __init__(self, path, detail):
+        self.path, self.detail = str(path), detail
+        super().__init__(
+            "the gateway database %s is damaged: %s. The gateway does not start on it. Either stop, keep the"
+            " damaged file aside and restore the last backup (`fengqiao gateway backup`; see 'Backup and"
+            " restore' in gateway/README.md), or move it away and start a new chain with"
+            " `fengqiao gateway run --new-chain` (the county then sees a new chain epoch)." % (path, detail))
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_database(path):
+    """Raise StoreDamaged unless `path` is missing (False) or a sound SQLite file (True).
+
+    Checks, in order: a zero-length file; the 16-byte SQLite header; a file shorter than the page
+    count its header gives (truncated); then `PRAGMA quick_check` (every b-tree page, O(size): about
+    a second per few hundred MB). A -wal file next to it is applied first, as SQLite always does.
+    """
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return False
+    if size == 0:
+        raise StoreDamaged(path, "the file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise StoreDamaged(path, "it does not start with the SQLite header (first bytes %s)" % header[:16].hex())
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if page_size < 512 or page_size & (page_size - 1):
+        raise StoreDamaged(path, "its header gives an invalid page size %d" % page_size)
+    if header[24:28] == header[92:96] and pages and size < pages * page_size:
+        raise StoreDamaged(path, "the file is truncated: %d bytes, its header says %d pages of %d bytes (%d)"
+                           % (size, pages, page_size, pages * page_size))
+    try:
+        db = sqlite3.connect("file:%s?mode=rw" % path, uri=True, isolation_level=None, timeout=30)
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(20)").fetchall()]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreDamaged(path, "SQLite cannot read it (%s)" % exc) from exc
+    if problems != ["ok"]:
+        raise StoreDamaged(path, "PRAGMA quick_check found %s%s" % (
+            "; ".join(problems[:3]), " (and more)" if len(problems) > 3 else ""))
+    return True
 
 
 def body_json(body):
