@@ -2,6 +2,7 @@
 
     fengqiao gateway init   --config FILE          # data dir, master key, CA + certs, database
     fengqiao gateway run    --config FILE          # broker (if managed) + verify/store/ack service
+    fengqiao gateway backup --config FILE OUT      # online copy of the database (README: restore)
     fengqiao gateway device add --config FILE --id 0000002a --role alarm_button [--place P]
                             (--key-file F | --key-out F) [--heartbeat-s N] [--power mains|battery]
     fengqiao gateway device revoke --config FILE --id 0000002a
@@ -28,7 +29,7 @@ import threading
 
 from tools.errors import CliError
 
-HELP = "township gateway: run, init, device add|revoke|rotate|list, place add"
+HELP = "township gateway: run, init, backup, device add|revoke|rotate|list, place add"
 
 log = logging.getLogger("fengqiao.gateway")
 
@@ -186,6 +187,8 @@ def add_arguments(parser):
     cmd("init", "create data dir, master key, broker CA/certificates and database")
     cmd("pubkey", "print the upstream signing public key (for `fengqiao verify --pubkey`)").add_argument(
         "--hex", action="store_true", help="64 hex characters instead of PEM")
+    bk = cmd("backup", "copy the database while the gateway runs (SQLite online backup; restore: gateway/README.md)")
+    bk.add_argument("out", metavar="OUT", help="the backup file to write (must not exist)")
     r = cmd("run", "run the broker (if managed) and the gateway until SIGTERM/Ctrl-C")
     r.add_argument("--log-format", choices=("json", "text"), help="override [log] format")
     dev = sub.add_parser("device", help="add | revoke | rotate | list devices")
@@ -281,6 +284,16 @@ def _run(args):
         from gateway.upstream import public_key_text
 
         print(public_key_text(cfg, args.hex))
+        return 0
+    if args.action == "backup":
+        from gateway.store import StoreError, backup_database
+
+        try:
+            count, head = backup_database(cfg.path_of(cfg["gateway"]["database"]), args.out)
+        except StoreError as exc:
+            raise CliError(str(exc)) from exc
+        print("backup %s: %d events, head event %d, quick_check ok (the master key is not in it:"
+              " back up %s separately)" % (args.out, count, head, cfg.path_of(cfg["gateway"]["master_key"])))
         return 0
     if args.action == "run":
         setup_logging(cfg["log"]["level"], args.log_format or cfg["log"]["format"])

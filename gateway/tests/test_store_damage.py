@@ -66,3 +66,46 @@ def test_cli_prints_it_without_traceback(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "is damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_backup_while_the_gateway_writes(tmp_path):
+    import threading
+
+    from gateway.store import backup_database
+
+    os.makedirs(tmp_path / "gw")
+    db = make_db(tmp_path / "gw" / "gateway.db", n=200)
+    store = EventStore(db, ManualClock(1_700_000_000.0))   # synchronous=FULL, as the gateway runs
+    stop, written = threading.Event(), []
+
+    def writer():
+        while not stop.is_set():
+            written.append(store.append_gateway_event("note", {"pad": "y" * 200}).event_id)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        from tools.testing.procs import wait_for
+        wait_for(lambda: len(written) > 50, 20, "the writer to commit")
+        cfg = write_config(tmp_path / "g.toml", {"gateway": {"data_dir": str(tmp_path / "gw")}})
+        r = subprocess.run([sys.executable, "-m", "tools.cli", "gateway", "backup", "--config", cfg,
+                            str(tmp_path / "b1.db")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        n_during = len(written)
+        count, head = backup_database(db, tmp_path / "b2.db")
+        wait_for(lambda: len(written) > n_during + 20, 20, "the writer to go on after the backups")
+    finally:
+        stop.set()
+        t.join()
+        store.close()
+    assert "quick_check ok" in r.stdout
+    for name in ("b1.db", "b2.db"):
+        assert check_database(tmp_path / name) is True
+        copy = EventStore(tmp_path / name, ManualClock(0.0))
+        n = copy.count()
+        assert n >= 250 and copy.verify_chain() == n and copy.head()[0] == n   # a whole prefix of the chain
+        copy.close()
+    assert head == count and head < 200 + len(written)
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "gateway", "backup", "--config", cfg,
+                        str(tmp_path / "b1.db")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not overwriting" in r.stderr
