@@ -47,6 +47,8 @@ creates/loads the signing key, registers the forward-queue gauge and starts the 
     batch_max = 50                         # envelopes per MQTT message (one signature each)
     window = 4                             # MQTT messages in flight
     keepalive_s = 15
+    reconnect_min_s = 0.2                  # back-off while the county is unreachable: doubles from
+    reconnect_max_s = 30.0                 # min up to this cap (the longest wait after it is back)
     name = "county"                        # cursor name (a second upstream would use another)
 """
 
@@ -140,7 +142,7 @@ class Upstream:
     def from_config(cls, section, store, signing_key, gateway_id, clock=None):
         """Build from the `[upstream]` TOML table (a dict)."""
         known = {"host", "port", "topic", "username", "password", "cafile", "key_file", "batch_max", "window",
-                 "keepalive_s", "name", "client_id", "gateway_id"}
+                 "keepalive_s", "name", "client_id", "gateway_id", "reconnect_min_s", "reconnect_max_s"}
         unknown = set(section) - known
         if unknown:
             raise UpstreamError("unknown [upstream] setting(s): %s" % ", ".join(sorted(unknown)))
@@ -149,6 +151,14 @@ class Upstream:
                 raise UpstreamError("[upstream] needs %r" % required)
         kwargs = {k: section[k] for k in ("username", "password", "cafile", "batch_max", "window",
                                           "keepalive_s", "name", "client_id") if k in section}
+        for k in ("reconnect_min_s", "reconnect_max_s"):
+            if k in section:
+                v = section[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
+                    raise UpstreamError("[upstream] %s must be a number of seconds in (0, 3600], not %r" % (k, v))
+                kwargs[k] = float(v)
+        if kwargs.get("reconnect_min_s", 0.2) > kwargs.get("reconnect_max_s", 30.0):
+            raise UpstreamError("[upstream] reconnect_min_s must not be above reconnect_max_s")
         return cls(store, signing_key, gateway_id, section["host"], section["port"], section["topic"],
                    clock=clock, **kwargs)
 

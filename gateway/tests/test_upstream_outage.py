@@ -201,6 +201,18 @@ def test_configuration_errors_are_named(tmp_path):
     up = Upstream.from_config({"host": "h", "port": 1883, "topic": "t", "window": 2}, store, key, "tw1")
     assert up.window == 2 and up.port == 1883
     up.close()
+    up = Upstream.from_config({"host": "h", "port": 1, "topic": "t", "reconnect_max_s": 5}, store, key, "tw1")
+    assert (up.reconnect_min_s, up.reconnect_max_s) == (0.2, 5.0)   # the county link's back-off cap
+    up.close()
+    for bad in ({"reconnect_max_s": 0}, {"reconnect_max_s": "30"}, {"reconnect_min_s": 10, "reconnect_max_s": 5}):
+        with pytest.raises(UpstreamError, match="reconnect_m"):
+            Upstream.from_config({"host": "h", "port": 1, "topic": "t", **bad}, store, key, "tw1")
+    import tomllib
+    with open(os.path.join(os.path.dirname(__file__), "..", "gateway.sample.toml"), "rb") as f:
+        sample = tomllib.load(f)["upstream"]
+    up = Upstream.from_config(sample, store, key, "tw1")   # every key of the sample is known
+    assert up.reconnect_max_s == 30.0
+    up.close()
     store.close()
 
 
