@@ -92,7 +92,8 @@ class GatewayApp:
                                       log_per_reason_per_min=p["log_per_reason_per_min"])
         self.ctx = self.service.ctx
         self.supervisor = Supervisor(self.ctx, s["default_heartbeat_interval_s"], s["offline_factor"],
-                                     s["low_battery_mv"], s["battery_ok_mv"]).attach(self.service, s["check_interval_s"])
+                                     s["low_battery_mv"], s["battery_ok_mv"],
+                                     s["clock_tolerance_s"]).attach(self.service, s["check_interval_s"])
         self._load_plugins()
         if m["enabled"]:
             self._metrics_server = MetricsServer(self.metrics, m["host"], m["port"]).start()

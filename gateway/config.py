@@ -26,7 +26,7 @@ DEFAULTS = {
     "pipeline": {"max_batch": 2000, "device_rate_per_s": 20.0, "device_burst": 100, "backlog_grace_s": 30.0, "broker_inflight": 1000,
                  "synchronous": "FULL", "log_per_reason_per_min": 10},
     "supervision": {"default_heartbeat_interval_s": 30, "offline_factor": 2.5, "check_interval_s": 5.0,
-                    "low_battery_mv": 3400, "battery_ok_mv": 3600},
+                    "low_battery_mv": 3400, "battery_ok_mv": 3600, "clock_tolerance_s": 120.0},
     "metrics": {"enabled": True, "host": "127.0.0.1", "port": 9108},
     "log": {"level": "info", "format": "json"},
 }

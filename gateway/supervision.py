@@ -11,6 +11,13 @@ Tamper: a `tamper` uplink with open=true raises `device_tamper_open`, open=false
 `device_tamper_closed`. (Gateway kinds start with `device_` so they never read as device frames.) Each is raised once per change
 (stored and forwarded like any other event), so a flapping value does not flood the log.
 
+Clock: `device_clock_fault` when a device's clock is off by more than `clock_tolerance_s`, logged
+as a warning; `device_clock_ok` at its next frame within the tolerance. Ahead is judged on every new
+frame (an event cannot happen in the future). Behind is ambiguous, since an outbox resends old
+records with their old times after an outage, so it is judged only on a heartbeat that found the
+outbox empty (body[2] = 0), i.e. one sent as soon as it was made, and only when it is the
+device's newest frame in the batch. The |skew| histogram is kept as before.
+
 State after a restart: the offline / battery / tamper flags are rebuilt from the gateway events
 already in the log, and every active device gets a fresh silence window starting at startup
 (the broker redelivers what arrived while the gateway was down).
@@ -24,12 +31,15 @@ from gateway.events import SOURCE_GATEWAY
 log = logging.getLogger("fengqiao.supervision")
 
 KINDS = ("device_offline", "device_online", "device_battery_low", "device_battery_ok", "device_tamper_open",
-         "device_tamper_closed")
+         "device_tamper_closed", "device_clock_fault", "device_clock_ok")
 
 
 class Supervisor:
-    def __init__(self, ctx, default_interval_s=30, offline_factor=2.5, low_battery_mv=3400, battery_ok_mv=3600):
+    def __init__(self, ctx, default_interval_s=30, offline_factor=2.5, low_battery_mv=3400, battery_ok_mv=3600,
+                 clock_tolerance_s=120.0):
         self.ctx = ctx
+        self.clock_tolerance_s = clock_tolerance_s
+        self.clock_fault = set()
         self.default_interval_s = default_interval_s
         self.factor = offline_factor
         self.low_battery_mv = low_battery_mv
@@ -58,7 +68,8 @@ class Supervisor:
     def _apply(self, kind, device_id):
         flag = {"device_offline": (self.offline, True), "device_online": (self.offline, False),
                 "device_battery_low": (self.battery_low, True), "device_battery_ok": (self.battery_low, False),
-                "device_tamper_open": (self.tamper_open, True), "device_tamper_closed": (self.tamper_open, False)}[kind]
+                "device_tamper_open": (self.tamper_open, True), "device_tamper_closed": (self.tamper_open, False),
+                "device_clock_fault": (self.clock_fault, True), "device_clock_ok": (self.clock_fault, False)}[kind]
         (flag[0].add if flag[1] else flag[0].discard)(device_id)
 
     def interval_s(self, device_id):
@@ -69,15 +80,21 @@ class Supervisor:
         self._apply(kind, device_id)
         dev = self.ctx.registry.device(device_id)
         self.ctx.emit(kind, body, device_id=device_id, place_id=dev.place_id if dev else None)
-        log.info(kind, extra={"fields": dict(body, device="%08x" % device_id)})
+        (log.warning if kind == "device_clock_fault" else log.info)(
+            kind, extra={"fields": dict(body, device="%08x" % device_id)})
 
     def observe(self, outcomes):
         """Pipeline observer: called with each acknowledged batch (new and duplicate uplinks)."""
         now = self.ctx.clock.now()
+        newest = {}
+        for o in outcomes:
+            if o.status == "new" and o.skew_s is not None:
+                newest[o.device_id] = o
         for o in outcomes:
             if o.status != "new":
                 continue
             d = o.device_id
+            self._check_clock(o, newest.get(d) is o)
             with self._lock:
                 self.last_seen[d] = now
                 if d in self.offline:
@@ -96,6 +113,18 @@ class Supervisor:
                     self._emit("device_tamper_open", d, {})
                 elif not body[0] and d in self.tamper_open:
                     self._emit("device_tamper_closed", d, {})
+
+    def _check_clock(self, o, newest):
+        skew, tol = o.skew_s, self.clock_tolerance_s
+        if skew is None or not tol:
+            return
+        d = o.device_id
+        fresh = newest and o.kind == "heartbeat" and len(o.new.body) > 2 and o.new.body[2] == 0
+        if skew > tol or (skew < -tol and fresh):
+            if d not in self.clock_fault:
+                self._emit("device_clock_fault", d, {"skew_s": round(skew, 1), "tolerance_s": tol, "seq": o.seq})
+        elif -tol <= skew <= tol and d in self.clock_fault:
+            self._emit("device_clock_ok", d, {"skew_s": round(skew, 1), "seq": o.seq})
 
     def check(self):
         """Timer: raise device_offline for every active device silent past its window."""

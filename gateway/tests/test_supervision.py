@@ -100,3 +100,29 @@ def test_offline_detected_by_the_running_gateway(running_gateway, project_broker
     assert 1.8 <= took <= 6.0, took   # interval 1 s x factor 2, + one 0.2 s check (+ a busy shared CPU)
     dev.send(2)
     wait_for(lambda: any(e.kind == "device_online" for e in app.store.events_after(0)), 10, "device_online")
+
+
+def _skewed(device_id, kind, body, seq, skew_s):
+    o = _up(device_id, kind, body, seq)
+    o.skew_s = skew_s
+    return o
+
+
+def test_clock_off_by_more_than_the_tolerance_is_a_device_fault(ctx, caplog):
+    sup = Supervisor(ctx, clock_tolerance_s=120)
+    hb = (3700, 10, 0, None, 10000)
+    sup.observe([_skewed(1, "heartbeat", hb, 1, 30)])                # within: nothing
+    with caplog.at_level("WARNING", logger="fengqiao.supervision"):
+        sup.observe([_skewed(1, "alarm", (0,), 2, 3 * 365 * 86400)])  # 3 years ahead
+    assert _kinds(ctx) == [("device_clock_fault", 1)]
+    assert any(r.message == "device_clock_fault" for r in caplog.records)
+    sup.observe([_skewed(1, "alarm", (0,), 3, 400)])                 # still off: raised once
+    sup.observe([_skewed(1, "heartbeat", hb, 4, -5)])
+    assert _kinds(ctx)[-1] == ("device_clock_ok", 1) and len(_kinds(ctx)) == 2
+    # behind: a resent backlog (old times) is not a fault; a heartbeat sent at once is
+    sup.observe([_skewed(2, "checkin", (1,), 1, -30 * 86400), _skewed(2, "heartbeat", (3700, 9, 3, None, 1), 2, -30 * 86400)])
+    assert len(_kinds(ctx)) == 2
+    sup.observe([_skewed(2, "heartbeat", (3700, 9, 0, None, 1), 3, -30 * 86400)])
+    assert _kinds(ctx)[-1] == ("device_clock_fault", 2)
+    again = Supervisor(ctx, clock_tolerance_s=120)                  # a restart keeps the flag
+    assert again.clock_fault == {2}
