@@ -3,6 +3,7 @@
     fengqiao gateway init   --config FILE          # data dir, master key, CA + certs, database
     fengqiao gateway run    --config FILE          # broker (if managed) + verify/store/ack service
     fengqiao gateway backup --config FILE OUT      # online copy of the database (README: restore)
+    fengqiao gateway run    --config FILE --new-chain   # an empty (lost) store: a new chain epoch
     fengqiao gateway device add --config FILE --id 0000002a --role alarm_button [--place P]
                             (--key-file F | --key-out F) [--heartbeat-s N] [--power mains|battery]
     fengqiao gateway device revoke --config FILE --id 0000002a
@@ -35,10 +36,11 @@ log = logging.getLogger("fengqiao.gateway")
 
 
 class GatewayApp:
-    def __init__(self, config, clock=None):
+    def __init__(self, config, clock=None, new_chain=False):
         from gateway.clock import SystemClock
 
         self.config = config
+        self.new_chain = new_chain   # `run --new-chain`: an empty store starts a new chain epoch
         self.clock = clock or SystemClock()
         self.data_dir = config.data_dir
         self.broker = None
@@ -192,6 +194,8 @@ def add_arguments(parser):
     bk.add_argument("out", metavar="OUT", help="the backup file to write (must not exist)")
     r = cmd("run", "run the broker (if managed) and the gateway until SIGTERM/Ctrl-C")
     r.add_argument("--log-format", choices=("json", "text"), help="override [log] format")
+    r.add_argument("--new-chain", action="store_true",
+                   help="the store is empty (lost) but the key signed a chain: start a new chain epoch the county sees")
     dev = sub.add_parser("device", help="add | revoke | rotate | list devices")
     dsub = dev.add_subparsers(dest="device_action", metavar="DEVICE_ACTION", required=True)
     for name, help_text in (("add", "register a device and allow it on the broker"),
@@ -269,9 +273,11 @@ def _write_key(path, key):
 def run(args):
     from gateway.store import StoreDamaged
 
+    from gateway.upstream import NewChainRequired
+
     try:
         return _run(args)
-    except StoreDamaged as exc:   # a named, actionable error: no traceback, exit status 1
+    except (StoreDamaged, NewChainRequired) as exc:   # named, actionable errors: no traceback, exit 1
         raise CliError(str(exc)) from exc
 
 
@@ -280,7 +286,7 @@ def _run(args):
     from gateway.registry import RegistryError
 
     cfg = _config(args)
-    app = GatewayApp(cfg)
+    app = GatewayApp(cfg, new_chain=getattr(args, "new_chain", False))
     if args.action == "pubkey":
         from gateway.upstream import public_key_text
 

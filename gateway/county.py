@@ -6,8 +6,12 @@
     python -m gateway.county --broker 127.0.0.1:1884 --topic 'fq/v1/county/#' --out envelopes.jsonl
 
 The file is what `fengqiao verify FILE` checks: one envelope per line, in the order received. An
-envelope whose id was already recorded (a redelivery after a lost PUBACK) is counted in
-`duplicates` and not written again -- that is the idempotence envelope ids give a receiver.
+envelope whose id was already recorded with the same content (a redelivery after a lost PUBACK)
+is counted in `duplicates` and not written again -- that is the idempotence envelope ids give a
+receiver. The same id with OTHER content is never dropped: the gateway's chain was restarted or
+forked (a deleted store). It is written, counted in `forks` / `fork_ids` and logged as an error, and
+`fengqiao verify` reports it. A `chain_epoch` event 1 (`gateway run --new-chain`) announces a new
+chain epoch: logged, listed in `epochs`, and the ids after it are a new chain, not duplicates.
 
 A county receiver must not miss what its broker accepted while it was away: it uses a persistent
 MQTT session (clean_session=False, a fixed client id) at QoS 1, so the broker queues envelopes for
@@ -37,7 +41,11 @@ class CountyRecorder:
         self.duplicate_ids = []  # which ids came again, in order (tells a broker redelivery from a resend)
         self.malformed = 0
         self.messages = 0
-        self._seen = set()
+        self.forks = 0
+        self.fork_ids = []       # ids received again with other content (chain restarted without an epoch)
+        self.epochs = []         # (gateway id, epoch) announced by a chain_epoch event 1
+        self._epoch_of = {}      # gateway id -> its current chain epoch (None before any announcement)
+        self._seen = {}          # (gateway id, epoch, envelope id) -> content digest
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._file = open(self.path, "a", encoding="utf-8")
@@ -89,16 +97,14 @@ class CountyRecorder:
                 if not line.strip():
                     continue
                 try:
-                    env_id = json.loads(line).get("id")
+                    env = json.loads(line)
+                    env_id = env.get("id")
                 except (ValueError, AttributeError):
-                    env_id = None
+                    env, env_id = None, None
                     self.malformed += 1
                 if env_id is not None and self.dedup:
-                    if env_id in self._seen:
-                        self.duplicates += 1
-                        self.duplicate_ids.append(env_id)
+                    if not self._is_new(env, env_id):
                         continue
-                    self._seen.add(env_id)
                 if env_id is not None:
                     self.ids.append(env_id)
                 self._file.write(line + "\n")
@@ -106,6 +112,30 @@ class CountyRecorder:
                     self.on_envelope(line)
             self._file.flush()
             self._cond.notify_all()
+
+    def _is_new(self, env, env_id):
+        """False for a redelivery; a fork or a new epoch is new (and reported). Under self._cond."""
+        from gateway.envelope import envelope_digest, epoch_start
+
+        gw = env.get("gateway")
+        epoch = epoch_start(env)
+        if epoch is not None and epoch != self._epoch_of.get(gw) and (gw, epoch, env_id) not in self._seen:
+            self._epoch_of[gw] = epoch
+            self.epochs.append((gw, epoch))
+            log.warning("gateway %s started a new chain epoch %d (gateway run --new-chain)", gw, epoch)
+        key, digest = (gw, self._epoch_of.get(gw), env_id), envelope_digest(env)
+        previous = self._seen.get(key)
+        if previous == digest:
+            self.duplicates += 1
+            self.duplicate_ids.append(env_id)
+            return False
+        if previous is not None:
+            self.forks += 1
+            self.fork_ids.append(env_id)
+            log.error("envelope %s received again with other content: gateway %s restarted or forked its chain"
+                      " without a new epoch; recorded, `fengqiao verify` reports it", env_id, gw)
+        self._seen[key] = digest
+        return True
 
     def count(self):
         with self._cond:
@@ -152,7 +182,8 @@ def main(argv=None):
     try:
         while True:
             time.sleep(5)
-            print("%d envelope(s), %d duplicate(s) ignored" % (rec.count(), rec.duplicates), flush=True)
+            print("%d envelope(s), %d duplicate(s) ignored, %d FORKED id(s), %d new chain epoch(s)"
+                  % (rec.count(), rec.duplicates, rec.forks, len(rec.epochs)), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

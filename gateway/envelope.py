@@ -290,6 +290,25 @@ def check_device_mac(env, device_key):
 
 # -- a whole dump: chain continuity and signature coverage ------------------------------------------
 
+CHAIN_EPOCH = "chain_epoch"   # gateway event 1 of a chain started with `gateway run --new-chain`
+
+
+def epoch_start(env):
+    """The epoch number when `env` announces a new chain (a chain_epoch gateway event 1), else None."""
+    if env.get("kind") != CHAIN_EPOCH or env.get("event_id") != 1 or env.get("source") != SOURCE_GATEWAY:
+        return None
+    try:
+        epoch = json.loads(env.get("body_json") or "null").get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def envelope_digest(env):
+    """What tells a redelivery (same digest) from another envelope with the same id."""
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).digest()[:16]
+
+
 class Report:
     """Outcome of verify_envelopes: `problems` (list of text) is empty when everything verified."""
 
@@ -300,7 +319,8 @@ class Report:
         self.signatures = 0
         self.macs_checked = 0
         self.macs_unchecked = 0
-        self.gateways = {}     # gateway id -> (first event id, last event id)
+        self.gateways = {}     # gateway id -> (first event id, last event id) of its latest epoch
+        self.epochs = []       # (gateway id, epoch, line): each announced new chain epoch
 
     @property
     def ok(self):
@@ -308,10 +328,11 @@ class Report:
 
     def summary(self):
         ranges = ", ".join("%s events %d..%d" % (g, a, b) for g, (a, b) in sorted(self.gateways.items()))
+        epochs = "".join("; %s started NEW CHAIN EPOCH %d at line %d" % e for e in self.epochs)
         return ("%d envelope(s) (%s), %d duplicate(s) ignored, %d signature(s) verified, "
-                "%d device MAC(s) verified, %d device event(s) without a key given"
+                "%d device MAC(s) verified, %d device event(s) without a key given%s"
                 % (self.envelopes, ranges or "none", self.duplicates, self.signatures, self.macs_checked,
-                   self.macs_unchecked))
+                   self.macs_unchecked, epochs))
 
 
 def verify_envelopes(lines, public_key, device_keys=None, first_event=None):
@@ -325,7 +346,7 @@ def verify_envelopes(lines, public_key, device_keys=None, first_event=None):
     and the longest run of unsigned envelopes, not with the size of the dump."""
     report = Report()
     device_keys = device_keys or {}
-    chains, seen = {}, {}
+    chains, seen, epoch_of = {}, {}, {}
     for n, line in enumerate(lines, 1):
         if isinstance(line, (str, bytes)) and not line.strip():
             continue
@@ -334,15 +355,27 @@ def verify_envelopes(lines, public_key, device_keys=None, first_event=None):
         except MalformedEnvelope as exc:
             report.problems.append("line %d: malformed envelope: %s" % (n, exc))
             continue
-        digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).digest()[:16]
-        previous = seen.get(env["id"])
+        digest = envelope_digest(env)
+        gw = env["gateway"]
+        new_epoch = epoch_start(env)
+        if new_epoch is not None and new_epoch != epoch_of.get(gw) and (gw, new_epoch, env["id"]) not in seen:
+            # an announced restart (`gateway run --new-chain`): a new chain, reported, never merged
+            if gw in chains:
+                chain = chains.pop(gw)
+                chain.finish()
+            epoch_of[gw] = new_epoch
+            report.epochs.append((gw, new_epoch, n))
+        key = (gw, epoch_of.get(gw), env["id"])
+        previous = seen.get(key)
         if previous is not None:
             if previous == digest:
                 report.duplicates += 1
             else:
-                report.problems.append("line %d: %s was received twice with different content" % (n, env["id"]))
+                report.problems.append(
+                    "line %d: %s was received twice with different content: the gateway's chain was restarted"
+                    " or forked without a new chain epoch (a deleted or replaced store?)" % (n, env["id"]))
             continue
-        seen[env["id"]] = digest
+        seen[key] = digest
         report.envelopes += 1
         chain = chains.get(env["gateway"])
         if chain is None:

@@ -53,6 +53,7 @@ creates/loads the signing key, registers the forward-queue gauge and starts the 
 """
 
 import collections
+import json
 import logging
 import os
 import select
@@ -467,6 +468,80 @@ def public_key_text(config, raw_hex=False):
     return key.public.raw.hex() if raw_hex else key.public_pem().rstrip("\n")
 
 
+class NewChainRequired(UpstreamError):
+    """The store is empty but this signing key already signed a chain (or --new-chain was misused)."""
+
+
+def chain_marker_path(config):
+    """A small JSON file next to the signing key: which chain epoch the key signs (survives the database)."""
+    return signing_key_path(config) + ".chain"
+
+
+def _write_marker(path, info):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def chain_guard(store, marker, gateway_id, key_id, new_chain=False):
+    """Refuse an empty store when the key already signed a chain; with new_chain start epoch N+1.
+
+    The marker (`<key_file>.chain`) is written as soon as the store holds an event, so a store
+    deleted or lost later is noticed at the next start: `NewChainRequired`, unless `new_chain`,
+    which makes event 1 a `chain_epoch` gateway event {epoch, previous_epoch, gateway_id}. The
+    county recorder and `fengqiao verify` see it as a new chain epoch (gateway/envelope.py).
+    Returns the current epoch."""
+    from gateway.envelope import CHAIN_EPOCH
+
+    try:
+        with open(marker, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        info = None
+    except (OSError, ValueError) as exc:
+        raise NewChainRequired("cannot read the chain marker %s (%s): restore it from the key's backup" % (marker, exc)) from exc
+    head = store.head()[0]
+    if head == 0 and info is not None:
+        if not new_chain:
+            raise NewChainRequired(
+                "the event store %s is empty, but the signing key already signed chain epoch %s of gateway %s"
+                " (%s). Starting at event 1 again would fork the county's copy. If the database was lost or"
+                " damaged, restore the last backup (gateway/README.md, 'Backup and restore'); if there is"
+                " none, start a new chain epoch the county will see: `fengqiao gateway run --new-chain`."
+                % (store.path, info.get("epoch"), info.get("gateway_id"), marker))
+        epoch = int(info.get("epoch", 1)) + 1
+        store.append_gateway_event(CHAIN_EPOCH, {"epoch": epoch, "previous_epoch": info.get("epoch"),
+                                                 "gateway_id": gateway_id, "key_id": key_id})
+        log.warning("started new chain epoch %d (the previous chain, epoch %s, is not in this store)",
+                    epoch, info.get("epoch"))
+    elif new_chain and head:
+        raise NewChainRequired("--new-chain is only for an empty store; %s holds %d event(s)" % (store.path, head))
+    epochs = store.gateway_events([CHAIN_EPOCH])
+    epoch = epochs[-1].body["epoch"] if epochs else 1
+    want = {"gateway_id": gateway_id, "key_id": key_id, "epoch": epoch}
+
+    def mark(_events=None):
+        if info != want:
+            _write_marker(marker, want)
+
+    if store.head()[0]:
+        mark()
+    else:   # an empty store: the marker is written with the first event
+        done = []
+
+        def first(events):
+            if not done:
+                done.append(True)
+                mark()
+        store.subscribe(first)
+    return epoch
+
+
 def attach(app):
     """Gateway plugin entry point: start forwarding if the config has an [upstream] table."""
     from gateway.keys import SigningKey
@@ -479,6 +554,7 @@ def attach(app):
     if not gateway_id:
         raise UpstreamError("[upstream] needs 'gateway_id' (it prefixes every envelope id)")
     key = SigningKey.load_or_create(signing_key_path(app.config))
+    chain_guard(app.store, chain_marker_path(app.config), gateway_id, key.key_id, getattr(app, "new_chain", False))
     if section.get("cafile"):
         section["cafile"] = app.config.path_of(section["cafile"])
     up = Upstream.from_config(section, app.store, key, gateway_id, clock=app.clock)
