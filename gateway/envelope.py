@@ -305,8 +305,13 @@ def epoch_start(env):
 
 
 def envelope_digest(env):
-    """What tells a redelivery (same digest) from another envelope with the same id."""
-    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).digest()[:16]
+    """What tells a redelivery (same digest) from another envelope with the same id.
+
+    The signature is left out: only the last envelope of a batch is signed (sign_batch), and a
+    resend after an outage cuts its batches anew, so the same event comes signed once and unsigned
+    the next time. Its content (and so its hash) is what must not change."""
+    content = {k: v for k, v in env.items() if k not in ("sig", "sig_key")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).digest()[:16]
 
 
 class Report:

@@ -193,3 +193,19 @@ def test_exception_tree_is_exported():
         assert name in envelope.__doc__
     for name in envelope.__all__:
         assert hasattr(envelope, name), name
+
+
+def test_a_resend_cut_into_other_batches_is_a_duplicate_not_a_fork(events):
+    """After an outage the upstream cuts its batches anew: event 1 went unsigned in the batch
+    [1, 2, 3] and comes back signed as the last of the batch [1]. That is a redelivery."""
+    key = SigningKey.generate()
+    first_try = envelope.sign_batch([envelope.build(e, "tw1") for e in events], key)
+    resent = envelope.sign(envelope.build(events[0], "tw1"), key)
+    assert first_try[0]["sig"] is None and resent["sig"] is not None
+    assert envelope.envelope_digest(first_try[0]) == envelope.envelope_digest(resent)
+    lines = [envelope.dumps(e) for e in first_try[:1] + [resent] + first_try[1:]]
+    report = envelope.verify_envelopes(lines, key.public, {0x2A: DEVICE_KEY})
+    assert report.ok, report.problems
+    assert report.duplicates == 1
+    changed = dict(resent, received_at_us=resent["received_at_us"] + 1)
+    assert envelope.envelope_digest(changed) != envelope.envelope_digest(resent)
