@@ -15,7 +15,9 @@
 # The build: no TLS (mbedtls is a submodule; on the boards TLS buffers are outside the GC heap
 # anyway), no ffi, no btree; asyncio frozen (scripts/micropython32/manifest.py); plus the fqrom
 # module (scripts/micropython32/fqrom), which maps a ROMFS image file so that the firmware's code
-# runs in place from /rom as on a board (tools/bench_firmware.py).
+# runs in place from /rom as on a board (tools/bench_firmware.py); plus the patches in
+# scripts/micropython32/ (bytes-find-int.patch: what the 64-bit 1.29 build accepts and the host
+# board uses).
 #
 #     scripts/build-micropython32.sh --stamp    # print the cache key only (used by the tests)
 set -euo pipefail
@@ -28,7 +30,7 @@ JOBS="${MP32_JOBS:-2}"
 
 stamp() {
     # what the binary is made from: the archive, this script, the manifest and the C module
-    cat "$ARCHIVE" "${BASH_SOURCE[0]}" "$EXTRA/manifest.py" "$EXTRA"/fqrom/* | sha256sum | cut -d' ' -f1
+    cat "$ARCHIVE" "${BASH_SOURCE[0]}" "$EXTRA/manifest.py" "$EXTRA"/*.patch "$EXTRA"/fqrom/* | sha256sum | cut -d' ' -f1
 }
 
 if [[ "${1:-}" == "--stamp" ]]; then
@@ -87,6 +89,10 @@ tar xzf "$ARCHIVE" -C "$SRC"
 # The micropython-lib submodule is not shipped; the unix Makefile only checks that it exists.
 mkdir -p "$SRC/lib/micropython-lib"
 echo stub > "$SRC/lib/micropython-lib/README.md"
+# Small fixes to the VM, each explained at the top of its file (scripts/micropython32/*.patch).
+for p in "$EXTRA"/*.patch; do
+    patch -p1 -s -d "$SRC" < "$p"
+done
 LOG="$OUT/build.log"
 echo "build-micropython32: building in $SRC (log: $LOG)" >&2
 if ! { make -C "$SRC/mpy-cross" -j"$JOBS" &&

