@@ -6,10 +6,11 @@ Interface (what the gateway uses; a PostgreSQL implementation would provide the 
     reg.add_place(place_id, level, name, parent_id=None)           # county > township > village > grid > household|checkpoint
     reg.place(place_id) -> Place | None ; reg.places() -> [Place]; reg.place_path(place_id) -> [Place] (root first)
     reg.add_device(device_id, role, place_id=None, key=None, key_id=1, heartbeat_interval_s=None, power="mains") -> key
-    reg.rotate_key(device_id) -> (key_id, key)                     # new key id, new sequence space
+    reg.rotate_key(device_id) -> (key_id, key)                     # new key id, new uplink sequence space;
+                                                                   # older key ids stay valid (SPEC section 4, key rotation)
     reg.revoke_device(device_id) ; reg.device(device_id) -> Device | None ; reg.devices() -> [Device]
     reg.device_key(device_id, key_id) -> bytes                     # raises UnknownDevice / RevokedDevice / UnknownKey
-    reg.next_downlink_seq(device_id) -> int                        # strictly increasing, survives restarts
+    reg.next_downlink_seq(device_id) -> int                        # strictly increasing per device, across key ids and restarts
     reg.refresh_if_changed()                                       # drop caches when another process wrote
 
 Device keys are encrypted with AES-256-GCM under a 32-byte master key kept in its own file (mode
@@ -31,7 +32,9 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocol.errors import FrameError, UnknownKey
+# UnknownDevice / RevokedDevice (SPEC sections 2 and 8) are protocol errors, subclasses of UnknownKey;
+# they are imported here so that `from gateway.registry import UnknownDevice` keeps working.
+from protocol.errors import RevokedDevice, UnknownDevice, UnknownKey
 from protocol.frame import device_id_text
 
 LEVELS = ("county", "township", "village", "grid", "household", "checkpoint")
@@ -60,14 +63,6 @@ INSERT OR IGNORE INTO registry_version (id, version) VALUES (1, 0);
 
 class RegistryError(ValueError):
     """A registry change that cannot be made (unknown place, wrong level, duplicate id, ...)."""
-
-
-class UnknownDevice(FrameError):
-    """A frame from a device id the registry does not know."""
-
-
-class RevokedDevice(FrameError):
-    """A frame from a device whose credentials were revoked."""
 
 
 @dataclass(frozen=True)

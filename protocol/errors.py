@@ -18,6 +18,9 @@ knows "bad input" can catch that.
         +-- BadBody             body is valid CBOR but not the layout of its message type
         +-- Replay              sequence number already used (stateful check, SPEC section 4)
         +-- UnknownKey          no key for this (device id, key id)
+        |   +-- UnknownDevice   no such device: the gateway's registry does not know the device
+        |   |                   id; a device: a downlink addressed to another device id
+        |   +-- RevokedDevice   the gateway: the device is known but its credentials were revoked
         +-- BadDeviceId         device id text is not 8 lowercase hex digits, or is zero
 
 No asserts and no other exception types: decoding untrusted bytes raises only these.
@@ -65,6 +68,8 @@ _TREE = const(
     "BadMac FrameError MAC does not match.\n"
     "BadBody FrameError Body is well-formed CBOR but not the layout (or value ranges) of its message type.\n"
     "UnknownKey FrameError No device key known for this (device id, key id).\n"
+    "UnknownDevice UnknownKey No such device: not registered, or a downlink for another device.\n"
+    "RevokedDevice UnknownKey The device is registered but its credentials were revoked.\n"
     "BadDeviceId FrameError Device id text not 8 lowercase hex digits, or a device id of zero / over 32 bits."
 )
 
@@ -121,6 +126,7 @@ _MESSAGES = const(
     "KEY UnknownKey frame made with key id %d, not %d\n"  # 45
     "TOPIC TopicMismatch frame for %08x received on another topic\n"
     "MAC BadMac MAC does not verify\n"
+    "DEVICE UnknownDevice frame for device %08x, not %08x\n"
 )
 
 

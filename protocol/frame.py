@@ -74,6 +74,7 @@ _E_TOO_LONG = const(44)
 _E_KEY = const(45)
 _E_TOPIC = const(46)
 _E_MAC = const(47)
+_E_DEVICE = const(48)
 
 
 # --- device ids and topics ------------------------------------------------------------------------
@@ -198,12 +199,16 @@ def encode(k_dir, topic, msg_type, device_id, key_id, seq, device_time, body):
     return sign(k_dir, expected, struct.pack(_HEADER_FMT, _VERSION, msg_type, device_id, key_id, seq, device_time) + b)
 
 
-def decode(k_dir, topic, data, downlink, key_id=None):
+def decode(k_dir, topic, data, downlink, key_id=None, device_id=None):
     """Verify and decode one frame received on `topic` in the order of SPEC section 2:
-    header (length, version, direction, type), key id, topic, MAC, then the body and its schema.
-    `downlink` is True on a device (it accepts only downlinks), False on a gateway. With `key_id`
-    (a device passes its own), a frame made with another key id raises UnknownKey."""
+    header (length, version, direction, type), device id and key id, topic, MAC, then the body
+    and its schema. `downlink` is True on a device (it accepts only downlinks), False on a
+    gateway. A device passes its own `device_id` and `key_id` (SPEC section 2 step 2): a frame
+    addressed to another device id raises UnknownDevice, one made with another key id
+    UnknownKey."""
     f = peek(data, downlink)
+    if device_id is not None and f.device_id != device_id:
+        raise err(_E_DEVICE, (f.device_id, device_id))
     if key_id is not None and f.key_id != key_id:
         raise err(_E_KEY, (f.key_id, key_id))
     topic_b = _topic_bytes(topic)

@@ -62,8 +62,9 @@ def enc(value):
     return cbor2.dumps(value, canonical=True)
 
 
-def frame_vector(vid, expect, code, body, note, receiver=None, topic=None, data=None, **kw):
-    """One frame vector. `body` is a value (encoded canonically) or raw bytes (used as they are)."""
+def frame_vector(vid, expect, code, body, note, receiver=None, topic=None, data=None, receiver_id=None, **kw):
+    """One frame vector. `body` is a value (encoded canonically) or raw bytes (used as they are).
+    `receiver_id`: the device id whose key the receiver holds (default: the frame's device id)."""
     direction = "down" if code & 0x80 else "up"
     device_id = kw.get("device_id", DEV_A)
     if data is None:
@@ -75,6 +76,7 @@ def frame_vector(vid, expect, code, body, note, receiver=None, topic=None, data=
         "receiver": receiver or ("device" if direction == "down" else "gateway"),
         "device_key": kw.get("device_key", KEY_A).hex(),
         "key_id": kw.get("key_id", 1),
+        "receiver_id": receiver_id or device_id,
         "topic": topic or topic_of(device_id, direction),
         "frame": data.hex(),
         "note": note,
@@ -115,6 +117,17 @@ def valid_frames():
     add(frame_vector("config-all", "ok", 0x83, [{1: 300, 2: 60, 3: 800, 4: 3300}], "all four known settings"))
     add(frame_vector("config-empty", "ok", 0x83, [{}], "no settings"))
     add(frame_vector("config-unknown-key", "ok", 0x83, [{1: 60, 99: 5}], "unknown key 99: accepted, ignored by devices"))
+    # SPEC section 4: the gateway writes an ack's header time equal to its gateway_time; a receiver
+    # takes the time from the body and does not compare the two (ack-stage* differ by 5 s).
+    add(frame_vector("ack-gateway-form", "ok", 0x81, [7, 0, T0 + 9], "ack as the gateway builds it: header time = "
+                     "gateway_time", seq=20, time_s=T0 + 9))
+    add(frame_vector("ack-header-time-0", "ok", 0x81, [7, 0, T0 + 9], "ack with header time 0: accepted, the "
+                     "device's clock comes from gateway_time", seq=21, time_s=0))
+    # SPEC section 4, key rotation: the downlink seq continues across key ids; a frame with any
+    # seq under the receiver's key id is accepted by the codec (the Replay rule is the device's).
+    add(frame_vector("ack-new-key-id", "ok", 0x81, [1, 0, T0], "device 1234abcd rotated from key id 0 to 1: an ack "
+                     "of its seq 1 under key id 1, the downlink seq continued (1001)",
+                     device_id=DEV_B, key_id=1, device_key=KEY_B, seq=1001))
     return V
 
 
@@ -125,9 +138,9 @@ def invalid_frames():
     ack = build(0x81, enc([7, 0, T0]))
     up, down = topic_of(DEV_A, "up"), topic_of(DEV_A, "down")
 
-    def inv(vid, expect, data, note, receiver="gateway", topic=None):
+    def inv(vid, expect, data, note, receiver="gateway", topic=None, receiver_id=None):
         add(frame_vector(vid, expect, 0x03 if receiver == "gateway" else 0x81, None, note, receiver=receiver,
-                         topic=topic or (up if receiver == "gateway" else down), data=data))
+                         topic=topic or (up if receiver == "gateway" else down), data=data, receiver_id=receiver_id))
 
     flipped = bytearray(alarm)
     flipped[-1] ^= 0x01
@@ -186,6 +199,17 @@ def invalid_frames():
         "made with key id 2 (receiver has only key id 1)")
     inv("unknown-key-id-down", "UnknownKey", build(0x81, enc([7, 0, T0]), key_id=0),
         "downlink made with key id 0 (device has key id 1)", receiver="device")
+    # SPEC section 2 step 2: a device compares the addressee with its own device id (before the
+    # topic and the MAC), the gateway finds no key for a device it does not know.
+    inv("downlink-other-device", "UnknownDevice", build(0x81, enc([7, 0, T0]), device_id=DEV_B),
+        "an ack for device 1234abcd on its own topic, MAC by device 0000002a's key, received by device 0000002a",
+        receiver="device", topic=topic_of(DEV_B, "down"), receiver_id=DEV_A)
+    inv("downlink-other-device-own-topic", "UnknownDevice", build(0x81, enc([7, 0, T0]), device_id=DEV_B),
+        "an ack for device 1234abcd received on device 0000002a's topic: the addressee is checked before the topic",
+        receiver="device", topic=down, receiver_id=DEV_A)
+    inv("uplink-unknown-device", "UnknownDevice", build(0x03, enc([0]), device_id=DEV_B),
+        "an alarm from device 1234abcd, which the gateway does not know (it holds only 0000002a)",
+        topic=topic_of(DEV_B, "up"), receiver_id=DEV_A)
     inv("zero-device-id", "MalformedFrame", build(0x03, enc([0]), device_id=0), "device id 0")
     inv("zero-seq", "MalformedFrame", build(0x03, enc([0]), seq=0), "seq 0")
     for vid, code, body, note in (
@@ -269,6 +293,13 @@ def cbor_vectors():
         ("8181818180", "MalformedFrame", "containers nested 5 deep"),
         ("818181a100 80", "MalformedFrame", "map at level 4 holding an array at level 5"),
         ("1a0000ff", "MalformedFrame", "4-byte argument cut"),
+        # SPEC section 5: a map key's major type is checked at its initial byte, before its argument
+        ("a1380000", "MalformedFrame", "negative map key with a non-shortest argument: the key type comes first"),
+        ("a17801610000", "MalformedFrame", "text map key with a non-shortest length: the key type comes first"),
+        ("a1f9000000", "MalformedFrame", "half-float map key"),
+        ("a1c10000", "MalformedFrame", "tagged map key"),
+        ("a11c00", "MalformedFrame", "uint map key with reserved additional info 28"),
+        ("a20100180000", "NonCanonical", "map key 0 with a 1-byte argument after key 1: shortest form before order"),
     ]
     V += [{"id": "bad-%d" % i, "cbor": h.replace(" ", ""), "expect": e, "note": n} for i, (h, e, n) in enumerate(bad)]
     return V
@@ -286,9 +317,11 @@ FRAME_FIELDS = """# Fields: id; expect ("ok" or the exact protocol.errors name);
 #   uplink with K_up; "device": decode as a downlink with K_down); device_key (hex, 32 bytes);
 #   key_id; topic (the topic the frame was received on); frame (hex); note. When expect is "ok":
 #   type, device_id, seq, time (null = 0 on the wire), body (hex of the exact body bytes).
-#   key_id is the receiver's key id: the device codec gets the direction key and key_id (another
-#   key id in the frame is UnknownKey); the strict decoder gets a key lookup that returns
-#   device_key for key_id (any device id) and raises UnknownKey for any other key id.
+#   receiver_id and key_id: the one (device id, key id) whose key the receiver holds. The device
+#   codec gets the direction key, receiver_id and key_id (a frame for another device id is
+#   UnknownDevice, another key id UnknownKey, SPEC section 2 step 2); the strict decoder gets a
+#   key lookup that raises UnknownDevice for any other device id, UnknownKey for any other key
+#   id, and returns device_key otherwise.
 """
 CBOR_FIELDS = """# Fields: id; cbor (hex of one body); expect ("ok" or the exact error name); note.
 #   An "ok" item must decode and re-encode to the same bytes.

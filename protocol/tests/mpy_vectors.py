@@ -36,7 +36,7 @@ def check_frame(v):
     downlink = v["receiver"] == "device"
     k = k_down if downlink else k_up
     data = unhexlify(v["frame"])
-    got, f = _outcome(lambda: frame.decode(k, v["topic"], data, downlink, v["key_id"]))
+    got, f = _outcome(lambda: frame.decode(k, v["topic"], data, downlink, v["key_id"], v["receiver_id"]))
     _note_heap()
     if got != v["expect"]:
         return "expected %s, got %s" % (v["expect"], got)

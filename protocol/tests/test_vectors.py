@@ -6,7 +6,7 @@ import re
 import pytest
 
 from protocol import cbor, frame, gen_vectors, schema, strict
-from protocol.errors import FrameError, UnknownKey
+from protocol.errors import FrameError, UnknownDevice, UnknownKey
 from protocol.tests.vectors import VECTORS_DIR, cbor_vectors, frame_vectors
 from tools.testing.micropython import run_micropython
 
@@ -32,7 +32,7 @@ def test_vectors_cover_every_type_and_error():
     assert valid_types == {c for c in range(256) if schema.lookup(c)}
     errors = {v["expect"] for v in FRAMES} | {v["expect"] for v in CBOR}
     assert errors == {"ok", "BadMac", "MalformedFrame", "NonCanonical", "Oversize", "UnsupportedVersion",
-                      "WrongDirection", "UnknownType", "TopicMismatch", "BadBody", "UnknownKey"}
+                      "WrongDirection", "UnknownType", "TopicMismatch", "BadBody", "UnknownKey", "UnknownDevice"}
 
 
 @pytest.mark.parametrize("v", FRAMES, ids=[v["id"] for v in FRAMES])
@@ -40,7 +40,8 @@ def test_frame_vector_device_codec(v):
     k_up, k_down = frame.derive_keys(bytes.fromhex(v["device_key"]))
     downlink = v["receiver"] == "device"
     data = bytes.fromhex(v["frame"])
-    got, f = _name(lambda: frame.decode(k_down if downlink else k_up, v["topic"], data, downlink, key_id=v["key_id"]))
+    got, f = _name(lambda: frame.decode(k_down if downlink else k_up, v["topic"], data, downlink, key_id=v["key_id"],
+                                        device_id=v["receiver_id"]))
     assert got == v["expect"], v["note"]
     if got == "ok":
         assert (f.msg_type, f.device_id, f.key_id, f.seq, f.device_time) == (v["type"], v["device_id"], v["key_id"], v["seq"], v["time"])
@@ -56,6 +57,8 @@ def test_frame_vector_strict_decoder(v):
     key = bytes.fromhex(v["device_key"])
 
     def lookup(device_id, key_id):
+        if device_id != v["receiver_id"]:
+            raise UnknownDevice("no device %08x" % device_id)
         if key_id != v["key_id"]:
             raise UnknownKey("no key %d" % key_id)
         return key
@@ -74,7 +77,7 @@ def test_frame_vector_strict_decoder(v):
     got_u, _ = _name(lambda: strict.parse_unverified(data, downlink=v["receiver"] == "device"))
     if v["expect"] in ("ok", "BadBody"):
         assert got_u == "ok"
-    elif v["expect"] in ("BadMac", "TopicMismatch", "UnknownKey"):
+    elif v["expect"] in ("BadMac", "TopicMismatch", "UnknownKey", "UnknownDevice"):
         assert got_u in (("ok", "MalformedFrame") if v["id"] in ("bad-mac-truncated-1", "bad-mac-trailing-after-mac") else ("ok",))
     else:
         assert got_u == v["expect"]
