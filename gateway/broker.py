@@ -22,9 +22,13 @@ SIGHUP, which re-reads them without a restart; other clients stay connected. A b
 another process (e.g. `fengqiao gateway run`) is found through mosquitto.pid, so `fengqiao gateway
 device revoke` run from a shell reloads the running broker.
 
-Broker settings that matter for "nothing acknowledged is lost": `max_queued_messages 0` (Mosquitto's
-default of 1000 silently drops messages queued for a slow or reconnecting gateway), persistence on,
-and a large in-flight window so manual acks after a batch commit do not throttle the gateway.
+Hardening (issue 13): the client id is the username on every listener (`use_username_as_clientid`),
+so no login can take over or kick another's session; retained messages are refused
+(`retain_available false`); the broker's queues are bounded (`max_queued_messages`,
+`max_queued_bytes`, `max_inflight_messages`): a message dropped there was not acknowledged by the
+gateway, so its device still holds it and resends it. A flooding device is cut off like a revoked
+one (its password entry removed, SIGHUP; gateway/quarantine.py). Tools log in as `tool-<name>`
+(`broker.tool_credentials(name)`: reads uplinks only), never as the gateway.
 """
 
 import base64
@@ -60,6 +64,14 @@ topic write fq/v1/+/down
 topic read $SYS/broker/clients/connected
 """
 
+# A tool login (`tool-<name>`: a benchmark's or an operator's observer) may only watch uplinks.
+TOOL_ACL = """
+user {user}
+topic read fq/v1/+/up
+topic read $SYS/broker/clients/connected
+"""
+TOOL_PREFIX = "tool-"
+
 CONF_TEMPLATE = """\
 # Written by gateway/broker.py; regenerated on every start — edit the gateway config instead.
 per_listener_settings false
@@ -72,10 +84,26 @@ acl_file {workdir}/acl
 persistence true
 persistence_location {workdir}/
 persistence_file mosquitto.db
-autosave_interval 30
-# 0 = no limit: never drop QoS 1 messages queued for the gateway (default 1000 drops silently).
-max_queued_messages 0
+# Snapshot every second (time-based, not on changes): after a kill -9 the gateway's session and
+# every message older than ~1 s are still there. On changes, the snapshot count grows with the
+# message rate and each one writes the whole queue: measured 2026-12-06 (Mosquitto 2.0.11),
+# autosave_on_changes with interval 1 cost 191 us/msg, with 100 35 us/msg once 20,000 were
+# queued; autosave_interval 1 costs 9 us/msg like 30 did, and ~10 ms/s with 100,000 queued
+# (an 11 MB snapshot). What the last second may lose, devices resend (they keep each record until
+# its own ack) and the gateway's replay window accepts (SPEC section 4).
+autosave_on_changes false
+autosave_interval 1
+# Bounded memory (issue 13). Per subscriber (in practice: the gateway), Mosquitto holds at most
+# max_inflight_messages QoS 1 messages in flight plus max_queued_messages / max_queued_bytes more,
+# and at most max_queued_messages QoS 0 packets waiting on its socket: beyond that it drops. This
+# bounds both the broker's memory under a flood (a QoS 0 flood alone once took it to 230 MB) and
+# how many messages can sit in front of an alarm. What is dropped is never lost for good: the
+# gateway has not acknowledged it, so the device still holds it and resends it.
+max_queued_messages {queued}
+max_queued_bytes {queued_bytes}
 max_inflight_messages {inflight}
+# SPEC section 6: no retained messages. A client that publishes one is disconnected.
+retain_available false
 # Frames are at most 256 bytes: a client sending a packet over 2 KiB is disconnected by the
 # broker (the gateway still sees, counts and rejects frames of 257 bytes .. 2 KiB as Oversize).
 max_packet_size 2048
@@ -88,16 +116,45 @@ log_type notice
 connection_messages true
 {listeners}"""
 
+# After every `listener` line (a per-listener option in Mosquitto 2.0): the client id IS the
+# username, so nobody can take over another login's session or kick it off by reusing its client
+# id (a device with the gateway's id, or with another device's id). Not reloaded on SIGHUP.
+LISTENER_OPTIONS = "use_username_as_clientid true\n"
+
 
 class BrokerError(RuntimeError):
     """The broker's files or process could not be set up or signalled."""
 
 
-def hash_password(password, salt=None, iterations=101):
+# PBKDF2-SHA512 iterations of the password file ($7$ hashes; Mosquitto 2.0 reads the count from
+# each hash, mosquitto_passwd 2.0.11 always writes 101). Devices: 1,000, the minimum of NIST SP
+# 800-132 (10x Mosquitto's 101). Not OWASP's 210,000 for SHA-512: the broker checks the hash on
+# every CONNECT in its only thread, 108 ms each at 210,000 (measured 2026-12-06 on the 2-core
+# machine, CPython hashlib/OpenSSL), so 5,000 devices coming back after a power cut would hold the
+# broker, and everyone's alarms, for about 9 minutes; at 1,000 it is 0.5 ms each (2.5 s for 5,000).
+# Device passwords are 128-bit random values (SPEC section 2): no iteration count changes what
+# guessing one costs. The gateway and tool logins connect rarely and get OWASP's 210,000.
+DEVICE_HASH_ITERATIONS = 1000
+SERVICE_HASH_ITERATIONS = 210000
+
+
+def hash_password(password, salt=None, iterations=DEVICE_HASH_ITERATIONS):
     """Mosquitto 2.x password-file hash: $7$<iterations>$<b64 salt>$<b64 PBKDF2-SHA512>."""
     salt = salt or secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
     return "$7$%d$%s$%s" % (iterations, base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+
+
+def check_password(password, hashed):
+    """True when `hashed` (a $7$ line of ours) is the hash of `password`."""
+    try:
+        _, seven, iterations, salt, digest = hashed.split("$")
+        if seven != "7":
+            return False
+        got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations), 64)
+    except ValueError:
+        return False
+    return secrets.compare_digest(got, base64.b64decode(digest))
 
 
 def _write_atomic(path, text, mode=0o600):
@@ -121,7 +178,7 @@ def _alive(pid):
 
 class ProjectBroker:
     def __init__(self, workdir, port=None, tls_port=None, bind="127.0.0.1", hostnames=("localhost",),
-                 plain_listener=True, inflight=1000):
+                 plain_listener=True, inflight=1000, queued=10000, queued_bytes=16 * 1024 * 1024):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, mode=0o700, exist_ok=True)
         self.port = (port or free_port()) if plain_listener else None
@@ -129,6 +186,8 @@ class ProjectBroker:
         self.bind = bind
         self.hostnames = tuple(hostnames)
         self.inflight = inflight
+        self.queued = queued
+        self.queued_bytes = queued_bytes
         self.ca_path = os.path.join(self.workdir, "ca.pem")
         self.passwd_path = os.path.join(self.workdir, "passwd")
         self.acl_path = os.path.join(self.workdir, "acl")
@@ -146,8 +205,32 @@ class ProjectBroker:
             _write_atomic(secret_path, secrets.token_hex(24) + "\n")
         if not os.path.exists(self.passwd_path):
             self._write_passwd({})
-        _write_atomic(self.acl_path, ACL_TEXT, 0o644)
+        self._write_acl()
         return self
+
+    def _write_acl(self):
+        tools = sorted(u for u in self._read_passwd() if u.startswith(TOOL_PREFIX))
+        _write_atomic(self.acl_path, ACL_TEXT + "".join(TOOL_ACL.format(user=u) for u in tools), 0o644)
+
+    def tool_credentials(self, name):
+        """(username, password) of the tool login `tool-<name>` (created on first use, with its own
+        0600 secret file): reads uplinks only. Tools never use the gateway's login, whose client id
+        (= username) would take over the gateway's session."""
+        if not name or len(name) > 32 or not all(c.isdigit() or "a" <= c <= "z" or c == "-" for c in name):
+            raise BrokerError("tool name %r: 1-32 characters a-z, 0-9 or -" % name)
+        user = TOOL_PREFIX + name
+        path = os.path.join(self.workdir, "%s.secret" % user)
+        if not os.path.exists(path):
+            _write_atomic(path, secrets.token_hex(24) + "\n")
+        with open(path) as f:
+            password = f.read().strip()
+        entries = self._read_passwd()
+        if not check_password(password, entries.get(user, "")):
+            entries[user] = hash_password(password, iterations=SERVICE_HASH_ITERATIONS)
+            self._write_passwd(entries)
+            self._write_acl()
+            self.reload()
+        return user, password
 
     @property
     def gateway_credentials(self):
@@ -171,7 +254,10 @@ class ProjectBroker:
 
     def _write_passwd(self, entries):
         entries = dict(entries)
-        entries[GATEWAY_USER] = hash_password(self.gateway_credentials[1])
+        old = entries.get(GATEWAY_USER, "")
+        # the gateway secret never changes: keep its (expensive) hash once it has the current count
+        if old.split("$")[2:3] != [str(SERVICE_HASH_ITERATIONS)]:
+            entries[GATEWAY_USER] = hash_password(self.gateway_credentials[1], iterations=SERVICE_HASH_ITERATIONS)
         _write_atomic(self.passwd_path, "".join("%s:%s\n" % kv for kv in sorted(entries.items())))
 
     def add_device(self, device_id, key, reload=True):
@@ -197,7 +283,8 @@ class ProjectBroker:
             self.reload()
 
     def devices(self):
-        return sorted(u for u in self._read_passwd() if u != GATEWAY_USER)
+        """Device logins (8 hex digits) in the password file; not the gateway's or a tool's."""
+        return sorted(u for u in self._read_passwd() if len(u) == 8 and all(c in "0123456789abcdef" for c in u))
 
     def _make_certificates(self):
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -233,11 +320,12 @@ class ProjectBroker:
     def config_text(self):
         listeners = []
         if self.port:
-            listeners.append("listener %d 127.0.0.1\n" % self.port)
+            listeners.append("listener %d 127.0.0.1\n%s" % (self.port, LISTENER_OPTIONS))
         listeners.append(
-            "listener %d %s\ncafile %s/ca.pem\ncertfile %s/server.pem\nkeyfile %s/server.key\n"
-            "tls_version tlsv1.2\n" % (self.tls_port, self.bind, self.workdir, self.workdir, self.workdir))
-        return CONF_TEMPLATE.format(workdir=self.workdir, user=pwd.getpwuid(os.getuid()).pw_name, inflight=self.inflight, listeners="".join(listeners))
+            "listener %d %s\n%scafile %s/ca.pem\ncertfile %s/server.pem\nkeyfile %s/server.key\n"
+            "tls_version tlsv1.2\n" % (self.tls_port, self.bind, LISTENER_OPTIONS, self.workdir, self.workdir, self.workdir))
+        return CONF_TEMPLATE.format(workdir=self.workdir, user=pwd.getpwuid(os.getuid()).pw_name, inflight=self.inflight,
+                                    queued=self.queued, queued_bytes=self.queued_bytes, listeners="".join(listeners))
 
     # -- process -------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class TestClient:
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.reason = None
+        self.session_present = None
         self.subacks = queue.Queue()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "t-%s" % os.urandom(4).hex(),
                                   clean_session=clean)
@@ -42,6 +43,7 @@ class TestClient:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.reason = reason_code
+        self.session_present = flags.session_present
         if not reason_code.is_failure:
             self.connected.set()
         else:

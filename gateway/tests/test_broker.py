@@ -20,24 +20,28 @@ def test_acl_denies_cross_device_publish_and_subscribe(project_broker, clients):
     gw = clients(project_broker.port, *project_broker.gateway_credentials)
     assert gw.connect()
     assert gw.subscribe("fq/v1/+/up") == [1]
-    a = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
     b = clients(project_broker.port, *project_broker.device_credentials(B, KEY_B))
-    assert a.connect() and b.connect()
+    assert b.connect()
     assert b.subscribe("fq/v1/0000002b/down") == [1]
+    # A publishing on B's uplink or on any downlink reaches nobody. (Mosquitto 2.0.11 PUBACKs and
+    # drops such a PUBLISH when its queues are bounded, as ours are; with max_queued_messages 0 it
+    # disconnected the client instead.) One connection per login: the client id is the username,
+    # so each forger runs alone.
+    for topic in ("fq/v1/0000002b/up", "fq/v1/0000002b/down", "fq/v1/0000002a/down"):
+        forger = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
+        assert forger.connect()
+        info = forger.client.publish(topic, b"forged", qos=1)
+        wait_for(lambda: info.is_published() or forger.disconnected.is_set(), 10,
+                 "broker to PUBACK or drop a device publishing on %s" % topic)
+        forger.close()
+    assert gw.messages.empty() and b.messages.empty()
+    a = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
+    assert a.connect()
     # A may subscribe to B's downlink or to every downlink (Mosquitto 2.0 grants the SUBACK), but
     # the read ACL is checked on every delivery: nothing of B's ever reaches A (checked below).
     a.subscribe("fq/v1/0000002b/down")
     a.subscribe("fq/v1/+/down")
-    # A publishing on B's uplink or on any downlink reaches nobody, and Mosquitto 2.0 drops A's
-    # connection for it (MQTT 3.1.1 has no way to refuse one PUBLISH).
-    for topic in ("fq/v1/0000002b/up", "fq/v1/0000002b/down", "fq/v1/0000002a/down"):
-        forger = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
-        assert forger.connect()
-        forger.client.publish(topic, b"forged", qos=1)
-        wait_for(forger.disconnected.is_set, 10, "broker to drop a device publishing on %s" % topic)
-    assert gw.messages.empty() and b.messages.empty()
-    mine = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
-    assert mine.connect()
+    mine = a
     mine.publish("fq/v1/0000002a/up", b"mine")
     assert gw.messages.get(timeout=5) == ("fq/v1/0000002a/up", b"mine")
     gw.client.publish("fq/v1/0000002b/down", b"for-b", qos=1)
@@ -118,3 +122,72 @@ def test_start_replaces_a_broker_left_by_a_killed_gateway(tmp_path, clients):
     finally:
         second.stop()
         runner._log.close()
+
+
+@pytest.mark.timeout(60)
+def test_client_id_is_the_username_no_takeover(project_broker, clients):
+    """Issue 13: another device's client id, or the gateway's, takes over nobody's session."""
+    project_broker.add_devices([(A, KEY_A), (B, KEY_B)])
+    gw = clients(project_broker.port, *project_broker.gateway_credentials, client_id="fengqiao-gateway", clean=False)
+    assert gw.connect() and gw.subscribe("fq/v1/+/up") == [1]
+    b = clients(project_broker.port, *project_broker.device_credentials(B, KEY_B), client_id="0000002b")
+    assert b.connect()
+    # A claims B's client id, then the gateway's with a persistent session, then with a clean one.
+    for client_id, clean in (("0000002b", True), ("fengqiao-gateway", False), ("gateway", True)):
+        thief = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A), client_id=client_id, clean=clean)
+        assert thief.connect()
+        assert not thief.session_present, "A got the session of %r" % client_id
+        thief.publish("fq/v1/0000002a/up", client_id.encode())
+        thief.close()
+    # Nobody was kicked, and the gateway's session kept receiving all along.
+    assert not b.disconnected.is_set() and not gw.disconnected.is_set()
+    got = [gw.messages.get(timeout=5)[1] for _ in range(3)]
+    assert got == [b"0000002b", b"fengqiao-gateway", b"gateway"]
+    # A tool login reads uplinks but cannot write downlinks, and does not disturb the gateway.
+    tool = clients(project_broker.port, *project_broker.tool_credentials("observer"), client_id="gateway")
+    assert tool.connect() and tool.subscribe("fq/v1/+/up") == [1]
+    b.subscribe("fq/v1/0000002b/down")
+    tool.publish("fq/v1/0000002b/down", b"forged")
+    b.publish("fq/v1/0000002b/up", b"seen")
+    assert tool.messages.get(timeout=5) == ("fq/v1/0000002b/up", b"seen")
+    assert gw.messages.get(timeout=5) == ("fq/v1/0000002b/up", b"seen")
+    with pytest.raises(queue.Empty):
+        b.messages.get(timeout=0.5)
+    assert not gw.disconnected.is_set()
+
+
+@pytest.mark.timeout(60)
+def test_retained_publish_refused(project_broker, clients):
+    """SPEC section 6: no retained messages; the broker drops a client that sends one."""
+    project_broker.add_device(A, KEY_A)
+    a = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
+    assert a.connect()
+    a.client.publish("fq/v1/0000002a/up", b"sticky", qos=1, retain=True)
+    wait_for(a.disconnected.is_set, 10, "broker to drop a client publishing a retained message")
+    late = clients(project_broker.port, *project_broker.tool_credentials("late"))
+    assert late.connect() and late.subscribe("fq/v1/+/up") == [1]
+    with pytest.raises(queue.Empty):
+        late.messages.get(timeout=0.5)
+
+
+def test_password_hashes_iterations_and_check():
+    from gateway import broker as gb
+
+    h = gb.hash_password("s3cret")
+    assert h.startswith("$7$%d$" % gb.DEVICE_HASH_ITERATIONS) and gb.DEVICE_HASH_ITERATIONS >= 1000
+    assert gb.check_password("s3cret", h) and not gb.check_password("s3creT", h)
+    assert not gb.check_password("s3cret", "") and not gb.check_password("s3cret", "$6$1$a$b")
+
+
+@pytest.mark.timeout(60)
+def test_service_logins_use_the_high_iteration_count(project_broker):
+    from gateway import broker as gb
+
+    project_broker.tool_credentials("bench")
+    with open(project_broker.passwd_path) as f:
+        entries = dict(line.strip().split(":", 1) for line in f if line.strip())
+    for user in ("gateway", "tool-bench"):
+        assert entries[user].split("$")[2] == str(gb.SERVICE_HASH_ITERATIONS)
+    with pytest.raises(gb.BrokerError):
+        project_broker.tool_credentials("Bad Name")
+    assert project_broker.devices() == []
