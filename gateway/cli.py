@@ -4,12 +4,17 @@
     fengqiao gateway run    --config FILE          # broker (if managed) + verify/store/ack service
     fengqiao gateway backup --config FILE OUT      # online copy of the database (README: restore)
     fengqiao gateway run    --config FILE --new-chain   # an empty (lost) store: a new chain epoch
-    fengqiao gateway device add --config FILE --id 0000002a --role alarm_button [--place P]
+    fengqiao gateway device add --config FILE --id 0000002a --role alarm|checkin [--place P]
                             (--key-file F | --key-out F) [--heartbeat-s N] [--power mains|battery]
     fengqiao gateway device revoke --config FILE --id 0000002a
     fengqiao gateway device rotate --config FILE --id 0000002a --key-out F
     fengqiao gateway device list   --config FILE
     fengqiao gateway place add --config FILE --id P --level village --name N [--parent Q]
+
+Without --config the config is $FENGQIAO_CONFIG, else ./gateway.toml, else
+/etc/fengqiao/gateway.toml (gateway.config.find_config). Device roles are `alarm` and `checkin`,
+as everywhere a person types them (provision, hostboard); the registry's own names
+`alarm_button` and `checkpoint` are accepted with a note.
 
 Keys are never printed: `--key-out` writes a new random key (64 hex digits) to a 0600 file for the
 provisioning tool; `--key-file` reads one (32 raw bytes or 64 hex digits). Adding, rotating or
@@ -184,7 +189,7 @@ def add_arguments(parser):
 
     def cmd(name, help_text):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="gateway TOML file (see gateway/gateway.sample.toml)")
+        _config_argument(p)
         return p
 
     cmd("init", "create data dir, master key, broker CA/certificates and database")
@@ -202,11 +207,12 @@ def add_arguments(parser):
                             ("revoke", "revoke a device: refused by the broker and the pipeline"),
                             ("rotate", "give a device a new key (new key id)"), ("list", "list devices")):
         p = dsub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True)
+        _config_argument(p)
         if name != "list":
             p.add_argument("--id", required=True, help="device id, 8 hex digits")
         if name == "add":
-            p.add_argument("--role", required=True, choices=("alarm_button", "checkpoint"))
+            p.add_argument("--role", required=True, type=_role, metavar="{alarm,checkin}",
+                           help="alarm: an alarm button; checkin: a patrol check-in point")
             p.add_argument("--place", help="place id (see `place add` / `fengqiao registry import`)")
             p.add_argument("--heartbeat-s", type=int, help="heartbeat interval for supervision (default from config)")
             p.add_argument("--power", choices=("mains", "battery"), default="mains")
@@ -218,11 +224,34 @@ def add_arguments(parser):
     pl = sub.add_parser("place", help="add a place")
     psub = pl.add_subparsers(dest="place_action", metavar="PLACE_ACTION", required=True)
     p = psub.add_parser("add", help="add or update a place")
-    p.add_argument("--config", required=True)
+    _config_argument(p)
     p.add_argument("--id", required=True)
     p.add_argument("--level", required=True, choices=("county", "township", "village", "grid", "household", "checkpoint"))
     p.add_argument("--name", required=True)
     p.add_argument("--parent")
+
+
+def _config_argument(parser):
+    parser.add_argument("--config", help="gateway TOML file (see gateway/gateway.sample.toml); default "
+                                         "$FENGQIAO_CONFIG, else ./gateway.toml, else /etc/fengqiao/gateway.toml")
+
+
+# What a person types (as `provision --role` and `hostboard --role`) -> the registry's role names.
+ROLES = {"alarm": "alarm_button", "checkin": "checkpoint"}
+ROLE_WORDS = {v: k for k, v in ROLES.items()}
+
+
+def _role(text):
+    """--role: alarm | checkin; the registry's names are accepted with a note on stderr."""
+    import argparse
+
+    if text in ROLES:
+        return ROLES[text]
+    if text in ROLE_WORDS:
+        print("fengqiao: note: --role %s is the registry's name; say --role %s" % (text, ROLE_WORDS[text]),
+              file=sys.stderr)
+        return text
+    raise argparse.ArgumentTypeError("%r: choose alarm or checkin" % text)
 
 
 def _config(args):
@@ -329,8 +358,8 @@ def _run(args):
             return 0
         if args.device_action == "list":
             for d in reg.devices():
-                print("%s %-12s %-7s key %-3d place %-12s heartbeat %s" % (
-                    d.text_id, d.role, d.status, d.key_id, d.place_id or "-", d.heartbeat_interval_s or "default"))
+                print("%s %-8s %-7s key %-3d place %-12s heartbeat %s" % (
+                    d.text_id, ROLE_WORDS.get(d.role, d.role), d.status, d.key_id, d.place_id or "-", d.heartbeat_interval_s or "default"))
             return 0
         device_id = _device_id(args.id)
         broker.setup()

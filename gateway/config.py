@@ -3,6 +3,8 @@
     cfg = load_config(path)     # -> Config; raises ConfigError naming the bad key
     cfg.section("upstream")     # the raw dict of a section owned by a plugin (upstream, cases, ...)
 
+    path = find_config(args.config)   # --config, else $FENGQIAO_CONFIG, ./gateway.toml, /etc/fengqiao/gateway.toml
+
 Relative paths are resolved against `gateway.data_dir`, which itself is relative to the config
 file's directory. Unknown keys in the core sections are errors (a typo must not silently fall
 back to a default); sections the core does not know are kept for plugins.
@@ -10,6 +12,7 @@ back to a default); sections the core does not know are kept for plugins.
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -55,14 +58,64 @@ class Config:
         return d if os.path.isabs(d) else os.path.normpath(os.path.join(self.base_dir, d))
 
 
-def load_config(path):
+CONFIG_ENV = "FENGQIAO_CONFIG"
+SYSTEM_CONFIG = "/etc/fengqiao/gateway.toml"
+LOOKUP_TEXT = "--config FILE, $FENGQIAO_CONFIG, ./gateway.toml, then /etc/fengqiao/gateway.toml"
+
+
+def default_config_path():
+    """Where the gateway's config is when no --config is given: $FENGQIAO_CONFIG (as set, even if
+    the file is missing: load_config then says so), else ./gateway.toml, else
+    /etc/fengqiao/gateway.toml when it exists; None when there is none."""
+    if os.environ.get(CONFIG_ENV):
+        return os.environ[CONFIG_ENV]
+    for path in ("gateway.toml", SYSTEM_CONFIG):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def find_config(given=None):
+    """The config file to use: `given` (a --config value) or default_config_path(); ConfigError
+    naming every place looked when there is none."""
+    path = given or default_config_path()
+    if path is None:
+        raise ConfigError("say which gateway: --config FILE (or set $%s); no ./gateway.toml here and no %s"
+                          % (CONFIG_ENV, SYSTEM_CONFIG))
+    return path
+
+
+def toml_error_position(text, exc):
+    """(line, column), both from 1, of a tomllib.TOMLDecodeError in `text`: from its message, or the
+    end of the document (tomllib says only "at end of document" there, e.g. an unclosed string)."""
+    m = re.search(r"at line (\d+), column (\d+)", str(exc))
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    return text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
+
+
+def toml_error_text(name, text, exc):
+    """`name:LINE:COL: TOML syntax: what` for a tomllib error (its own "(at ...)" suffix dropped)."""
+    line, col = toml_error_position(text, exc)
+    what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)$", "", str(exc))
+    return "%s:%d:%d: TOML syntax: %s" % (name, line, col, what)
+
+
+def load_config(path=None):
+    """The Config in `path` (default: find_config()); ConfigError for every way it can be wrong."""
+    path = find_config(path)
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            data = f.read()
     except FileNotFoundError as exc:
         raise ConfigError("no config file %s (start from gateway/gateway.sample.toml)" % path) from exc
+    except OSError as exc:
+        raise ConfigError("cannot read %s: %s" % (path, exc)) from exc
+    text = data.decode("utf-8", errors="replace")
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("%s: %s" % (path, exc)) from exc
+        raise ConfigError(toml_error_text(path, text, exc)) from exc
     return from_dict(raw, path)
 
 

@@ -1,13 +1,15 @@
 """`fengqiao report patrol | alarms`: daily patrol compliance and alarm step times.
 
-    fengqiao report patrol --date 2026-03-14 [--village vil-dongshan] [--out DIR] --config gateway.toml
+    fengqiao report patrol [--date 2026-03-14] [--village vil-dongshan] [--out DIR] [--config gateway.toml]
         -> DIR/patrol-2026-03-14[-VILLAGE].csv (one row per round) and .html (readable, per route and
            team: rounds complete / late / out of order / missed / not started, compliance %, missed
            checkpoints, then every round with its checkpoints and flagged check-ins)
     fengqiao report alarms --from 2026-03-01 --to 2026-03-15 [--csv FILE] --config gateway.toml
         -> per-case seconds to dispatch / acknowledge / feedback / close, then a summary
 
-Dates and times are local to the village (`utc_offset` of the village file); --to is exclusive.
+Dates and times are local to the village (`utc_offset` of the village file); --to is exclusive;
+`patrol` without --date reports today. Without --config/--db the gateway's config is found as
+gateway.config.find_config says ($FENGQIAO_CONFIG, ./gateway.toml, /etc/fengqiao/gateway.toml).
 """
 
 import csv
@@ -18,7 +20,7 @@ import os
 
 from tools.errors import CliError
 
-HELP = "reports: patrol --date D [--village V]; alarms --from A --to B"
+HELP = "reports: patrol [--date D (default today)] [--village V]; alarms --from A --to B"
 
 
 def add_arguments(parser):
@@ -26,7 +28,7 @@ def add_arguments(parser):
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("patrol", help="patrol rounds of one day: CSV + HTML")
-    p.add_argument("--date", required=True, help="local date YYYY-MM-DD")
+    p.add_argument("--date", help="local date YYYY-MM-DD (default: today, in the village's time zone)")
     p.add_argument("--village", help="only this village's routes (place id)")
     p.add_argument("--out", default=".", help="directory for the CSV and HTML files (default: current)")
     add_db_arguments(p)
@@ -62,7 +64,13 @@ def _patrol(db, clock, directory, args):
     from gateway.reports.build import patrol_report
     from gateway.village.cliutil import parse_date
 
-    date = parse_date(args.date)
+    if args.date:
+        date = parse_date(args.date)
+    else:  # today where the village is
+        import datetime
+
+        tz = datetime.timezone(datetime.timedelta(seconds=directory.settings["utc_offset_s"]))
+        date = datetime.datetime.fromtimestamp(clock.now(), tz=tz).date()
     if args.village and (args.village not in directory.places or directory.places[args.village]["kind"] != "village"):
         raise CliError("--village %r is not a village of this gateway (%s)" % (
             args.village, ", ".join(sorted(p for p, v in directory.places.items() if v["kind"] == "village"))))

@@ -67,6 +67,42 @@ def test_patrol_report_refuses_bad_arguments(patrol_db, tmp_path, capsys):
     assert "YYYY-MM-DD" in err and "not a village" in err and "no gateway database" in err
 
 
+def test_patrol_report_defaults_to_today_and_finds_the_gateway_config(patrol_db, tmp_path, capsys, monkeypatch):
+    from gateway import config
+    from gateway.config import write_config
+    from gateway.village.testing import sample_db  # noqa: F401 (the sample schedules run every day)
+
+    monkeypatch.delenv("FENGQIAO_CONFIG", raising=False)
+    monkeypatch.delenv("FENGQIAO_DB", raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "etc" / "gateway.toml"))
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["report", "patrol", "--out", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "say which gateway" in err and "./gateway.toml" in err and "FENGQIAO_CONFIG" in err, err
+
+    # The config in the current directory; relative paths in it are relative to it.
+    write_config(tmp_path / "gateway.toml", {"gateway": {"data_dir": ".", "database": "g.db"}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "patrol", "--out", "r"]) == 0
+    today = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=8))).date()  # sample: UTC+8
+    assert (tmp_path / "r" / ("patrol-%s.csv" % today.isoformat())).exists()
+    assert main(["case", "list"]) == 0
+
+    # Then $FENGQIAO_CONFIG wins over ./gateway.toml (and says so when it is not there) ...
+    monkeypatch.setenv("FENGQIAO_CONFIG", str(tmp_path / "nope.toml"))
+    assert main(["case", "list"]) == 1
+    assert "no config file %s" % (tmp_path / "nope.toml") in capsys.readouterr().err
+    # ... and /etc/fengqiao/gateway.toml is the last place looked.
+    monkeypatch.delenv("FENGQIAO_CONFIG")
+    monkeypatch.chdir(empty)
+    (tmp_path / "etc").mkdir()
+    write_config(config.SYSTEM_CONFIG, {"gateway": {"data_dir": str(tmp_path), "database": "g.db"}})
+    assert main(["report", "patrol", "--date", "2026-03-14", "--out", "r"]) == 0
+    assert (empty / "r" / "patrol-2026-03-14.csv").exists()
+
+
 @pytest.fixture
 def cases_db(tmp_path):
     """Case 1: ack after 40 s, closed after 600 s. Case 2: cancelled after 10 s. Case 3: open, escalated."""

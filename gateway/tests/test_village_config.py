@@ -105,9 +105,12 @@ def test_missing_severity_level_and_required_fields():
     assert errors == ["v.toml:1: place[0].kind: missing (required)"]
 
 
-def test_toml_syntax_error_names_its_line():
+def test_toml_syntax_error_names_its_line_and_column():
     errors = refused('format = 1\n[[place]]\nid = "x"\nkind = county\n')
-    assert len(errors) == 1 and errors[0].startswith("v.toml:4: TOML syntax"), errors
+    assert errors == ["v.toml:4:8: TOML syntax: Invalid value"], errors
+    # tomllib says only "at end of document" for an unclosed string: the position is still given.
+    errors = refused('format = 1\nname = "Dongshan')
+    assert errors == ["v.toml:2:17: TOML syntax: Unterminated string"], errors
 
 
 def test_keylines_handles_nested_tables_multiline_arrays_and_dotted_keys():
