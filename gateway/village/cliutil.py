@@ -8,7 +8,8 @@ from tools.errors import CliError
 
 def add_db_arguments(parser):
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--config", help="the gateway's config file (its [gateway] database is used)")
+    g.add_argument("--config", help="the gateway's config file (its [gateway] database is used); default "
+                                    "$FENGQIAO_CONFIG, else ./gateway.toml, else /etc/fengqiao/gateway.toml")
     g.add_argument("--db", help="the gateway's SQLite file directly (instead of --config)")
 
 
@@ -21,7 +22,20 @@ def _load_config(args):
         raise CliError(str(exc)) from exc
 
 
+def _default_config(args):
+    """No --config and no --db: the gateway's config from the default places (gateway.config:
+    $FENGQIAO_CONFIG, ./gateway.toml, /etc/fengqiao/gateway.toml), unless $FENGQIAO_DB is set alone."""
+    from gateway.config import CONFIG_ENV, default_config_path
+
+    if getattr(args, "config", None) or getattr(args, "db", None):
+        return
+    if os.environ.get("FENGQIAO_DB") and not os.environ.get(CONFIG_ENV):
+        return
+    args.config = default_config_path()
+
+
 def db_path(args, must_exist=True):
+    _default_config(args)
     if getattr(args, "config", None):
         cfg = _load_config(args)
         path = cfg.path_of(cfg["gateway"]["database"])
@@ -30,7 +44,8 @@ def db_path(args, must_exist=True):
     elif os.environ.get("FENGQIAO_DB"):
         path = os.environ["FENGQIAO_DB"]
     else:
-        raise CliError("say which gateway: --config FILE (the gateway's config) or --db FILE (its database)")
+        raise CliError("say which gateway: --config FILE (the gateway's config) or --db FILE (its database); "
+                       "without them $FENGQIAO_CONFIG, ./gateway.toml and /etc/fengqiao/gateway.toml are tried")
     if must_exist and not os.path.exists(path):
         raise CliError("no gateway database at %s (run `fengqiao gateway init --config FILE` first)" % path)
     return path
@@ -38,6 +53,7 @@ def db_path(args, must_exist=True):
 
 def open_registry(args):
     """G-core's Registry when the gateway config is given (it holds the master key path), else None."""
+    _default_config(args)
     if not getattr(args, "config", None):
         return None
     from gateway.registry import Registry, RegistryError

@@ -116,9 +116,9 @@ def parse_village(text, filename="<village>"):
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line N, column M)"; keep it, put the file first.
-        m = re.search(r"at line (\d+)", str(exc))
-        raise ConfigInvalid(["%s:%s: TOML syntax: %s" % (filename, m.group(1) if m else "?", exc)]) from exc
+        from gateway.config import toml_error_text  # file:line:column, also at the end of the document
+
+        raise ConfigInvalid([toml_error_text(filename, text, exc)]) from exc
     c = _Checker(filename, KeyLines(text))
     data = _validate(doc, c)
     if c.errors:
