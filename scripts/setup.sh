@@ -60,4 +60,6 @@ command -v mosquitto_passwd >/dev/null || [ -x /usr/bin/mosquitto_passwd ] || ap
 # its own browser here); fonts-noto-cjk makes the Chinese in its screenshots readable.
 [ -x /usr/bin/chromium ] || apt_install chromium
 [ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || apt_install fonts-noto-cjk
+# Device labels (tools/labels.py): their tests decode the QR codes with zbarimg.
+command -v zbarimg >/dev/null || apt_install zbar-tools
 exit 0
