@@ -7,11 +7,13 @@
     broker.revoke_device(device_id)     # entry removed, reload; its open connection is dropped
     broker.gateway_credentials          # ("gateway", password) — reads fq/v1/+/up, writes fq/v1/+/down
     broker.device_credentials(device_id, key) -> (username, password)
+    broker.hold_devices({device_id: info})  # quarantine: cut off like revoke, hash kept in held.json
+    broker.release_devices([device_id])     # back into the password file, reload; broker.held() -> {id: info}
     broker.stop()                       # also a context manager: `with ProjectBroker(d) as b: ...`
 
 Files in `workdir` (all created once, then reused): ca.pem/ca.key, server.pem/server.key,
 gateway.secret (0600), passwd (Mosquitto `$7$` PBKDF2-SHA512 hashes, written by us, atomically),
-acl, mosquitto.conf, mosquitto.pid, mosquitto.log, mosquitto.db (broker persistence).
+held.json (quarantined logins: their hashes and the quarantine's info), acl, mosquitto.conf, mosquitto.pid, mosquitto.log, mosquitto.db (broker persistence).
 
 Restart after a crash: a Mosquitto left running by a gateway killed with -9 is found through
 mosquitto.pid (and /proc: it must be Mosquitto on this workdir's config) and stopped, then a
@@ -32,9 +34,12 @@ one (its password entry removed, SIGHUP; gateway/quarantine.py). Tools log in as
 """
 
 import base64
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
+import json
 import os
 import pwd
 import secrets
@@ -191,6 +196,7 @@ class ProjectBroker:
         self.ca_path = os.path.join(self.workdir, "ca.pem")
         self.passwd_path = os.path.join(self.workdir, "passwd")
         self.acl_path = os.path.join(self.workdir, "acl")
+        self.held_path = os.path.join(self.workdir, "held.json")
         self.pid_path = os.path.join(self.workdir, "mosquitto.pid")
         self._proc = None
 
@@ -252,8 +258,36 @@ class ProjectBroker:
                         entries[user] = h
         return entries
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """The password and held files are read-modified-written by the gateway (quarantine) and by
+        commands run from a shell (`fengqiao device release`, revoke): one at a time."""
+        with open(os.path.join(self.workdir, "passwd.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _read_held(self):
+        try:
+            with open(self.held_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise BrokerError("cannot read %s: %s" % (self.held_path, exc)) from exc
+
     def _write_passwd(self, entries):
         entries = dict(entries)
+        # A held (quarantined) login stays out of the password file; a new hash for it (a key
+        # rotation while it is held) is kept with it for its release.
+        held = self._read_held()
+        moved = [u for u in held if u in entries]
+        for user in moved:
+            held[user]["hash"] = entries.pop(user)
+        if moved:
+            _write_atomic(self.held_path, json.dumps(held, sort_keys=True) + "\n")
         old = entries.get(GATEWAY_USER, "")
         # the gateway secret never changes: keep its (expensive) hash once it has the current count
         if old.split("$")[2:3] != [str(SERVICE_HASH_ITERATIONS)]:
@@ -266,21 +300,74 @@ class ProjectBroker:
 
     def add_devices(self, pairs, reload=True):
         """Many devices with one file write and one reload (benchmarks provision hundreds)."""
+        with self._locked():
+            self._add_devices(pairs)
+        if reload:
+            self.reload()
+
+    def _add_devices(self, pairs):
         entries = self._read_passwd()
         for device_id, key in pairs:
             user, password = self.device_credentials(device_id, key)
             entries[user] = hash_password(password)
         self._write_passwd(entries)
-        if reload:
-            self.reload()
 
     def revoke_device(self, device_id, reload=True):
         """Remove the device's credentials; it cannot connect again (and is disconnected on reload)."""
-        entries = self._read_passwd()
-        entries.pop(pframe.device_id_text(device_id), None)
-        self._write_passwd(entries)
+        user = pframe.device_id_text(device_id)
+        with self._locked():
+            held = self._read_held()
+            if held.pop(user, None) is not None:   # a revoked device is never released
+                _write_atomic(self.held_path, json.dumps(held, sort_keys=True) + "\n")
+            entries = self._read_passwd()
+            entries.pop(user, None)
+            self._write_passwd(entries)
         if reload:
             self.reload()
+
+    def hold_devices(self, infos, reload=True):
+        """Quarantine: {device_id: info (JSON-able dict)}. Each login leaves the password file (its
+        hash is kept in held.json with `info`) and the reload drops its connection, as revoke does.
+        Returns the ids that were newly held (a device already held only gets its info updated)."""
+        new = []
+        with self._locked():
+            held = self._read_held()
+            entries = self._read_passwd()
+            for device_id, info in infos.items():
+                user = pframe.device_id_text(device_id)
+                if user not in held:
+                    if user not in entries:
+                        continue            # revoked or unknown: nothing to hold
+                    new.append(device_id)
+                held[user] = dict(info, hash=entries.pop(user, None) or held.get(user, {}).get("hash"))
+            _write_atomic(self.held_path, json.dumps(held, sort_keys=True) + "\n")
+            self._write_passwd(entries)
+        if reload and new:
+            self.reload()
+        return new
+
+    def release_devices(self, device_ids, reload=True):
+        """End quarantine: the kept hash goes back into the password file. Returns the released ids."""
+        done = []
+        with self._locked():
+            held = self._read_held()
+            entries = self._read_passwd()
+            for device_id in device_ids:
+                item = held.pop(pframe.device_id_text(device_id), None)
+                if item is not None:
+                    if item.get("hash"):
+                        entries[pframe.device_id_text(device_id)] = item["hash"]
+                    done.append(device_id)
+            if done:
+                _write_atomic(self.held_path, json.dumps(held, sort_keys=True) + "\n")
+                self._write_passwd(entries)
+        if reload and done:
+            self.reload()
+        return done
+
+    def held(self):
+        """{device_id: info} of the quarantined devices (hashes left out)."""
+        return {int(u, 16): {k: v for k, v in item.items() if k != "hash"} for u, item in self._read_held().items()}
 
     def devices(self):
         """Device logins (8 hex digits) in the password file; not the gateway's or a tool's."""

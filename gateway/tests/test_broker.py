@@ -191,3 +191,26 @@ def test_service_logins_use_the_high_iteration_count(project_broker):
     with pytest.raises(gb.BrokerError):
         project_broker.tool_credentials("Bad Name")
     assert project_broker.devices() == []
+
+
+@pytest.mark.timeout(60)
+def test_hold_cuts_a_device_off_and_release_lets_it_back(project_broker, clients):
+    project_broker.add_devices([(A, KEY_A), (B, KEY_B)])
+    a = clients(project_broker.port, *project_broker.device_credentials(A, KEY_A))
+    b = clients(project_broker.port, *project_broker.device_credentials(B, KEY_B))
+    assert a.connect() and b.connect()
+    assert project_broker.hold_devices({A: {"reason": "flood"}}) == [A]
+    wait_for(a.disconnected.is_set, 10, "held device to be disconnected")
+    assert not clients(project_broker.port, *project_broker.device_credentials(A, KEY_A)).connect()
+    # re-provisioning (the gateway's start syncs the registry into the broker) keeps it held
+    project_broker.add_devices([(A, KEY_A), (B, KEY_B)])
+    assert project_broker.held() == {A: {"reason": "flood"}} and project_broker.devices() == ["0000002b"]
+    assert not clients(project_broker.port, *project_broker.device_credentials(A, KEY_A)).connect()
+    assert not b.disconnected.is_set()
+    assert ProjectBroker(project_broker.workdir).release_devices([A, B]) == [A]   # from a shell
+    assert clients(project_broker.port, *project_broker.device_credentials(A, KEY_A)).connect()
+    assert project_broker.held() == {}
+    # a held device that is revoked is gone for good
+    project_broker.hold_devices({A: {}})
+    project_broker.revoke_device(A)
+    assert project_broker.release_devices([A]) == [] and project_broker.devices() == ["0000002b"]
