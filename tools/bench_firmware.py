@@ -618,6 +618,101 @@ def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=F
     return {"heap_kb": None, "failed_kb": tried}
 
 
+# -- heap per module (--modules; firmware/LINK.md "Heap budget") ---------------------------------
+
+# The modules a running board keeps, leaves first, so that each is charged for itself (a module's
+# not yet imported dependencies are charged to it and named in the output).
+MODULES = r'''
+import gc
+import sys
+import micropython
+gc.collect()
+base = gc.mem_alloc()
+# Pre-grow the qstr pool (getattr interns its name) so that no import below pays for a new pool
+# block: each figure is then the module's own objects and its names' characters.
+# Names until a new pool block is taken that has room for 600 more (an entry: a pointer, a 2-byte
+# hash and a 1-byte length).
+entry = (8 if sys.maxsize > 1 << 32 else 4) + 3
+i = 0
+while True:
+    m0 = gc.mem_alloc()
+    getattr(sys, "_q%d" % i, None)
+    i += 1
+    if gc.mem_alloc() - m0 >= 600 * entry or i > 20000:
+        break
+gc.collect()
+print("pool", gc.mem_alloc() - base)
+micropython.qstr_info()
+ORDER = ("asyncio protocol.errors protocol.cbor protocol.crypto protocol.schema protocol.frame mqtt link outbox "
+         "seqcounter clock app.uplink supervisor drivers.battery drivers.tamper heartbeat drivers.led drivers.buzzer "
+         "console boards boards.host app.runtime")
+ROLE = {"alarm": "drivers.button alarm_button", "checkin": "drivers.mfrc522 boards.sim_mfrc522 checkin_point"}
+for name in (ORDER + " " + ROLE[sys.argv[1]]).split():
+    before = set(sys.modules)
+    gc.collect()
+    m0 = gc.mem_alloc()
+    __import__(name)
+    gc.collect()
+    print("module", name, gc.mem_alloc() - m0, ",".join(sorted(set(sys.modules) - before - {name})) or "-")
+micropython.qstr_info()
+'''
+
+
+def module_figures(image, role, port=None):
+    """[(module, bytes, other modules it pulled in)] for the role's modules, imported one at a
+    time in MODULES' order on `port` (code in ROMFS when it can), with the qstr pool pre-grown so
+    that no import pays for a new pool block (the pool's blocks are counted apart: code_bytes
+    minus the sum of these). Raises ScenarioFailed if the pool grew anyway."""
+    port = port or Port()
+    fd, path = tempfile.mkstemp(suffix=".py")
+    with os.fdopen(fd, "w") as f:
+        f.write(MODULES)
+    try:
+        p = port.run_script(path, [role], image=image, timeout_s=30)
+    finally:
+        os.unlink(path)
+    pools = [ln.split("n_pool=")[1].split(",")[0] for ln in p.stdout.splitlines() if ln.startswith("qstr pool:")]
+    rows = []
+    for ln in p.stdout.splitlines():
+        parts = ln.split()
+        if parts[:1] == ["module"]:
+            rows.append((parts[1], int(parts[2]), [] if parts[3] == "-" else parts[3].split(",")))
+    if p.returncode != 0 or len(pools) != 2 or not rows:
+        raise ScenarioFailed("module probe failed: %s %s" % (p.stdout[-500:], p.stderr[-1500:]))
+    if pools[0] != pools[1]:
+        raise ScenarioFailed("module probe: the qstr pool took another block during the imports (%s -> %s)"
+                             % tuple(pools))
+    return rows
+
+
+def run_modules(args, port, roles, report):
+    """--modules: who owns how many bytes of a role's live heap after boot."""
+    from tools.flash import build_image
+
+    image = build_image("host")
+    workdir = tempfile.mkdtemp(prefix="fq-bench-modules-")
+    result = {"port": port.describe(), "word_bits": port.word_bits}
+    try:
+        for role in roles:
+            rows = module_figures(image, role, port)
+            code, qstrs = code_figures(image, role, port)
+            boot = boot_figure(role, os.path.join(workdir, role), port, args.events)
+            modules = sum(b for _, b, _ in rows)
+            result[role] = {"live_after_boot": boot, "code_bytes": code, "qstrs": qstrs,
+                            "modules": {name: b for name, b, _ in rows}, "qstr_pool_blocks": code - modules,
+                            "data_after_boot": boot - code}
+            report("%s on %s: live after boot %d B = modules %d B + qstr pool blocks %d B (%d names) + data %d B"
+                   % (role, port_key(port), boot, modules, code - modules, qstrs, boot - code))
+            for name, b, pulled in rows:
+                report("  %-20s %6d B%s" % (name, b, "  (with %s)" % ", ".join(pulled) if pulled else ""))
+    except ScenarioFailed as exc:
+        raise CliError("heap per module: %s" % exc) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
 def _kb_list(text):
     try:
         sizes = [int(part) for part in text.split(",")]
@@ -646,6 +741,9 @@ def add_arguments(parser):
     budget.add_argument("--budget", action="store_true",
                         help="only the live heap after boot per role, checked against the recorded budget "
                         "(firmware/heap_budget.json: fails above it + 2 KB)")
+    budget.add_argument("--modules", action="store_true",
+                        help="only the live heap after boot per role, split into its modules, the qstr pool "
+                        "and the data the start-up makes (firmware/LINK.md, Heap budget)")
     budget.add_argument("--record-budget", action="store_true",
                         help="measure the live heap after boot per role and record it as this port's budget")
     parser.add_argument("--budget-file", default=BUDGET_FILE, metavar="PATH",
@@ -663,6 +761,8 @@ def run(args):
     report = (lambda msg: None) if args.json else print
     binary = build_port32(lambda msg: print(msg, file=sys.stderr)) if args.port32 else args.micropython
     port = Port(binary)
+    if args.modules:
+        return run_modules(args, port, roles, report)
     if args.budget or args.record_budget:
         return run_budget(args, port, roles, report)
     if args.tls and not port.tls:

@@ -122,3 +122,17 @@ def test_scenario_with_a_console_session_during_the_sends():
     assert (result["word_bits"], checkin["heap_kb"], checkin["console_sessions"]) == (64, 96, 1)
     assert checkin["frames"] >= 22  # 20 queued + boot + the check-in after the reconnect
     assert 0 < checkin["code_bytes"] < checkin["live_after_boot"] < checkin["live_peak"] <= checkin["alloc_peak"]
+
+
+@pytest.mark.timeout(60)
+def test_modules_split_the_live_heap_after_boot():
+    """--modules: the role's modules (imported one by one, qstr pool pre-grown), the pool's blocks
+    and the start-up's data add up to the live heap after boot."""
+    done = _cli("--modules", "--role", "alarm", "--json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    alarm = json.loads(done.stdout.strip().splitlines()[-1])["alarm"]
+    modules = alarm["modules"]
+    assert {"outbox", "link", "mqtt", "app.runtime", "alarm_button", "drivers.button"} <= set(modules)
+    assert all(b > 0 for b in modules.values()), modules
+    assert alarm["qstr_pool_blocks"] > 0 and alarm["data_after_boot"] > 0
+    assert sum(modules.values()) + alarm["qstr_pool_blocks"] + alarm["data_after_boot"] == alarm["live_after_boot"]
