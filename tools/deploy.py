@@ -1,0 +1,432 @@
+"""`fengqiao deploy PLAN --port auto|PATH --gateway-config FILE`: deploy a village of boards.
+
+The plan is a UTF-8 CSV file, one row per device, with this header (any column order):
+
+    role,village,place,name,group,power,checkpoint_id
+    alarm,东村,hh-e01,李秀英家,east-lane,mains,
+    checkin,东村,cp-gate,村口,,mains,1
+
+role `alarm` or `checkin`; place: the place id in the gateway's registry (household or
+checkpoint); name, village, group: what the label says; power `mains` or `battery`;
+checkpoint_id 0..65535 for `checkin`. Errors name the line and the field.
+
+For each board plugged in (`--port auto`: the next new port matching `--port-glob`, e.g. a USB
+serial port appearing; a host board's pty symlink in a directory), in plan order:
+identify -> firmware version check -> self-test -> pending enrolment at the gateway (device id
+allocated there, key wrapped there) -> key written -> fingerprint read back -> confirmed
+(registered, allowed on the broker with a reload) -> label -> reboot. A failing board is reported
+and skipped; `PLAN.state.json` beside the plan records each row, so a rerun continues. A board
+whose write landed but whose confirmation did not (cable pulled) is confirmed by the rerun; a
+board already deployed is detected by its hardware id and not provisioned twice.
+"""
+
+import csv
+import datetime
+import glob as globmod
+import json
+import os
+import time
+
+from tools.errors import CliError
+
+HELP = "deploy the boards of a plan file: identify, key, register, self-test, label (resumable)"
+
+COLUMNS = ("role", "village", "place", "name", "group", "power", "checkpoint_id")
+GATEWAY_ROLES = {"alarm": "alarm_button", "checkin": "checkpoint"}
+FIRMWARE_VERSION = 10000  # firmware/app/runtime.py _FW (1.0.0): what this tool provisions
+DEFAULT_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+
+
+class PlanError(CliError):
+    """The plan file has errors (each names its line and field)."""
+
+
+def load_plan(path):
+    """[row dict with 'line'] from a CSV plan; raises PlanError listing every error."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else ()
+    except OSError as exc:
+        raise PlanError("cannot read plan %s: %s" % (path, exc)) from exc
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise PlanError("%s: not a UTF-8 CSV file: %s" % (path, exc)) from exc
+    errors = []
+    missing = [c for c in COLUMNS if c not in header]
+    if not rows:
+        errors.append("%s: no rows (header: %s)" % (path, ",".join(COLUMNS)))
+    elif missing:
+        errors.append("%s:1: missing column(s) %s (header: %s)" % (path, ", ".join(missing), ",".join(COLUMNS)))
+    out, places = [], {}
+    for i, r in enumerate(rows if not errors else [], start=2):
+        def bad(field, why):
+            errors.append("%s:%d: %s: %s" % (path, i, field, why))
+
+        r = {k: (v or "").strip() for k, v in r.items() if k}
+        if r["role"] not in GATEWAY_ROLES:
+            bad("role", "%r: alarm or checkin" % r["role"])
+        if not r["place"]:
+            bad("place", "required (the place id in the gateway's registry)")
+        elif r["place"] in places:
+            bad("place", "%r is already on line %d" % (r["place"], places[r["place"]]))
+        places[r["place"]] = i
+        if r["power"] not in ("mains", "battery"):
+            bad("power", "%r: mains or battery" % r["power"])
+        cp = r["checkpoint_id"]
+        if r["role"] == "checkin" or cp:
+            if not cp.isdigit() or int(cp) > 65535:
+                bad("checkpoint_id", "%r: 0..65535 required for checkin" % cp)
+        r["checkpoint_id"] = int(cp) if cp.isdigit() else None
+        r["line"] = i
+        out.append(r)
+    if errors:
+        raise PlanError("plan has %d error(s):\n  %s" % (len(errors), "\n  ".join(errors)))
+    return out
+
+
+def check_places(plan, registry, path):
+    """Every row's place must be in the registry before any board is keyed (PlanError otherwise)."""
+    want = {"alarm": ("household",), "checkin": ("checkpoint",)}
+    errors = []
+    for r in plan:
+        p = registry.place(r["place"])
+        if p is None:
+            errors.append("%s:%d: place: %r is not in the gateway's registry (import the village first: "
+                          "`fengqiao registry import`)" % (path, r["line"], r["place"]))
+        elif p.level not in want[r["role"]]:
+            errors.append("%s:%d: place: %r is a %s; a %s goes in a %s" % (path, r["line"], r["place"], p.level,
+                                                                        r["role"], want[r["role"]][0]))
+    if errors:
+        raise PlanError("plan has %d error(s):\n  %s" % (len(errors), "\n  ".join(errors)))
+
+
+# -- state file ------------------------------------------------------------------------------------
+class State:
+    """PLAN.state.json: place -> {status, device_id, hwid, fingerprint, error, seconds}."""
+
+    def __init__(self, plan_path):
+        self.path = plan_path + ".state.json"
+        self.rows = {}
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.rows = json.load(f).get("rows", {})
+
+    def set(self, place, **fields):
+        self.rows[place] = dict(self.rows.get(place, {}), **fields)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"v": 1, "rows": self.rows}, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def done(self, place):
+        return self.rows.get(place, {}).get("status") == "done"
+
+
+# -- ports -----------------------------------------------------------------------------------------
+def check_port(port):
+    """A clear CliError for a port that is missing, not a tty, or not ours to open (one place, so
+    the shared check of issue 16 can replace it)."""
+    import stat
+
+    if not os.path.exists(port):
+        raise CliError("serial port %s does not exist: is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % port)
+    st = os.stat(port)
+    if not stat.S_ISCHR(st.st_mode):
+        raise CliError("%s is not a serial port (not a character device)" % port)
+    if not os.access(port, os.R_OK | os.W_OK):
+        import grp
+
+        raise CliError("no permission to open %s: join group %r (sudo usermod -aG %s $USER, then log in again)"
+                       % (port, grp.getgrgid(st.st_gid).gr_name, grp.getgrgid(st.st_gid).gr_name))
+
+
+class PortWatcher:
+    """The next new port matching the globs: a port counts once until it disappears (unplugged)."""
+
+    def __init__(self, globs):
+        self.globs = globs
+        self.handled = set()
+
+    def present(self):
+        return sorted({p for g in self.globs for p in globmod.glob(g)})
+
+    def next_port(self, timeout_s=None, say=print):
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        told = False
+        while True:
+            now = self.present()
+            self.handled &= set(now)  # unplugged: the same path may bring the next board
+            fresh = [p for p in now if p not in self.handled]
+            if fresh:
+                self.handled.add(fresh[0])
+                return fresh[0]
+            if not told:
+                say("waiting for the next board (plug it in: %s)" % " ".join(self.globs))
+                told = True
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)  # polling the device directory; udev is not always there
+
+
+# -- one board -------------------------------------------------------------------------------------
+class BoardFailed(Exception):
+    """This board cannot be deployed now; the message says why (it is skipped)."""
+
+
+class Gateway:
+    """The gateway this laptop is (direct registration): registry, broker, enrolments."""
+
+    def __init__(self, config_path):
+        from gateway.cli import GatewayApp
+        from gateway.config import ConfigError, load_config
+        from gateway.enrolment import Enrolments
+
+        try:
+            self.config = load_config(config_path)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        app = GatewayApp(self.config)
+        self.registry = app.open_registry()
+        g = self.config["gateway"]
+        self.enrolments = Enrolments(self.config.path_of(g["database"]), self.config.path_of(g["master_key"]))
+        self.broker = app._make_broker()
+        self.broker.setup()
+
+    def close(self):
+        self.enrolments.close()
+        self.registry.close()
+
+
+def board_config(row, device_id, key, key_id, settings):
+    return {"device_id": device_id, "key_id": key_id, "key": bytes(key).hex(), "role": row["role"],
+            "wifi_ssid": settings["wifi_ssid"], "wifi_password": settings["wifi_password"],
+            "broker_host": settings["broker_host"], "broker_port": settings["broker_port"],
+            "tls": settings["ca_pem"] is not None, "ca_pem": settings["ca_pem"],
+            "checkpoint_id": row["checkpoint_id"], "pins": {}, "settings": settings.get("settings", {})}
+
+
+def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None, key_id=1, replaces=None):
+    """Key one identified board through a pending enrolment and confirm it; returns the Enrolment.
+    The board ends keyed-and-registered, or unprovisioned with the enrolment cancelled, or (cable
+    pulled) keyed with a pending enrolment that the next run confirms."""
+    from tools.provision import compare_readback
+    from tools.serialconsole import DeviceError
+
+    enr = gw.enrolments
+    hwid = info["hwid"]
+    e = enr.pending_for_hwid(hwid)
+    if e is not None and info.get("provisioned"):
+        progress("resuming: checking the key on the board")
+        back = con.read_config()
+        if back.get("device_id") == e.device_id and back.get("key_fingerprint") == e.fingerprint:
+            enr.confirm(e, gw.registry, gw.broker)
+            return e
+        raise BoardFailed("board %s holds device %s, not its pending enrolment %08x: factory-reset it"
+                          % (hwid, back.get("device_id"), e.device_id))
+    if e is None:
+        key = bytearray(os.urandom(32))
+        try:
+            e = enr.begin(hwid, GATEWAY_ROLES[row["role"]], row["place"], row["power"], key, kind=kind,
+                          device_id=device_id, key_id=key_id, replaces=replaces)
+        finally:
+            for i in range(len(key)):
+                key[i] = 0
+    key = enr.key_of(e)
+    try:
+        cfg = board_config(row, e.device_id, key, e.key_id, settings)
+        progress("writing the key and settings (device %08x)" % e.device_id)
+        if info.get("provisioned"):  # rotate / re-key: the old identity goes first
+            con.factory_reset(hwid)
+        try:
+            got = con.write_config(cfg)
+        except DeviceError as exc:
+            enr.cancel(e)
+            raise BoardFailed("the board refused the settings: %s" % exc) from exc
+        diffs = [] if got == e.fingerprint else ["key_fingerprint"]
+        diffs = diffs or compare_readback(cfg, con.read_config(), e.fingerprint)
+        if diffs:
+            con.factory_reset(hwid)
+            enr.cancel(e)
+            raise BoardFailed("the board stored a different %s (reset to unprovisioned)" % ", ".join(diffs))
+    finally:
+        for i in range(len(key)):
+            key[i] = 0
+        cfg = None
+    progress("fingerprint %s read back; registering" % e.fingerprint)
+    from gateway.registry import RegistryError
+
+    try:
+        enr.confirm(e, gw.registry, gw.broker)
+    except RegistryError as exc:
+        # never keyed without registration: the board forgets the key, the enrolment is cancelled
+        con.factory_reset(hwid)
+        enr.cancel(e)
+        raise BoardFailed("the gateway refused the registration (%s); the board was reset" % exc) from exc
+    return e
+
+
+def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, done_places=None):
+    """Deploy the board on `port` for plan `row`; returns a result dict."""
+    from tools.serialconsole import ConsoleError, NotFengqiao, SerialConsole
+
+    con = SerialConsole(port, timeout_s=timeout_s)
+    try:
+        try:
+            con.open()
+            progress("identifying")
+            info = con.identify()
+            if info.get("fw") != FIRMWARE_VERSION:
+                raise BoardFailed("board %s runs firmware %s, this tool provisions %s: flash it first "
+                                  "(`fengqiao flash --port %s --board %s`)"
+                                  % (info.get("hwid"), info.get("fw"), FIRMWARE_VERSION, port, info.get("board")))
+            done = gw.enrolments.deployed(info["hwid"])
+            if done is not None and info.get("provisioned") and info.get("device_id") == done.device_id:
+                return {"status": "already", "device_id": done.device_id, "hwid": info["hwid"],
+                        "fingerprint": done.fingerprint, "place": done.place_id}
+            pending = gw.enrolments.pending_for_hwid(info["hwid"])
+            if info.get("provisioned") and pending is None:
+                raise BoardFailed("board %s already has an identity (device %s) this gateway did not enrol: "
+                                  "`fengqiao provision --factory-reset` it or use `fengqiao device replace`"
+                                  % (info["hwid"], "%08x" % info["device_id"] if "device_id" in info else "?"))
+            if pending is not None and pending.place_id != row["place"]:
+                if done_places is not None and pending.place_id in done_places:
+                    # keyed for a row another board finished since: forget that key, take this row
+                    progress("board %s was keyed for %s, done by another board since: resetting it"
+                             % (info["hwid"], pending.place_id))
+                    if info.get("provisioned"):
+                        con.factory_reset(info["hwid"])
+                    gw.enrolments.cancel(pending)
+                    info = con.identify()
+                else:
+                    row = dict(row, place=pending.place_id)  # the board finishes the row it was keyed for
+            if not info.get("provisioned"):
+                progress("self-test")
+                res = con.selftest()
+                if not res.get("pass") or (row["role"] == "checkin" and res.get("reader") != "ok"):
+                    raise BoardFailed("self-test failed: LED %s, buzzer %s, reader %s"
+                                      % (res.get("led"), res.get("buzzer"), res.get("reader")))
+            e = key_board(con, info, gw, row, settings, progress)
+            if reboot:
+                con.reboot()
+            return {"status": "done", "device_id": e.device_id, "hwid": info["hwid"], "fingerprint": e.fingerprint,
+                    "place": e.place_id}
+        except NotFengqiao as exc:
+            raise BoardFailed(str(exc)) from exc
+        except ConsoleError as exc:
+            raise BoardFailed("console on %s: %s (cable pulled? plug it back and rerun)" % (port, exc)) from exc
+    finally:
+        con.close()
+
+
+# -- the command -----------------------------------------------------------------------------------
+def add_arguments(p):
+    p.add_argument("plan", help="plan file (CSV: %s)" % ",".join(COLUMNS))
+    p.add_argument("--port", default="auto", help="auto (the next new port matching --port-glob) or a path")
+    p.add_argument("--port-glob", action="append", help="ports to watch with --port auto (repeatable; default "
+                                                        "%s)" % " ".join(DEFAULT_GLOBS))
+    p.add_argument("--gateway-config", required=True, help="gateway TOML (this laptop is the gateway host)")
+    p.add_argument("--broker-host", help="host name boards use for the broker (default: [broker] hostnames[0])")
+    p.add_argument("--wifi-ssid", default="")
+    p.add_argument("--wifi-password-file")
+    p.add_argument("--labels", help="directory for the labels (PNG/SVG per device, sheet.html)")
+    p.add_argument("--wait-s", type=float, help="give up waiting for the next board after this long")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="per console request")
+    p.add_argument("--no-reboot", action="store_true")
+
+
+def settings_from(args, gw):
+    b = gw.config["broker"]
+    with open(gw.broker.ca_path, encoding="ascii") as f:
+        ca = f.read()
+    password = ""
+    if args.wifi_password_file:
+        with open(args.wifi_password_file, encoding="utf-8") as f:
+            password = f.read().strip("\r\n")
+    return {"wifi_ssid": args.wifi_ssid, "wifi_password": password,
+            "broker_host": args.broker_host or b["hostnames"][0], "broker_port": gw.broker.tls_port, "ca_pem": ca}
+
+
+def run(args):
+    plan = load_plan(args.plan)
+    state = State(args.plan)
+    gw = Gateway(args.gateway_config)
+    results = []
+    try:
+        check_places(plan, gw.registry, args.plan)
+        settings = settings_from(args, gw)
+        watcher = PortWatcher(args.port_glob or DEFAULT_GLOBS) if args.port == "auto" else None
+        todo = [r for r in plan if not state.done(r["place"])]
+        total = len(plan)
+        print("plan %s: %d rows, %d done, %d to deploy" % (args.plan, total, total - len(todo), len(todo)))
+        while todo:
+            row = todo[0]
+            index = plan.index(row) + 1
+            if watcher is not None:
+                port = watcher.next_port(args.wait_s)
+                if port is None:
+                    print("no new board within %.0f s; stopping (rerun to continue)" % args.wait_s)
+                    break
+            else:
+                port = args.port
+                check_port(port)
+            t0 = time.monotonic()
+
+            def progress(step, index=index):
+                print("board %d of %d — %s" % (index, total, step), flush=True)
+
+            try:
+                res = deploy_board(port, row, gw, settings, progress, args.timeout_s, not args.no_reboot,
+                                   {p for p in state.rows if state.done(p)})
+            except BoardFailed as exc:
+                state.set(row["place"], status="failed", error=str(exc), port=port)
+                print("board %d of %d — FAILED: %s (skipped)" % (index, total, exc))
+                results.append((row, {"status": "failed", "error": str(exc)}))
+                if watcher is None:
+                    break
+                continue
+            res["seconds"] = round(time.monotonic() - t0, 2)
+            if res["status"] == "already":
+                print("board %d of %d — board %s is already deployed as device %08x (%s): not provisioned "
+                      "twice; plug in the next one" % (index, total, res["hwid"], res["device_id"], res["place"]))
+                done_row = next((r for r in plan if r["place"] == res["place"]), None)
+                if done_row is not None and not state.done(res["place"]):
+                    state.set(res["place"], status="done", **{k: res[k] for k in ("device_id", "hwid", "fingerprint")})
+                    todo = [r for r in todo if r["place"] != res["place"]]
+                if watcher is None:
+                    break
+                continue
+            done_row = next(r for r in plan if r["place"] == res["place"])
+            state.set(res["place"], status="done", device_id=res["device_id"], hwid=res["hwid"],
+                      fingerprint=res["fingerprint"], seconds=res["seconds"], error=None,
+                      date=datetime.date.today().isoformat())
+            print_label(done_row, res, args.labels)
+            results.append((done_row, res))
+            todo = [r for r in todo if r["place"] != res["place"]]
+            if watcher is None and todo:
+                break  # one port given: one board per run
+        print_summary(plan, state)
+        failed = [r for r in plan if state.rows.get(r["place"], {}).get("status") == "failed"]
+        return 1 if failed and not all(state.done(r["place"]) for r in plan) and watcher is None else 0
+    finally:
+        gw.close()
+
+
+def print_label(row, res, label_dir):
+    from tools import labels
+
+    info = labels.label_info(row, res["device_id"], res["fingerprint"], res.get("date"))
+    print(labels.text(info))
+    if label_dir:
+        labels.write_files(info, label_dir)
+
+
+def print_summary(plan, state):
+    print("%-4s %-10s %-12s %-8s %-9s %-16s %s" % ("#", "place", "role", "status", "device", "fingerprint", "s"))
+    for i, r in enumerate(plan, 1):
+        s = state.rows.get(r["place"], {})
+        print("%-4d %-10s %-12s %-8s %-9s %-16s %s" % (
+            i, r["place"], r["role"], s.get("status", "todo"),
+            "%08x" % s["device_id"] if s.get("device_id") else "-", s.get("fingerprint") or "-",
+            s.get("seconds", "") if s.get("status") == "done" else (s.get("error") or "")[:60]))

@@ -1,0 +1,93 @@
+"""`fengqiao deploy PLAN --port auto` over host boards on real ptys, against a real gateway DB and
+Mosquitto: a plan deploys end to end, each board then comes online and its alarm is accepted."""
+
+import json
+import os
+
+import pytest
+
+from tools.cli import main
+from tools.tests.test_deploy_rig import DeployRig
+from tools.testing.procs import wait_for
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = DeployRig(tmp_path, boards=3, checkins=1).start()
+    yield r
+    r.close()
+
+
+def read_identity(flash_dir):
+    with open(os.path.join(flash_dir, "data", "identity.cfg"), "rb") as f:
+        return json.loads(f.read().split(b"\n")[0])
+
+
+@pytest.mark.timeout(120)
+def test_plan_deploys_then_boards_come_online_and_alarm_is_accepted(rig, capsys):
+    from gateway.cli import GatewayApp
+    from gateway.config import load_config
+
+    plan = rig.write_plan()
+    for i in range(rig.n):
+        rig.plug(i)
+    assert main(rig.deploy_args(plan, "--labels", os.path.join(rig.work, "labels"))) == 0
+    out = capsys.readouterr().out
+    assert "board 3 of 3" in out and out.count(" done ") >= 3, out
+    with open(plan + ".state.json", encoding="utf-8") as f:
+        state = json.load(f)["rows"]
+    ids = {}
+    for r, hb in zip(rig.rows, rig.boards):
+        s = state[r["place"]]
+        assert s["status"] == "done"
+        stored = read_identity(hb.flash_dir)
+        ids[stored["device_id"]] = hb
+        assert stored["device_id"] == s["device_id"] >= 0x100 and stored["key"] not in out
+        assert os.path.exists(os.path.join(rig.work, "labels", "%08x.png" % s["device_id"]))
+    app = GatewayApp(load_config(rig.config_path))
+    app.start()
+    try:
+        for hb in rig.boards:
+            assert hb.wait_exit(10) == 3     # rebooted by deploy
+            hb.restart()
+        wait_for(lambda: {e.device_id for e in app.store.events_after(0, 1000) if e.kind == "boot"} == set(ids),
+                 60, "every deployed board's boot frame stored")
+        alarm_board = rig.boards[0]
+        alarm_board.hold(1300)
+        dev = read_identity(alarm_board.flash_dir)["device_id"]
+        wait_for(lambda: any(e.kind == "alarm" and e.device_id == dev for e in app.store.events_after(0, 1000)),
+                 30, "the alarm of device %08x stored at the gateway" % dev)
+    finally:
+        app.stop()
+
+
+def test_plan_errors_name_line_and_field(tmp_path):
+    from tools.deploy import PlanError, load_plan
+
+    plan = tmp_path / "bad.csv"
+    plan.write_text("role,village,place,name,group,power,checkpoint_id\n"
+                    "alarm,东山村,hh-1,王家,g1,mains,\n"
+                    "siren,东山村,hh-2,李家,g1,mains,\n"
+                    "alarm,东山村,hh-1,张家,g1,solar,\n"
+                    "checkin,东山村,cp-1,村口,,mains,x\n", encoding="utf-8")
+    with pytest.raises(PlanError) as e:
+        load_plan(str(plan))
+    text = str(e.value)
+    assert "4 error(s)" in text
+    for want in ("bad.csv:3: role: 'siren'", "bad.csv:4: place: 'hh-1' is already on line 2",
+                 "bad.csv:4: power: 'solar'", "bad.csv:5: checkpoint_id: 'x'"):
+        assert want in text, text
+    (tmp_path / "nohdr.csv").write_text("role,place\nalarm,hh-1\n", encoding="utf-8")
+    with pytest.raises(PlanError, match=r"nohdr.csv:1: missing column\(s\) village, name, group, power"):
+        load_plan(str(tmp_path / "nohdr.csv"))
+
+
+@pytest.mark.timeout(60)
+def test_unknown_place_refused_before_any_board_is_touched(rig, capsys):
+    rows = [dict(rig.rows[0], place="hh-nowhere")]
+    plan = rig.write_plan(rows, "unknown.csv")
+    rig.plug(0)
+    assert main(rig.deploy_args(plan)) == 1
+    err = capsys.readouterr().err
+    assert "unknown.csv:2: place: 'hh-nowhere' is not in the gateway's registry" in err
+    assert not os.path.exists(os.path.join(rig.boards[0].flash_dir, "data", "identity.cfg"))

@@ -1,0 +1,116 @@
+"""A technician's bench for deploy tests and `fengqiao bench deploy` (no tests here): N host boards (firmware
+main.py, console on a real pty each), a project Mosquitto, a gateway config and database with the
+sample village's places, and a directory of port symlinks that `fengqiao deploy --port auto
+--port-glob DIR/*` watches (a symlink appearing = a board plugged in).
+
+    rig = DeployRig(work, boards=3).start()
+    rig.plug(i)                 # board i's port appears
+    rig.write_plan(rows)        # CSV plan file
+    rig.close()
+"""
+
+import os
+
+from tools.hostboard import HostBoard, NullModem, board_heap
+
+PLACES = [("county-anji", "county", None), ("tsp-qiaotou", "township", "county-anji"),
+          ("vil-dongshan", "village", "tsp-qiaotou"), ("grid-east", "grid", "vil-dongshan")]
+FAST = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "20"]
+
+
+def plan_rows(n, checkins=0):
+    """n plan rows: households hh-d001.. (alarm) then checkpoints cp-d001.. (checkin)."""
+    rows = []
+    for i in range(n):
+        if i < n - checkins:
+            rows.append({"role": "alarm", "village": "东山村", "place": "hh-d%03d" % (i + 1),
+                         "name": "王家 %d 号" % (i + 1), "group": "east-%d" % (i // 10 + 1), "power": "mains",
+                         "checkpoint_id": ""})
+        else:
+            rows.append({"role": "checkin", "village": "东山村", "place": "cp-d%03d" % (i + 1), "name": "村口",
+                         "group": "", "power": "mains", "checkpoint_id": str(100 + i)})
+    return rows
+
+
+class DeployRig:
+    def __init__(self, work, boards=3, checkins=0):
+        self.work = str(work)
+        self.n = boards
+        self.rows = plan_rows(boards, checkins)
+        self.ports_dir = os.path.join(self.work, "ports")
+        self.broker = None
+        self.modems = []
+        self.boards = []
+
+    def start(self):
+        from gateway.broker import ProjectBroker
+        from gateway.config import write_config
+        from gateway.registry import Registry
+
+        os.makedirs(self.ports_dir, exist_ok=True)
+        self.broker = ProjectBroker(os.path.join(self.work, "broker")).start()
+        self.config_path = write_config(os.path.join(self.work, "gateway.toml"), {
+            "gateway": {"data_dir": os.path.join(self.work, "gw"), "plugins": []},
+            "broker": {"manage": False, "workdir": self.broker.workdir, "port": self.broker.port,
+                       "tls_port": self.broker.tls_port, "hostnames": ["localhost"]},
+            "metrics": {"port": 0}, "log": {"format": "text"}})
+        os.makedirs(os.path.join(self.work, "gw"), mode=0o700, exist_ok=True)
+        self.db_path = os.path.join(self.work, "gw", "gateway.db")
+        self.master_key = os.path.join(self.work, "gw", "master.key")
+        reg = Registry(self.db_path, self.master_key)
+        try:
+            for pid, level, parent in PLACES:
+                reg.add_place(pid, level, pid, parent)
+            for r in self.rows:
+                reg.add_place(r["place"], "household" if r["role"] == "alarm" else "checkpoint", r["name"], "grid-east")
+        finally:
+            reg.close()
+        for i in range(self.n):
+            nm = NullModem()
+            self.modems.append(nm)
+            hb = HostBoard(os.path.join(self.work, "board%02d" % i), heap=board_heap(), console=nm.board_fd,
+                           hwid="hb-%s-%02d" % (os.path.basename(self.work)[-6:], i), args=FAST)
+            self.boards.append(hb)
+        for hb in self.boards:
+            hb.start()
+        return self
+
+    def plug(self, i):
+        link = self.link(i)
+        if not os.path.lexists(link):
+            os.symlink(self.modems[i].port, link)
+        return link
+
+    def unplug(self, i):
+        if os.path.lexists(self.link(i)):
+            os.unlink(self.link(i))
+
+    def link(self, i):
+        return os.path.join(self.ports_dir, "ttyFQ%02d" % i)
+
+    def write_plan(self, rows=None, name="plan.csv"):
+        import csv
+
+        from tools.deploy import COLUMNS
+
+        path = os.path.join(self.work, name)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS)
+            w.writeheader()
+            w.writerows(rows or self.rows)
+        return path
+
+    def deploy_args(self, plan, *extra):
+        return ["deploy", plan, "--port", "auto", "--port-glob", os.path.join(self.ports_dir, "*"),
+                "--gateway-config", self.config_path, "--wait-s", "0"] + list(extra)
+
+    def close(self):
+        for hb in self.boards:
+            try:
+                hb.stop()
+            except Exception:  # noqa: BLE001 - teardown goes on to the others
+                pass
+        for nm in self.modems:
+            nm.close()
+        if self.broker is not None:
+            self.broker.stop()
