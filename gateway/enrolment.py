@@ -9,6 +9,7 @@ fingerprint is confirmed, i.e. registered in the registry and allowed on the bro
     enr.confirm(e, registry, broker)                # registry + broker (reload) + state confirmed
     enr.cancel(e)                                   # the board was rolled back: forget the pending key
     enr.deployed(hwid) -> Enrolment | None          # the board was enrolled already (twice is detected)
+    enr.reserve(technician, count) -> (first, last) # ids for a technician away from the gateway (bundles)
 
 Failures it is built for (a cable pulled at any step, a tool killed):
 - before `begin`: nothing at the gateway;
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS enrolments (
     state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'cancelled')),
     kind TEXT NOT NULL DEFAULT 'new', replaces INTEGER, created_at REAL NOT NULL, done_at REAL);
 CREATE INDEX IF NOT EXISTS enrolments_hwid ON enrolments (hwid);
+CREATE TABLE IF NOT EXISTS id_reservations (
+    first_id INTEGER NOT NULL, last_id INTEGER NOT NULL, technician TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS device_history (
     device_id INTEGER NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, other_id INTEGER, detail TEXT);
 """
@@ -130,9 +133,7 @@ class Enrolments:
             if self._one("hwid = ? AND state = 'pending'", (hwid,)) is not None:
                 raise EnrolmentError("board %s already has a pending enrolment: resume it" % hwid)
             if device_id is None:
-                top = db.execute("SELECT MAX(m) FROM (SELECT MAX(device_id) AS m FROM devices"
-                                 " UNION ALL SELECT MAX(device_id) FROM enrolments)").fetchone()[0]
-                device_id = max(FIRST_DEVICE_ID, (top or 0) + 1)
+                device_id = self._next_free()
             wrapped = self._aead.encrypt(nonce, bytes(key), _aad(device_id, key_id, hwid))
             db.execute("INSERT INTO enrolments (device_id, hwid, role, place_id, power, key_id, fingerprint, nonce,"
                        " wrapped, state, kind, replaces, created_at) VALUES (?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
@@ -143,6 +144,33 @@ class Enrolments:
             db.execute("ROLLBACK")
             raise
         return self.pending_for_hwid(hwid)
+
+    def _next_free(self):
+        top = self._db.execute("SELECT MAX(m) FROM (SELECT MAX(device_id) AS m FROM devices UNION ALL"
+                               " SELECT MAX(device_id) FROM enrolments UNION ALL"
+                               " SELECT MAX(last_id) FROM id_reservations)").fetchone()[0]
+        return max(FIRST_DEVICE_ID, (top or 0) + 1)
+
+    def reserve(self, technician, count):
+        """Allocate `count` device ids to a technician working away from the gateway (enrolment
+        bundle); returns (first, last). Only these ids are accepted from that technician's bundles."""
+        if not 1 <= count <= 10000:
+            raise EnrolmentError("reserve 1..10000 device ids, not %d" % count)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            first = self._next_free()
+            db.execute("INSERT INTO id_reservations (first_id, last_id, technician, created_at) VALUES (?,?,?,?)",
+                       (first, first + count - 1, technician, self._now()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return first, first + count - 1
+
+    def reserved_for(self, device_id, technician):
+        return self._db.execute("SELECT 1 FROM id_reservations WHERE ? BETWEEN first_id AND last_id AND technician = ?",
+                                (device_id, technician)).fetchone() is not None
 
     def key_of(self, e):
         row = self._db.execute("SELECT nonce, wrapped FROM enrolments WHERE n = ?", (e.n,)).fetchone()
