@@ -198,7 +198,15 @@ class Port:
 
 def build_port32(report=print):
     """Path of the 32-bit build (scripts/build-micropython32.sh: built once, then cached)."""
-    report("building the 32-bit MicroPython Unix port (once; cached in build/micropython32/)")
+    cached = os.environ.get("MP32_OUT") or os.path.join(REPO_ROOT, "build", "micropython32")
+    stamp = subprocess.run(["bash", BUILD32, "--stamp"], stdout=subprocess.PIPE, text=True, timeout=60).stdout.strip()
+    try:
+        with open(os.path.join(cached, "stamp")) as f:
+            fresh = f.read().strip() == stamp and os.access(os.path.join(cached, "micropython"), os.X_OK)
+    except OSError:
+        fresh = False
+    if not fresh:
+        report("building the 32-bit MicroPython Unix port (about 2 minutes, once; cached in build/micropython32/)")
     p = subprocess.run(["bash", BUILD32], stdout=subprocess.PIPE, text=True, timeout=1800)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
@@ -605,7 +613,7 @@ def measure(role, workdir, heaps_kb=HEAPS_KB, events=EVENTS, report=print, tls=F
                                    console=console, port=port)
         except ScenarioFailed as exc:
             tried.append(kb)
-            report("%s: %d KB heap: failed (%s)" % (role, kb, str(exc).splitlines()[0][:160]))
+            report("%s: %d KB heap: failed (%s)" % (role, kb, _one_line(exc)))
             continue
         figures["failed_kb"] = tried
         if figures["code_bytes"]:
@@ -711,6 +719,16 @@ def run_modules(args, port, roles, report):
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result))
     return 0
+
+
+def _one_line(exc):
+    """A failure in one line: its first line and, for a message that goes on (a log tail), its
+    last line (where the board said what went wrong)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    text = lines[0][:160]
+    if len(lines) > 1:
+        text += " ... " + lines[-1][-160:]
+    return text
 
 
 def _kb_list(text):
