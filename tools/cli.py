@@ -26,6 +26,7 @@ COMMANDS = {
     "flash": "tools.flash",            # copy the firmware onto a board over USB serial
     "provision": "tools.provision",    # write identity, key and settings over the serial console
     "deploy": "tools.deploy",          # a plan of boards: identify, key, register, self-test, label
+    "device": "gateway.device_cli",    # device list | show | revoke | replace | rotate-key | check | import-enrolment
     "simulate": "tools.simulate",      # run host boards (the simulated village)
     "gateway": "gateway.cli",          # gateway run --config FILE, device add/revoke
     "registry": "gateway.village.cli",  # registry import FILE (places, groups, people, routes)
