@@ -109,6 +109,9 @@ class Enrolments:
     def pending_for_hwid(self, hwid):
         return self._one("hwid = ? AND state = 'pending'", (hwid,))
 
+    def pending_for_device(self, device_id):
+        return self._one("device_id = ? AND state = 'pending'", (device_id,))
+
     def deployed(self, hwid):
         """The confirmed enrolment of this board whose device is still active, or None."""
         e = self._one("hwid = ? AND state = 'confirmed'", (hwid,))

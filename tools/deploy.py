@@ -135,11 +135,38 @@ def check_port(port):
     st = os.stat(port)
     if not stat.S_ISCHR(st.st_mode):
         raise CliError("%s is not a serial port (not a character device)" % port)
+    holders = port_holders(port)
+    if holders:
+        raise CliError("serial port %s is busy: %s has it open; close it (mpremote, screen, minicom, a "
+                       "second fengqiao?) and try again" % (port, ", ".join("%s (pid %d)" % (n, p) for p, n in holders)))
     if not os.access(port, os.R_OK | os.W_OK):
         import grp
 
         raise CliError("no permission to open %s: join group %r (sudo usermod -aG %s $USER, then log in again)"
                        % (port, grp.getgrgid(st.st_gid).gr_name, grp.getgrgid(st.st_gid).gr_name))
+
+
+def port_holders(port):
+    """[(pid, command name)] of other processes that have `port` open (Linux /proc; [] elsewhere)."""
+    target = os.path.realpath(port)
+    out = []
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) == target:
+                    with open("/proc/%s/comm" % pid, encoding="utf-8", errors="replace") as f:
+                        out.append((int(pid), f.read().strip()))
+                    break
+            except OSError:
+                continue
+    return out
 
 
 class PortWatcher:
@@ -223,8 +250,10 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
         if back.get("device_id") == e.device_id and back.get("key_fingerprint") == e.fingerprint:
             enr.confirm(e, gw.registry, gw.broker)
             return e
-        raise BoardFailed("board %s holds device %s, not its pending enrolment %08x: factory-reset it"
-                          % (hwid, back.get("device_id"), e.device_id))
+        if not (e.kind == "rotate" and back.get("device_id") == e.device_id):
+            raise BoardFailed("board %s holds device %s, not its pending enrolment %08x: factory-reset it"
+                              % (hwid, back.get("device_id"), e.device_id))
+        progress("resuming: the new key had not landed; writing it again")  # still the old key: rotate again
     if e is None:
         key = bytearray(os.urandom(32))
         try:
@@ -243,6 +272,9 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
             got = con.write_config(cfg)
         except DeviceError as exc:
             enr.cancel(e)
+            if exc.code == "storage_error":
+                raise BoardFailed("the board could not store its identity (flash full or failing: %s); erase its "
+                                  "data files or reflash it (`fengqiao flash`), then rerun" % exc.detail) from exc
             raise BoardFailed("the board refused the settings: %s" % exc) from exc
         diffs = [] if got == e.fingerprint else ["key_fingerprint"]
         diffs = diffs or compare_readback(cfg, con.read_config(), e.fingerprint)
@@ -276,11 +308,7 @@ def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, 
         try:
             con.open()
             progress("identifying")
-            info = con.identify()
-            if info.get("fw") != FIRMWARE_VERSION:
-                raise BoardFailed("board %s runs firmware %s, this tool provisions %s: flash it first "
-                                  "(`fengqiao flash --port %s --board %s`)"
-                                  % (info.get("hwid"), info.get("fw"), FIRMWARE_VERSION, port, info.get("board")))
+            info = identify(con, port)
             done = gw.enrolments.deployed(info["hwid"])
             if done is not None and info.get("provisioned") and info.get("device_id") == done.device_id:
                 return {"status": "already", "device_id": done.device_id, "hwid": info["hwid"],
@@ -303,10 +331,7 @@ def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, 
                     row = dict(row, place=pending.place_id)  # the board finishes the row it was keyed for
             if not info.get("provisioned"):
                 progress("self-test")
-                res = con.selftest()
-                if not res.get("pass") or (row["role"] == "checkin" and res.get("reader") != "ok"):
-                    raise BoardFailed("self-test failed: LED %s, buzzer %s, reader %s"
-                                      % (res.get("led"), res.get("buzzer"), res.get("reader")))
+                require_selftest(con, row["role"])
             e = key_board(con, info, gw, row, settings, progress)
             if reboot:
                 con.reboot()
@@ -318,6 +343,102 @@ def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, 
             raise BoardFailed("console on %s: %s (cable pulled? plug it back and rerun)" % (port, exc)) from exc
     finally:
         con.close()
+
+
+def identify(con, port):
+    """identify, with the firmware version this tool provisions (BoardFailed otherwise)."""
+    info = con.identify()
+    if info.get("fw") != FIRMWARE_VERSION:
+        raise BoardFailed("board %s runs firmware %s, this tool provisions %s: flash it first "
+                          "(`fengqiao flash --port %s --board %s`)"
+                          % (info.get("hwid"), _fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION), port,
+                             info.get("board")))
+    return info
+
+
+def _fw_text(v):
+    return "%d.%d.%d" % (v // 10000, v // 100 % 100, v % 100) if isinstance(v, int) else repr(v)
+
+
+def require_selftest(con, role):
+    res = con.selftest()
+    if not res.get("pass") or (role == "checkin" and res.get("reader") != "ok"):
+        raise BoardFailed("self-test failed: LED %s, buzzer %s, reader %s"
+                          % (res.get("led"), res.get("buzzer"), res.get("reader")))
+    return res
+
+
+def open_console(port, timeout_s=5.0):
+    """An open SerialConsole on a checked port; CliError naming what is wrong with the port."""
+    from tools.serialconsole import PortError, SerialConsole
+
+    check_port(port)
+    con = SerialConsole(port, timeout_s=timeout_s)
+    try:
+        con.open()
+    except PortError as exc:
+        raise CliError(str(exc)) from exc
+    return con
+
+
+def field_check(port, timeout_s=5.0, say=print):
+    """`fengqiao device check`: PASS/FAIL/SKIP lines a technician can read aloud; exit 1 on a FAIL."""
+    import socket
+
+    from tools.serialconsole import ConsoleError
+
+    con = open_console(port, timeout_s)
+    results = []
+
+    def line(what, ok, detail):
+        results.append(ok)
+        say("%-16s %s  %s" % (what, {True: "PASS", False: "FAIL", None: "SKIP"}[ok], detail))
+
+    try:
+        try:
+            info = con.identify()
+        except ConsoleError as exc:
+            line("board", False, str(exc))
+            return 1
+        line("board", True, "%s %s, hardware %s" % (info.get("board"), "device %08x" % info["device_id"]
+                                                    if info.get("device_id") else "unprovisioned", info.get("hwid")))
+        line("firmware", info.get("fw") == FIRMWARE_VERSION, "%s (this tool: %s)" % (_fw_text(info.get("fw")),
+                                                                                    _fw_text(FIRMWARE_VERSION)))
+        role = info.get("role")
+        try:
+            res = con.selftest()
+        except ConsoleError as exc:
+            line("self-test", False, str(exc))
+            return 1
+        line("button", None, "not read by the console: press it and watch the LED")
+        line("LED", res.get("led") == "driven", "%s: it should have shown red, green, blue, white" % res.get("led"))
+        line("buzzer", res.get("buzzer") == "driven", "%s: one beep" % res.get("buzzer"))
+        if role == "checkin" or res.get("reader") not in ("absent", None):
+            line("reader", res.get("reader") == "ok", "%s%s" % (res.get("reader"), ", version %s" %
+                                                               res.get("reader_version") if res.get("reader_version")
+                                                               else ""))
+        else:
+            line("reader", None, "none fitted (alarm button)")
+        line("battery", None if res.get("battery_mv") is None else res["battery_mv"] >= 3400,
+             "%s mV" % res.get("battery_mv"))
+        line("case", not res.get("tamper_open"), "open" if res.get("tamper_open") else "closed")
+        line("Wi-Fi signal", None, "not reported by the console (firmware needs a console `net` command)")
+        cfg = con.read_config() if info.get("provisioned") else None
+        if cfg:
+            host, port_n = cfg.get("broker_host"), cfg.get("broker_port")
+            try:
+                socket.create_connection((host, port_n), timeout=3).close()
+                line("broker", True, "%s:%s reachable from this laptop" % (host, port_n))
+            except OSError as exc:
+                line("broker", False, "%s:%s not reachable from this laptop: %s" % (host, port_n, exc))
+        else:
+            line("broker", None, "the board has no identity yet")
+        line("clock", None, "not reported by the console (firmware needs a console `clock` command)")
+    finally:
+        con.close()
+    failed = results.count(False)
+    say("%d PASS, %d FAIL, %d SKIP" % (results.count(True), failed, results.count(None)))
+    return 1 if failed else 0
 
 
 # -- the command -----------------------------------------------------------------------------------
