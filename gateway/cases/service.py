@@ -530,7 +530,9 @@ class CaseService:
             return case
 
     def list_cases(self, status=None, since=None, until=None, limit=1000):
-        sql, args = "SELECT case_id FROM cases WHERE 1=1", []
+        # One query, not one per case: the board refetches this on every case event while the
+        # pipeline thread waits on the same lock to open the next case.
+        sql, args = "SELECT * FROM cases WHERE 1=1", []
         if status == "open":
             sql += " AND status IN ('open', 'acknowledged')"
         elif status:
@@ -545,7 +547,9 @@ class CaseService:
         sql += " ORDER BY case_id DESC LIMIT ?"
         args.append(limit)
         with self._lock:
-            return [self._case(cid) for (cid,) in self.db.execute(sql, args).fetchall()]
+            cur = self.db.execute(sql, args)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def current_stage(self, device_id, key_id, seq):
         """The ack stage to resend for a duplicate alarm frame (SPEC section 4), or None if no case."""
