@@ -473,7 +473,7 @@ def run(args):
     plan = load_plan(args.plan)
     state = State(args.plan)
     gw = Gateway(args.gateway_config)
-    results = []
+    results, new_labels = [], []
     try:
         check_places(plan, gw.registry, args.plan)
         settings = settings_from(args, gw)
@@ -522,11 +522,13 @@ def run(args):
             state.set(res["place"], status="done", device_id=res["device_id"], hwid=res["hwid"],
                       fingerprint=res["fingerprint"], seconds=res["seconds"], error=None,
                       date=datetime.date.today().isoformat())
-            print_label(done_row, res, args.labels)
+            new_labels.append(print_label(done_row, res))
             results.append((done_row, res))
             todo = [r for r in todo if r["place"] != res["place"]]
             if watcher is None and todo:
                 break  # one port given: one board per run
+        if args.labels:
+            write_batch_labels(plan, state, new_labels, args.labels)
         print_summary(plan, state)
         failed = [r for r in plan if state.rows.get(r["place"], {}).get("status") == "failed"]
         return 1 if failed and not all(state.done(r["place"]) for r in plan) and watcher is None else 0
@@ -534,13 +536,35 @@ def run(args):
         gw.close()
 
 
-def print_label(row, res, label_dir):
+def print_label(row, res, label_dir=None):
+    """Print the label text; with label_dir also its SVG and PNG. Returns the label's info."""
     from tools import labels
 
     info = labels.label_info(row, res["device_id"], res["fingerprint"], res.get("date"))
     print(labels.text(info))
     if label_dir:
-        labels.write_files(info, label_dir)
+        _write_labels([info], label_dir)
+    return info
+
+
+def _write_labels(infos, label_dir, sheet=None):
+    from tools import labels
+
+    out = labels.write_files(infos, label_dir)
+    if sheet:
+        labels.write_sheet(sheet, os.path.join(label_dir, "sheet.html"))
+    print("labels: %d in %s%s%s" % (len(infos), label_dir, ", sheet.html (A4)" if sheet else "",
+                                    "" if out["png_text"] else " (PNG: QR only, no chromium for the text)"))
+
+
+def write_batch_labels(plan, state, new_infos, label_dir):
+    """SVG/PNG for the boards done in this run; sheet.html for every board of the plan done so far."""
+    from tools import labels
+
+    sheet = [labels.label_info(r, state.rows[r["place"]]["device_id"], state.rows[r["place"]]["fingerprint"],
+                               state.rows[r["place"]].get("date")) for r in plan if state.done(r["place"])]
+    if new_infos or sheet:
+        _write_labels(new_infos, label_dir, sheet)
 
 
 def print_summary(plan, state):

@@ -43,7 +43,13 @@ def test_plan_deploys_then_boards_come_online_and_alarm_is_accepted(rig, capsys)
         stored = read_identity(hb.flash_dir)
         ids[stored["device_id"]] = hb
         assert stored["device_id"] == s["device_id"] >= 0x100 and stored["key"] not in out
-        assert os.path.exists(os.path.join(rig.work, "labels", "%08x.png" % s["device_id"]))
+        assert os.path.exists(os.path.join(rig.work, "labels", "%08x.svg" % s["device_id"]))
+    from tools.tests.test_labels import zbar
+
+    first = state[rig.rows[0]["place"]]["device_id"]
+    assert zbar(os.path.join(rig.work, "labels", "%08x.png" % first)) == "FQ1:%08x" % first
+    with open(os.path.join(rig.work, "labels", "sheet.html"), encoding="utf-8") as f:
+        assert f.read().count('class="s"') == 3
     app = GatewayApp(load_config(rig.config_path))
     app.start()
     try:
