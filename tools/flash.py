@@ -323,12 +323,19 @@ def mpremote_argv(port, items, reset=True, twins=()):
 
 
 def check_port(port):
+    """The checks `fengqiao provision` makes (tools.serialconsole): not found, not a serial port,
+    no permission (naming the group), busy (mpremote would only say it cannot lock it)."""
+    from tools.serialconsole import PortError
+    from tools.serialconsole import check_port as check
+    from tools.serialconsole import check_port_free
+
     if not port:
         raise CliError("no --port given: plug the board in and pass its serial port (e.g. /dev/ttyUSB0)")
-    if not os.path.exists(port):
-        raise CliError("serial port %s does not exist: is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % port)
-    if not os.access(port, os.R_OK | os.W_OK):
-        raise CliError("no permission to open %s: add yourself to the dialout group" % port)
+    try:
+        check(port)
+        check_port_free(port)
+    except PortError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def run(args):

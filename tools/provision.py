@@ -31,7 +31,8 @@ ROLE_NAMES = {"alarm": "alarm button", "checkin": "patrol check-in point"}
 
 def add_arguments(parser):
     p = parser
-    p.add_argument("--port", required=True, help="serial port of the unit (e.g. /dev/ttyUSB0, /dev/ttyACM0)")
+    p.add_argument("--port", required=True, type=_port, help="serial port of the unit (e.g. /dev/ttyUSB0, /dev/ttyACM0; "
+                                                             "a host board's: `fengqiao hostboard port`)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--device-id", required=True, help="device id: 8 hex digits, e.g. 0000002a")
     p.add_argument("--role", required=True, choices=("alarm", "checkin"))
@@ -62,6 +63,18 @@ def add_arguments(parser):
     p.add_argument("--label-file", help="also write the label text to this file")
     p.add_argument("--no-reboot", action="store_true", help="leave the unit running (identity applies at next boot)")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per-request timeout (default 5)")
+
+
+def _port(text):
+    """--port is checked as it is parsed, before the other options: a wrong port is the first thing
+    said (not found, not a serial port, no permission naming the group), not the last."""
+    from tools.serialconsole import PortError, check_port
+
+    try:
+        check_port(text)
+    except PortError as exc:
+        raise CliError(str(exc)) from exc
+    return text
 
 
 # -- building the config -------------------------------------------------------------------------
@@ -237,6 +250,12 @@ def selftest_text(res):
 def run(args):
     from tools.serialconsole import ConsoleError, DeviceError, NotFengqiao, PortError, SerialConsole
 
+    from tools.serialconsole import check_port_free
+
+    try:
+        check_port_free(args.port)  # busy (another program has it), before the gateway is touched
+    except PortError as exc:
+        raise CliError(str(exc)) from exc
     if args.gateway_config and args.gateway_db:
         raise CliError("give --gateway-config or --gateway-db, not both")
     if not (args.gateway_config or args.gateway_db or args.key_out):

@@ -5,8 +5,11 @@
         fp = con.write_config(cfg)             # DeviceError("already_provisioned", ...) if it has one
         cfg = con.read_config()                # key replaced by key_fingerprint
 
+    check_port("/dev/ttyUSB0")                 # PortError(reason=...) before anything else is done
+
 Exceptions (all subclass ConsoleError):
-    PortError       the port does not exist / cannot be opened
+    PortError       the port does not exist / cannot be opened; .reason is one of "not_found",
+                    "not_a_tty", "no_permission", "busy", "open_failed"
     ConsoleTimeout  no reply to a request in time
     NotFengqiao     something answered, but not a Fengqiao console (or nothing framed at all)
     DeviceError     the unit answered ok=false; .code is the CONSOLE.md error code
@@ -31,7 +34,125 @@ class ConsoleError(Exception):
 
 
 class PortError(ConsoleError):
-    """The serial port is absent or cannot be opened."""
+    """The serial port is absent or cannot be opened (.reason says which way, see the module doc)."""
+
+    def __init__(self, message, reason="open_failed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+_PORT_HINT = "find the unit's port with ls /dev/ttyUSB* /dev/ttyACM* (a host board's: fengqiao hostboard port)"
+
+
+def _tty_majors():
+    """{major: (first minor, last minor)} of the kernel's tty drivers (/proc/tty/drivers); None
+    when that file cannot be read (then a character device is taken to be a tty)."""
+    try:
+        with open("/proc/tty/drivers", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2].isdigit():
+            lo, _, hi = parts[3].partition("-")
+            if lo.isdigit():
+                out.setdefault(int(parts[2]), []).append((int(lo), int(hi) if hi.isdigit() else int(lo)))
+    return out
+
+
+def check_port(port):
+    """Say what is wrong with a serial port before anything else is tried, without opening it:
+    PortError with reason "not_found", "not_a_tty" (a plain file, a directory, /dev/null) or
+    "no_permission" (naming the group that may open it). check_port_free() then tells "busy"."""
+    import grp
+    import stat
+
+    if not port:
+        raise PortError("no serial port given: " + _PORT_HINT, "not_found")
+    try:
+        st = os.stat(port)
+    except FileNotFoundError:
+        raise PortError("serial port %s does not exist: is the unit plugged in? %s" % (port, _PORT_HINT[0].upper() + _PORT_HINT[1:]),
+                        "not_found") from None
+    except OSError as exc:
+        raise PortError("cannot look at %s: %s" % (port, exc)) from exc
+    if not stat.S_ISCHR(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "a plain file" if stat.S_ISREG(st.st_mode) else \
+            "not a character device"
+        raise PortError("%s is not a serial port (it is %s): %s" % (port, what, _PORT_HINT), "not_a_tty")
+    majors = _tty_majors()
+    if majors is not None:
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        if not any(lo <= minor <= hi for lo, hi in majors.get(major, ())):
+            raise PortError("%s is not a serial port (a character device %d,%d that is no tty): %s"
+                            % (port, major, minor, _PORT_HINT), "not_a_tty")
+    if not os.access(port, os.R_OK | os.W_OK):
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = "gid %d" % st.st_gid
+        raise PortError("no permission to open %s: it may be opened by its owner and the group %s; add yourself to "
+                        "that group (sudo usermod -aG %s $USER) and log in again" % (port, group, group),
+                        "no_permission")
+
+
+def _holders(port):
+    """Names and pids of other processes that have `port` open (those this user may see)."""
+    real = os.path.realpath(port)
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+            if any(os.path.realpath("/proc/%s/fd/%s" % (pid, fd)) == real for fd in fds):
+                with open("/proc/%s/comm" % pid) as f:
+                    out.append("%s (pid %s)" % (f.read().strip(), pid))
+        except OSError:
+            continue
+    return out
+
+
+def check_port_free(port):
+    """PortError("busy") when another program has the port locked, as mpremote, esptool-style
+    tools, pyserial with exclusive=True (this client too) and uucp lock-file users (screen,
+    minicom: /var/lock/LCK..NAME) do. Opens the port for a moment (O_NONBLOCK, no controlling tty)."""
+    import errno
+    import fcntl
+
+    for lock_dir in ("/var/lock", "/run/lock"):
+        lock = os.path.join(lock_dir, "LCK.." + os.path.basename(port))
+        try:
+            with open(lock, encoding="ascii", errors="replace") as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and pid != os.getpid() and os.path.exists("/proc/%d" % pid):
+            raise PortError("%s is busy: process %d holds its lock file %s (screen or minicom?); close it first"
+                            % (port, pid, lock), "busy")
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise PortError("%s is busy (%s); close the program that has it open" % (port, exc), "busy") from exc
+        raise PortError("cannot open %s: %s" % (port, exc)) from exc
+    try:
+        if not os.isatty(fd):
+            raise PortError("%s is not a serial port (no tty): %s" % (port, _PORT_HINT), "not_a_tty")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            others = _holders(port)
+            raise PortError("%s is busy: another program has it locked%s; close it first (only one program can "
+                            "talk to a unit at a time)" % (port, " (%s)" % ", ".join(others) if others else ""),
+                            "busy") from exc
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class ConsoleTimeout(ConsoleError):
@@ -96,12 +217,16 @@ class SerialConsole:
     def open(self):
         import serial
 
-        if not os.path.exists(self.port):
-            raise PortError("serial port %s does not exist: is the unit plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % self.port)
+        check_port(self.port)
         try:
-            self.ser = serial.Serial(self.port, self.baud, timeout=0.05, write_timeout=self.timeout_s)
+            # exclusive: a lock (flock) as mpremote takes, so two tools never talk to one unit at once
+            self.ser = serial.Serial(self.port, self.baud, timeout=0.05, write_timeout=self.timeout_s, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             text = str(exc)
+            if "exclusively lock" in text:
+                raise PortError("%s is busy: another program has it locked%s; close it first"
+                                % (self.port, " (%s)" % ", ".join(_holders(self.port)) if _holders(self.port) else ""),
+                                "busy") from exc
             if "ermission" in text:
                 hint = " (add yourself to the dialout group)"
             elif "ioctl" in text or "directory" in text:

@@ -133,30 +133,101 @@ def test_known_device_id_refused_before_touching_the_unit(unit, tmp_path, capsys
     assert not os.path.exists(os.path.join(unit.flash_dir, "data", "identity.cfg"))
 
 
-def test_absent_port_is_a_clear_error(tmp_path, capsys):
-    rc = main(base_args("/dev/pts/98765", "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k")))
+@pytest.fixture
+def pty_port():
+    """A real serial port (a pty) with nothing behind it: for errors found before the unit is asked."""
+    with NullModem() as nm:
+        yield nm.port
+
+
+def test_absent_port_is_said_first(tmp_path, capsys):
+    # Only --port given, every other required option missing: the port is what is reported.
+    rc = main(["provision", "--port", "/dev/pts/98765"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "/dev/pts/98765 does not exist" in err and "plugged in" in err
-    assert not (tmp_path / "k").exists()
+    assert "/dev/pts/98765 does not exist" in err and "plugged in" in err and "fengqiao hostboard port" in err
+    rc = main(base_args("/dev/pts/98765", "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k")))
+    assert rc == 1 and not (tmp_path / "k").exists()
 
 
-def test_wrong_port_is_a_clear_error(tmp_path, capsys):
+def test_not_a_serial_port_is_said_first(tmp_path, capsys):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("x")
+    for port, what in ((str(plain), "it is a plain file"), (str(tmp_path), "it is a directory"),
+                       ("/dev/null", "no tty")):
+        assert main(["provision", "--port", port, "--role", "alarm"]) == 1
+        err = capsys.readouterr().err
+        assert "%s is not a serial port" % port in err and what in err, err
     assert main(base_args("/dev/null", "0000002a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
-    err = capsys.readouterr().err
-    assert "cannot open /dev/null" in err and "not a serial port" in err
     assert not (tmp_path / "k").exists()
 
 
-def test_key_must_go_somewhere(capsys):
-    assert main(base_args("/dev/null", "0000002a", "--role", "alarm")) == 1
+def test_busy_port_is_said_before_the_gateway_is_touched(pty_port, tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)",
+                               pty_port], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        db = tmp_path / "g.db"
+        rc = main(base_args(pty_port, "0000002a", "--role", "alarm", "--gateway-db", str(db),
+                            "--master-key", str(tmp_path / "m.key")))
+        assert rc == 1
+        err = capsys.readouterr().err
+        assert "%s is busy" % pty_port in err and "(python" in err and "pid %d" % holder.pid in err, err
+        assert not db.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # The lock went with the holder: the port is free again, and the next mistake is the next thing said.
+    assert main(base_args(pty_port, "2a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
+    assert "--device-id" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a port only another group may open")
+def test_no_permission_names_the_group(pty_port):
+    """check_port (what `provision --port` runs first) in a forked child that is user nobody."""
+    import grp
+
+    from tools.serialconsole import PortError, check_port
+
+    group = grp.getgrgid(20).gr_name  # dialout on Debian/Ubuntu
+    os.chown(pty_port, 0, 20)
+    os.chmod(pty_port, 0o660)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exceptions may escape into pytest's own code
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                check_port(pty_port)
+                msg = "no error"
+            except PortError as exc:
+                msg = "%s|%s" % (exc.reason, exc)
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        reason, _, text = f.read().partition("|")
+    os.waitpid(pid, 0)
+    assert reason == "no_permission", text
+    assert "no permission to open %s" % pty_port in text and "group %s" % group in text, text
+    assert "usermod -aG %s" % group in text
+
+
+def test_key_must_go_somewhere(pty_port, capsys):
+    assert main(base_args(pty_port, "0000002a", "--role", "alarm")) == 1
     assert "--key-out" in capsys.readouterr().err
 
 
-def test_bad_arguments_are_clear(tmp_path, capsys):
-    assert main(base_args("/dev/null", "2a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
+def test_bad_arguments_are_clear(pty_port, tmp_path, capsys):
+    assert main(base_args(pty_port, "2a", "--role", "alarm", "--key-out", str(tmp_path / "k"))) == 1
     assert "--device-id" in capsys.readouterr().err
-    assert main(base_args("/dev/null", "0000002a", "--role", "checkin", "--key-out", str(tmp_path / "k"))) == 1
+    assert main(base_args(pty_port, "0000002a", "--role", "checkin", "--key-out", str(tmp_path / "k"))) == 1
     assert "--checkpoint-id is required" in capsys.readouterr().err
 
 
