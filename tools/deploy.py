@@ -299,7 +299,7 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
     return e
 
 
-def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, done_places=None):
+def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, done_places=None, selftest_s=10.0):
     """Deploy the board on `port` for plan `row`; returns a result dict."""
     from tools.serialconsole import ConsoleError, NotFengqiao, SerialConsole
 
@@ -331,7 +331,7 @@ def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, 
                     row = dict(row, place=pending.place_id)  # the board finishes the row it was keyed for
             if not info.get("provisioned"):
                 progress("self-test")
-                require_selftest(con, row["role"])
+                require_selftest(con, row["role"], selftest_s)
             e = key_board(con, info, gw, row, settings, progress)
             if reboot:
                 con.reboot()
@@ -360,8 +360,10 @@ def _fw_text(v):
     return "%d.%d.%d" % (v // 10000, v // 100 % 100, v % 100) if isinstance(v, int) else repr(v)
 
 
-def require_selftest(con, role):
-    res = con.selftest()
+def require_selftest(con, role, timeout_s=10.0):
+    """The board's self-test (it drives the LED and buzzer for a moment: timeout_s, not the console's
+    per-request timeout); BoardFailed unless it passes (a check-in point needs its reader)."""
+    res = con.last_selftest = con.request("selftest", timeout_s=timeout_s)
     if not res.get("pass") or (role == "checkin" and res.get("reader") != "ok"):
         raise BoardFailed("self-test failed: LED %s, buzzer %s, reader %s"
                           % (res.get("led"), res.get("buzzer"), res.get("reader")))
@@ -454,6 +456,7 @@ def add_arguments(p):
     p.add_argument("--labels", help="directory for the labels (PNG/SVG per device, sheet.html)")
     p.add_argument("--wait-s", type=float, help="give up waiting for the next board after this long")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per console request")
+    p.add_argument("--selftest-timeout-s", type=float, default=10.0, help="time the self-test may take (default 10)")
     p.add_argument("--no-reboot", action="store_true")
 
 
@@ -499,7 +502,7 @@ def run(args):
 
             try:
                 res = deploy_board(port, row, gw, settings, progress, args.timeout_s, not args.no_reboot,
-                                   {p for p in state.rows if state.done(p)})
+                                   {p for p in state.rows if state.done(p)}, args.selftest_timeout_s)
             except BoardFailed as exc:
                 state.set(row["place"], status="failed", error=str(exc), port=port)
                 print("board %d of %d — FAILED: %s (skipped)" % (index, total, exc))
@@ -530,8 +533,7 @@ def run(args):
         if args.labels:
             write_batch_labels(plan, state, new_labels, args.labels)
         print_summary(plan, state)
-        failed = [r for r in plan if state.rows.get(r["place"], {}).get("status") == "failed"]
-        return 1 if failed and not all(state.done(r["place"]) for r in plan) and watcher is None else 0
+        return 1 if any(res.get("status") == "failed" for _, res in results) else 0
     finally:
         gw.close()
 
