@@ -17,6 +17,7 @@ KINDS = {
     "gateway": "gateway.bench",             # events/s, ratio to bare paho, p50/p99 latency
     "cases": "gateway.cases.bench",         # alarm press to neighbours' sirens (dispatch within 1 s)
     "console": "gateway.console.bench",     # store -> visible in the browser; gateway rate with 20 sessions
+    "deploy": "tools.tests.test_deploy_rig",  # seconds per board of `fengqiao deploy` over host boards on ptys
 }
 
 
