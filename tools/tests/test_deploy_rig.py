@@ -114,3 +114,59 @@ class DeployRig:
             nm.close()
         if self.broker is not None:
             self.broker.stop()
+
+
+# -- `fengqiao bench deploy` ---------------------------------------------------------------------
+HELP = "seconds per board of `fengqiao deploy` over N host boards on ptys (identify, self-test, key, register)"
+
+
+def add_arguments(p):
+    p.add_argument("--boards", type=int, action="append", help="boards in one plan (repeatable; default 10 and 50)")
+    p.add_argument("--labels", action="store_true", help="also draw the labels (PNG/SVG, A4 sheet) at the end")
+
+
+def run(args):
+    import contextlib
+    import io
+    import json
+    import statistics
+    import tempfile
+    import time
+
+    from tools.cli import main
+
+    results = {}
+    for n in args.boards or [10, 50]:
+        with tempfile.TemporaryDirectory(prefix="fq-bench-deploy-") as work:
+            t0 = time.monotonic()
+            rig = DeployRig(work, boards=n, checkins=n // 10).start()
+            started = time.monotonic() - t0
+            try:
+                plan = rig.write_plan()
+                for i in range(n):
+                    rig.plug(i)
+                extra = ["--labels", os.path.join(work, "labels")] if args.labels else []
+                out = io.StringIO()
+                t1 = time.monotonic()
+                with contextlib.redirect_stdout(out):
+                    rc = main(rig.deploy_args(plan, *extra))
+                wall = time.monotonic() - t1
+                with open(plan + ".state.json", encoding="utf-8") as f:
+                    rows = json.load(f)["rows"]
+            finally:
+                rig.close()
+        secs = sorted(r["seconds"] for r in rows.values() if r.get("status") == "done")
+        done = len(secs)
+        r = {"boards": n, "done": done, "exit": rc, "per_board_s_mean": round(statistics.mean(secs), 2) if secs else None,
+             "per_board_s_p50": secs[len(secs) // 2] if secs else None, "per_board_s_max": secs[-1] if secs else None,
+             "run_wall_s": round(wall, 1), "run_wall_per_board_s": round(wall / n, 2),
+             "boards_start_s": round(started, 1), "labels": bool(args.labels)}
+        results[str(n)] = r
+        print("deploy %d boards: %d done, per board mean %.2f s, p50 %.2f s, max %.2f s; whole run %.1f s (%.2f s/board"
+              "%s); %d host boards started in %.1f s (not counted)"
+              % (n, done, r["per_board_s_mean"] or 0, r["per_board_s_p50"] or 0, r["per_board_s_max"] or 0, wall,
+                 wall / n, ", labels included" if args.labels else "", n, started))
+    load = os.getloadavg()
+    print("load average %.2f %.2f %.2f, %d CPUs; goal <= 20 s per board (flashing apart)" % (load + (os.cpu_count(),)))
+    print(json.dumps({"deploy": results, "loadavg": [round(x, 2) for x in load], "cpus": os.cpu_count()}))
+    return 0
