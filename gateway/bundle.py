@@ -17,6 +17,11 @@ Errors (all subclass BundleError, itself a ValueError):
     ReplayedBundle      this bundle id was imported already (the replay table, enrolment_bundles)
     BundleRefused       verified, but its content cannot be registered (a device id not reserved
                         for this technician, an unknown place, a device registered with another key)
+    FieldKitError       (laptop side) the field kit is unusable or its reserved ids are used up
+    KeyNotHeld          (laptop side) a pending key sealed in an earlier run cannot be read back
+
+The laptop's side is FieldJournal: the Enrolments interface of tools/deploy.py over a JSON journal
+of sealed entries and the bundle file (`fengqiao deploy PLAN --kit KIT --technician-key K`).
 
 The file (UTF-8 JSON): {"fengqiao_enrolment_bundle": 1, "body": base64(B), "signature": base64(S)}
 with S = Ed25519(technician, b"fengqiao-enrolment-bundle\\x00v1\\x00" + B), so the whole content is
@@ -49,7 +54,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["BundleError", "TamperedBundle", "UnknownTechnician", "WrongGateway", "ReplayedBundle",
-           "BundleRefused", "EnrolmentKey", "BundleStore", "seal_entry", "make_bundle", "open_bundle",
+           "BundleRefused", "FieldKitError", "KeyNotHeld", "FieldJournal", "load_field_kit", "EnrolmentKey", "BundleStore", "seal_entry", "make_bundle", "open_bundle",
            "import_bundle", "key_id_of"]
 
 FORMAT = 1
@@ -386,3 +391,134 @@ def import_bundle(data, gateway_key, store, registry, broker=None, enrolments=No
         return bundle, done
     finally:
         bundle.wipe()
+
+
+# -- the laptop's side: a journal of boards keyed away from the gateway ------------------------------
+class FieldKitError(BundleError):
+    """The field kit is missing, malformed, or has no device id left."""
+
+
+def load_field_kit(path):
+    """The field kit (`fengqiao device field-kit`): gateway enrolment key, reserved ids, broker, places."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            kit = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise FieldKitError("cannot read field kit %s: %s" % (path, exc)) from exc
+    if not isinstance(kit, dict) or kit.get("fengqiao_field_kit") != 1:
+        raise FieldKitError("%s is not a Fengqiao field kit (make one with `fengqiao device field-kit`)" % path)
+    for k in ("gateway_enrolment_key", "gateway_key_id", "device_ids", "broker_host", "broker_port", "ca_pem",
+              "technician_key_id", "places"):
+        if k not in kit:
+            raise FieldKitError("field kit %s lacks %r (make a new one with `fengqiao device field-kit`)" % (path, k))
+    return kit
+
+
+class KeyNotHeld(BundleError):
+    """A pending key sealed in an earlier run: this laptop cannot read it back (by design)."""
+
+
+class FieldJournal:
+    """The Enrolments interface tools/deploy.py uses, on the laptop: a JSON journal of sealed entries
+    (PLAN.enrolments.json; keys sealed to the gateway at once, never in clear on disk) and the
+    bundle file, rewritten, signed, after every confirmed board (a new bundle id each time, so an
+    early copy imported at the township does not make the final one a replay)."""
+
+    def __init__(self, path, kit, technician_key, bundle_path, clock=time.time):
+        from gateway.enrolment import Enrolment
+
+        self._Enrolment = Enrolment
+        self.path, self.kit, self.tech, self.bundle_path, self._clock = path, kit, technician_key, bundle_path, clock
+        if technician_key.key_id != kit["technician_key_id"]:
+            raise FieldKitError("the field kit was made for technician key %s; this key is %s"
+                                % (kit["technician_key_id"], technician_key.key_id))
+        self.rows = []
+        self._keys = {}     # n -> bytearray: keys of this run only
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.rows = json.load(f)["entries"]
+
+    def _save(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"v": 1, "entries": self.rows}, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _e(self, r):
+        return self._Enrolment(r["n"], r["device_id"], r["hwid"], r["role"], r["place_id"], r["power"], r["key_id"],
+                               r["fingerprint"], r["state"], "new", None)
+
+    def _find(self, hwid, state):
+        rows = [r for r in self.rows if r["hwid"] == hwid and r["state"] == state]
+        return self._e(rows[-1]) if rows else None
+
+    def pending_for_hwid(self, hwid):
+        return self._find(hwid, "pending")
+
+    def deployed(self, hwid):
+        return self._find(hwid, "confirmed")
+
+    def begin(self, hwid, role, place_id, power, key, kind="new", device_id=None, key_id=1, replaces=None):
+        if kind != "new":
+            raise BundleError("away from the gateway only new boards are enrolled; replace and rotate-key run at "
+                              "the gateway host")
+        first, last = self.kit["device_ids"]
+        used = {r["device_id"] for r in self.rows}
+        free = [i for i in range(first, last + 1) if i not in used]
+        if not free:
+            raise FieldKitError("the field kit's device ids %08x..%08x are all used: get a new kit" % (first, last))
+        meta = {"device_id": free[0], "key_id": key_id, "role": role, "place_id": place_id, "power": power,
+                "hwid": hwid, "fingerprint": hashlib.sha256(bytes(key)).hexdigest()[:16]}
+        entry = seal_entry(bytes.fromhex(self.kit["gateway_enrolment_key"]), meta, key)
+        n = len(self.rows) + 1
+        self.rows.append(dict(meta, n=n, state="pending", entry=entry, at=self._clock()))
+        self._save()
+        self._keys[n] = bytearray(key)
+        return self._e(self.rows[-1])
+
+    def key_of(self, e):
+        if e.n not in self._keys:
+            raise KeyNotHeld("the key of pending device %08x was sealed in an earlier run" % e.device_id)
+        return bytearray(self._keys[e.n])
+
+    def _set(self, e, state):
+        for r in self.rows:
+            if r["n"] == e.n:
+                r["state"] = state
+        key = self._keys.pop(e.n, None)
+        if key is not None:
+            for i in range(len(key)):
+                key[i] = 0
+        self._save()
+
+    def cancel(self, e):
+        self._set(e, "cancelled")
+
+    def confirm(self, e, registry=None, broker=None):
+        self._set(e, "confirmed")
+        self.write_bundle()
+
+    def note(self, *args, **kwargs):
+        pass  # history is written at the gateway when the bundle is imported
+
+    def entries(self):
+        return [r["entry"] for r in self.rows if r["state"] == "confirmed"]
+
+    def write_bundle(self):
+        data = make_bundle(self.entries(), self.tech, self.kit["gateway_key_id"])
+        tmp = self.bundle_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.bundle_path)
+        return self.bundle_path
+
+    def close(self):
+        for key in self._keys.values():
+            for i in range(len(key)):
+                key[i] = 0
+        self._keys.clear()

@@ -402,7 +402,8 @@ def field_kit(args, gw):
     kit = {"fengqiao_field_kit": 1, "technician": tech.name, "technician_key_id": tech.key_id,
            "gateway_enrolment_key": key.public_raw.hex(), "gateway_key_id": key.key_id,
            "device_ids": [first, last], "broker_host": args.broker_host or gw.config["broker"]["hostnames"][0],
-           "broker_port": gw.broker.tls_port, "ca_pem": ca}
+           "broker_port": gw.broker.tls_port, "ca_pem": ca,
+           "places": {p.place_id: p.level for p in gw.registry.places() if p.level in ("household", "checkpoint")}}
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(kit, f, indent=1)
     print("field kit %s: device ids %08x..%08x reserved for %s (no secret in it)" % (args.out, first, last, tech.name))

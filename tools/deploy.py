@@ -1,4 +1,5 @@
-"""`fengqiao deploy PLAN --port auto|PATH --gateway-config FILE`: deploy a village of boards.
+"""`fengqiao deploy PLAN --port auto|PATH (--gateway-config FILE | --kit KIT --technician-key K)`:
+deploy a village of boards (the technician's guide: tools/DEPLOY.md).
 
 The plan is a UTF-8 CSV file, one row per device, with this header (any column order):
 
@@ -7,17 +8,25 @@ The plan is a UTF-8 CSV file, one row per device, with this header (any column o
     checkin,东村,cp-gate,村口,,mains,1
 
 role `alarm` or `checkin`; place: the place id in the gateway's registry (household or
-checkpoint); name, village, group: what the label says; power `mains` or `battery`;
+checkpoint; every row is checked against the registry, or the field kit's list of places, before
+any board is touched); name, village, group: what the label says; power `mains` or `battery`;
 checkpoint_id 0..65535 for `checkin`. Errors name the line and the field.
 
 For each board plugged in (`--port auto`: the next new port matching `--port-glob`, e.g. a USB
 serial port appearing; a host board's pty symlink in a directory), in plan order:
-identify -> firmware version check -> self-test -> pending enrolment at the gateway (device id
-allocated there, key wrapped there) -> key written -> fingerprint read back -> confirmed
-(registered, allowed on the broker with a reload) -> label -> reboot. A failing board is reported
-and skipped; `PLAN.state.json` beside the plan records each row, so a rerun continues. A board
-whose write landed but whose confirmation did not (cable pulled) is confirmed by the rerun; a
-board already deployed is detected by its hardware id and not provisioned twice.
+identify -> firmware version check -> self-test -> pending enrolment (device id allocated by the
+gateway, or taken from the ids the gateway reserved in the field kit; the key wrapped at the
+gateway, or sealed to it at once) -> key written -> fingerprint read back -> confirmed (registered
+and allowed on the broker with a reload; or added to the signed enrolment bundle) -> label ->
+reboot. A failing board is reported and skipped (exit status 1); `PLAN.state.json` beside the plan
+records each row, so a rerun continues. A board whose write landed but whose confirmation did not
+(cable pulled) is confirmed by the rerun; a board already deployed is detected by its hardware id
+and not provisioned twice. A pending enrolment is never on the broker: a board is never let in
+with a key the gateway has not registered, and never registered with a key it does not hold.
+
+Not done here (see tools/DEPLOY.md): flashing (`fengqiao flash` first; a board whose firmware
+version is not FIRMWARE_VERSION is refused with that command), and replace / rotate-key away
+from the gateway (they run at the gateway host: `fengqiao device replace|rotate-key`).
 """
 
 import csv
@@ -226,6 +235,49 @@ class Gateway:
         self.registry.close()
 
 
+class AwayGateway:
+    """Deploying away from the gateway: a field kit (`fengqiao device field-kit`) gives the device ids,
+    the gateway's enrolment key, the broker and the known places; keys go, sealed, into the
+    enrolment bundle (gateway/bundle.py FieldJournal) for `fengqiao device import-enrolment`."""
+
+    def __init__(self, kit_path, technician_key_path, plan_path, bundle_path=None):
+        from gateway.bundle import BundleError, FieldJournal, load_field_kit
+        from gateway.keys import KeyFileError, SigningKey
+
+        try:
+            self.kit = load_field_kit(kit_path)
+            if not os.path.exists(technician_key_path):
+                raise CliError("no technician key %s (make it once with `fengqiao device technician-key --out %s`)"
+                               % (technician_key_path, technician_key_path))
+            tech = SigningKey.load_or_create(technician_key_path)
+            self.bundle_path = bundle_path or plan_path + ".bundle.json"
+            self.enrolments = FieldJournal(plan_path + ".enrolments.json", self.kit, tech, self.bundle_path)
+        except (BundleError, KeyFileError) as exc:
+            raise CliError(str(exc)) from exc
+        self.registry = _KitPlaces(self.kit["places"])
+        self.broker = None
+
+    def settings(self, args):
+        return {"broker_host": args.broker_host or self.kit["broker_host"], "broker_port": self.kit["broker_port"],
+                "ca_pem": self.kit["ca_pem"]}
+
+    def close(self):
+        self.enrolments.close()
+
+
+class _KitPlaces:
+    """registry.place() over the field kit's {place id: level} (what check_places needs)."""
+
+    def __init__(self, places):
+        self._places = places
+
+    def place(self, place_id):
+        from types import SimpleNamespace
+
+        level = self._places.get(place_id)
+        return SimpleNamespace(place_id=place_id, level=level) if level else None
+
+
 def board_config(row, device_id, key, key_id, settings):
     return {"device_id": device_id, "key_id": key_id, "key": bytes(key).hex(), "role": row["role"],
             "wifi_ssid": settings["wifi_ssid"], "wifi_password": settings["wifi_password"],
@@ -240,6 +292,8 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
     pulled) keyed with a pending enrolment that the next run confirms."""
     from tools.provision import compare_readback
     from tools.serialconsole import DeviceError
+
+    from gateway.bundle import KeyNotHeld
 
     enr = gw.enrolments
     hwid = info["hwid"]
@@ -262,7 +316,21 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
         finally:
             for i in range(len(key)):
                 key[i] = 0
-    key = enr.key_of(e)
+    try:
+        key = enr.key_of(e)
+    except KeyNotHeld as exc:
+        # keyed in an earlier run away from the gateway, but the write never landed (the board has no
+        # identity): that sealed key cannot be read back; a fresh one replaces it
+        progress("the earlier key did not land (%s): a new one" % exc)
+        enr.cancel(e)
+        fresh = bytearray(os.urandom(32))
+        try:
+            e = enr.begin(hwid, GATEWAY_ROLES[row["role"]], row["place"], row["power"], fresh, kind=kind,
+                          device_id=device_id, key_id=key_id, replaces=replaces)
+        finally:
+            for i in range(len(fresh)):
+                fresh[i] = 0
+        key = enr.key_of(e)
     try:
         cfg = board_config(row, e.device_id, key, e.key_id, settings)
         progress("writing the key and settings (device %08x)" % e.device_id)
@@ -449,7 +517,12 @@ def add_arguments(p):
     p.add_argument("--port", default="auto", help="auto (the next new port matching --port-glob) or a path")
     p.add_argument("--port-glob", action="append", help="ports to watch with --port auto (repeatable; default "
                                                         "%s)" % " ".join(DEFAULT_GLOBS))
-    p.add_argument("--gateway-config", required=True, help="gateway TOML (this laptop is the gateway host)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gateway-config", help="gateway TOML (this laptop is the gateway host: direct registration)")
+    where.add_argument("--kit", help="field kit from `fengqiao device field-kit` (away from the gateway: the keys "
+                                     "go, sealed, into an enrolment bundle)")
+    p.add_argument("--technician-key", help="with --kit: your key from `fengqiao device technician-key`")
+    p.add_argument("--bundle", help="with --kit: the enrolment bundle to write (default PLAN.bundle.json)")
     p.add_argument("--broker-host", help="host name boards use for the broker (default: [broker] hostnames[0])")
     p.add_argument("--wifi-ssid", default="")
     p.add_argument("--wifi-password-file")
@@ -461,21 +534,32 @@ def add_arguments(p):
 
 
 def settings_from(args, gw):
-    b = gw.config["broker"]
-    with open(gw.broker.ca_path, encoding="ascii") as f:
-        ca = f.read()
+    if isinstance(gw, AwayGateway):
+        out = gw.settings(args)
+    else:
+        with open(gw.broker.ca_path, encoding="ascii") as f:
+            ca = f.read()
+        out = {"broker_host": args.broker_host or gw.config["broker"]["hostnames"][0],
+               "broker_port": gw.broker.tls_port, "ca_pem": ca}
     password = ""
     if args.wifi_password_file:
-        with open(args.wifi_password_file, encoding="utf-8") as f:
-            password = f.read().strip("\r\n")
-    return {"wifi_ssid": args.wifi_ssid, "wifi_password": password,
-            "broker_host": args.broker_host or b["hostnames"][0], "broker_port": gw.broker.tls_port, "ca_pem": ca}
+        try:
+            with open(args.wifi_password_file, encoding="utf-8") as f:
+                password = f.read().strip("\r\n")
+        except OSError as exc:
+            raise CliError("cannot read the Wi-Fi password file: %s" % exc) from exc
+    return dict(out, wifi_ssid=args.wifi_ssid, wifi_password=password)
 
 
 def run(args):
     plan = load_plan(args.plan)
     state = State(args.plan)
-    gw = Gateway(args.gateway_config)
+    if args.kit:
+        if not args.technician_key:
+            raise CliError("--kit needs --technician-key (the key the township knows you by)")
+        gw = AwayGateway(args.kit, args.technician_key, args.plan, args.bundle)
+    else:
+        gw = Gateway(args.gateway_config)
     results, new_labels = [], []
     try:
         check_places(plan, gw.registry, args.plan)
@@ -533,6 +617,9 @@ def run(args):
         if args.labels:
             write_batch_labels(plan, state, new_labels, args.labels)
         print_summary(plan, state)
+        if isinstance(gw, AwayGateway) and gw.enrolments.entries():
+            print("enrolment bundle %s: %d board(s), signed; take it to the township: `fengqiao device "
+                  "import-enrolment %s`" % (gw.bundle_path, len(gw.enrolments.entries()), gw.bundle_path))
         return 1 if any(res.get("status") == "failed" for _, res in results) else 0
     finally:
         gw.close()

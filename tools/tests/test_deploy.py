@@ -97,3 +97,46 @@ def test_unknown_place_refused_before_any_board_is_touched(rig, capsys):
     err = capsys.readouterr().err
     assert "unknown.csv:2: place: 'hh-nowhere' is not in the gateway's registry" in err
     assert not os.path.exists(os.path.join(rig.boards[0].flash_dir, "data", "identity.cfg"))
+
+
+@pytest.mark.timeout(120)
+def test_away_from_the_gateway_bundle_then_import(rig, capsys):
+    """The laptop cannot reach the gateway DB: a field kit, the boards keyed into a signed bundle, the
+    bundle imported at the township; the gateway then holds each board's very key, the broker too."""
+    from gateway.broker import ProjectBroker
+    from gateway.registry import Registry
+
+    conf = ["--config", rig.config_path]
+    tech = os.path.join(rig.work, "tech.pem")
+    assert main(["device", "technician-key", "--out", tech]) == 0
+    pub = capsys.readouterr().out.strip()
+    assert main(["device", "technician", "add", "li", "--pubkey", pub] + conf) == 0
+    kit = os.path.join(rig.work, "kit.json")
+    assert main(["device", "field-kit", "--technician", "li", "--count", "5", "--out", kit] + conf) == 0
+    capsys.readouterr()
+    plan = rig.write_plan(rig.rows[:2], "away.csv")
+    rig.plug(0)
+    rig.plug(1)
+    args = [a for a in rig.deploy_args(plan, "--no-reboot") if a not in ("--gateway-config", rig.config_path)]
+    assert main(args + ["--kit", kit, "--technician-key", tech]) == 0
+    out = capsys.readouterr().out
+    bundle = plan + ".bundle.json"
+    assert "enrolment bundle %s: 2 board(s)" % bundle in out
+    boards = [read_identity(hb.flash_dir) for hb in rig.boards[:2]]
+    with open(bundle, "rb") as f:
+        data = f.read()
+    for b in boards:
+        assert b["key"].encode() not in data and b["key"] not in out
+    reg = Registry(rig.db_path, rig.master_key)
+    try:
+        assert all(reg.device(b["device_id"]) is None for b in boards)   # nothing at the gateway yet
+    finally:
+        reg.close()
+    assert main(["device", "import-enrolment", bundle] + conf) == 0
+    reg = Registry(rig.db_path, rig.master_key)
+    try:
+        for b, r in zip(boards, rig.rows):
+            assert reg.device_key(b["device_id"], 1).hex() == b["key"] and reg.device(b["device_id"]).place_id == r["place"]
+    finally:
+        reg.close()
+    assert {"%08x" % b["device_id"] for b in boards} <= set(ProjectBroker(rig.broker.workdir).devices())
