@@ -664,3 +664,9 @@ def print_summary(plan, state):
             i, r["place"], r["role"], s.get("status", "todo"),
             "%08x" % s["device_id"] if s.get("device_id") else "-", s.get("fingerprint") or "-",
             s.get("seconds", "") if s.get("status") == "done" else (s.get("error") or "")[:60]))
+    states = [state.rows.get(r["place"], {}) for r in plan]
+    secs = [s["seconds"] for s in states if s.get("status") == "done" and s.get("seconds") is not None]
+    print("%d rows: %d done, %d failed, %d to do%s" % (
+        len(plan), sum(s.get("status") == "done" for s in states), sum(s.get("status") == "failed" for s in states),
+        sum(s.get("status") not in ("done", "failed") for s in states),
+        "; %.2f s per board on average" % (sum(secs) / len(secs)) if secs else ""))

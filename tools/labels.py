@@ -53,10 +53,17 @@ def lines(info):
     return out
 
 
+def _cols(t):
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in t)   # a terminal's columns
+
+
 def text(info):
     body = lines(info)
-    width = max(len(x) for x in body) + 4
-    return "\n".join(["+" + "-" * width + "+"] + ["|  %s" % x for x in body] + ["+" + "-" * width + "+"])
+    width = max(_cols(x) for x in body)
+    return "\n".join(["+" + "-" * (width + 4) + "+"] + ["|  %s%s  |" % (x, " " * (width - _cols(x))) for x in body]
+                     + ["+" + "-" * (width + 4) + "+"])
 
 
 def _qr(info):

@@ -140,3 +140,19 @@ def test_away_from_the_gateway_bundle_then_import(rig, capsys):
     finally:
         reg.close()
     assert {"%08x" % b["device_id"] for b in boards} <= set(ProjectBroker(rig.broker.workdir).devices())
+
+
+@pytest.mark.timeout(60)
+def test_the_same_board_twice_is_detected(rig, capsys):
+    plan = rig.write_plan(rig.rows[:1], "one.csv")
+    rig.plug(0)
+    assert main(rig.deploy_args(plan, "--no-reboot")) == 0
+    first = read_identity(rig.boards[0].flash_dir)
+    capsys.readouterr()
+    plan2 = rig.write_plan(rig.rows[1:2], "two.csv")   # the same board plugged in for the next row
+    assert main(rig.deploy_args(plan2, "--no-reboot")) == 0
+    out = capsys.readouterr().out
+    assert "is already deployed as device %08x (%s): not provisioned twice" % (first["device_id"],
+                                                                              rig.rows[0]["place"]) in out, out
+    assert read_identity(rig.boards[0].flash_dir) == first
+    assert "1 rows: 0 done, 0 failed, 1 to do" in out   # the summary: row 1 of two.csv still to do
