@@ -178,6 +178,15 @@ def port_holders(port):
     return out
 
 
+def _usb_serial_ports():
+    """Serial ports pyserial sees that sit on USB (the boards' USB-serial bridges and native USB)."""
+    try:
+        from serial.tools import list_ports
+    except ImportError:
+        return []
+    return [p.device for p in list_ports.comports() if p.vid is not None]
+
+
 class PortWatcher:
     """The next new port matching the globs: a port counts once until it disappears (unplugged)."""
 
@@ -186,7 +195,10 @@ class PortWatcher:
         self.handled = set()
 
     def present(self):
-        return sorted({p for g in self.globs for p in globmod.glob(g)})
+        ports = {p for g in self.globs for p in globmod.glob(g)}
+        if self.globs == DEFAULT_GLOBS:
+            ports |= set(_usb_serial_ports())  # pyserial's view too: USB serial adapters by any name
+        return sorted(ports)
 
     def next_port(self, timeout_s=None, say=print):
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -123,6 +123,8 @@ HELP = "seconds per board of `fengqiao deploy` over N host boards on ptys (ident
 def add_arguments(p):
     p.add_argument("--boards", type=int, action="append", help="boards in one plan (repeatable; default 10 and 50)")
     p.add_argument("--labels", action="store_true", help="also draw the labels (PNG/SVG, A4 sheet) at the end")
+    p.add_argument("--online", action="store_true", help="then start the gateway, boot every board and press every "
+                                                         "alarm button: all must come online and be accepted")
 
 
 def run(args):
@@ -153,6 +155,7 @@ def run(args):
                 wall = time.monotonic() - t1
                 with open(plan + ".state.json", encoding="utf-8") as f:
                     rows = json.load(f)["rows"]
+                online = check_online(rig) if args.online else None
             finally:
                 rig.close()
         secs = sorted(r["seconds"] for r in rows.values() if r.get("status") == "done")
@@ -160,13 +163,55 @@ def run(args):
         r = {"boards": n, "done": done, "exit": rc, "per_board_s_mean": round(statistics.mean(secs), 2) if secs else None,
              "per_board_s_p50": secs[len(secs) // 2] if secs else None, "per_board_s_max": secs[-1] if secs else None,
              "run_wall_s": round(wall, 1), "run_wall_per_board_s": round(wall / n, 2),
-             "boards_start_s": round(started, 1), "labels": bool(args.labels)}
+             "boards_start_s": round(started, 1), "labels": bool(args.labels), "online": online}
         results[str(n)] = r
         print("deploy %d boards: %d done, per board mean %.2f s, p50 %.2f s, max %.2f s; whole run %.1f s (%.2f s/board"
               "%s); %d host boards started in %.1f s (not counted)"
               % (n, done, r["per_board_s_mean"] or 0, r["per_board_s_p50"] or 0, r["per_board_s_max"] or 0, wall,
                  wall / n, ", labels included" if args.labels else "", n, started))
+        if online:
+            print("  then: %d/%d boards online at the gateway in %.1f s; %d/%d alarms accepted in %.1f s"
+                  % (online["online"], n, online["online_s"], online["alarms"], online["alarm_boards"], online["alarm_s"]))
     load = os.getloadavg()
     print("load average %.2f %.2f %.2f, %d CPUs; goal <= 20 s per board (flashing apart)" % (load + (os.cpu_count(),)))
     print(json.dumps({"deploy": results, "loadavg": [round(x, 2) for x in load], "cpus": os.cpu_count()}))
     return 0
+
+
+def check_online(rig, timeout_s=120):
+    """Start the gateway on the rig's config, boot every deployed board (deploy rebooted it) and press
+    every alarm button; {online, online_s, alarms, alarm_boards, alarm_s}. WaitTimeout if any is missing."""
+    import json
+    import time
+
+    from gateway.cli import GatewayApp
+    from gateway.config import load_config
+    from tools.testing.procs import wait_for
+
+    ids = {}
+    for hb in rig.boards:
+        with open(os.path.join(hb.flash_dir, "data", "identity.cfg"), "rb") as f:
+            ids[hb] = json.loads(f.read().split(b"\n")[0])
+    app = GatewayApp(load_config(rig.config_path))
+    app.start()
+    try:
+        t0 = time.monotonic()
+        for hb in rig.boards:
+            hb.wait_exit(10)
+            hb.restart()
+
+        def seen(kind):
+            return {e.device_id for e in app.store.events_after(0, 100000) if e.kind == kind}
+
+        want = {c["device_id"] for c in ids.values()}
+        wait_for(lambda: seen("boot") >= want, timeout_s, "every deployed board's boot frame at the gateway")
+        online_s = time.monotonic() - t0
+        alarm = {hb: c["device_id"] for hb, c in ids.items() if c["role"] == "alarm"}
+        t1 = time.monotonic()
+        for hb in alarm:
+            hb.hold(1300)
+        wait_for(lambda: seen("alarm") >= set(alarm.values()), timeout_s, "every alarm accepted at the gateway")
+        return {"online": len(seen("boot") & want), "online_s": round(online_s, 1), "alarms": len(seen("alarm")),
+                "alarm_boards": len(alarm), "alarm_s": round(time.monotonic() - t1, 1)}
+    finally:
+        app.stop()
