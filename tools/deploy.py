@@ -590,13 +590,16 @@ def run(args):
                     break
             else:
                 port = args.port
-                check_port(port)
             t0 = time.monotonic()
 
             def progress(step, index=index):
                 print("board %d of %d — %s" % (index, total, step), flush=True)
 
             try:
+                try:
+                    check_port(port)   # missing, busy (another program has it open), no permission
+                except CliError as exc:
+                    raise BoardFailed(str(exc)) from exc
                 res = deploy_board(port, row, gw, settings, progress, args.timeout_s, not args.no_reboot,
                                    {p for p in state.rows if state.done(p)}, args.selftest_timeout_s)
             except BoardFailed as exc:
