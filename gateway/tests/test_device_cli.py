@@ -114,6 +114,35 @@ def test_port_errors(rig, tmp_path, capsys):
         holder.kill()
         holder.wait()
         holder.stdout.close()
+    # an older firmware on the board (its identify answer rewritten on the cable, CRC and all)
+    from tools.serialconsole import decode, encode
+
+    held = bytearray()
+
+    def older(data):   # the board writes a reply in pieces: rewrite whole lines only
+        held.extend(data)
+        out = b""
+        while b"\n" in held:
+            line, _, rest = bytes(held).partition(b"\n")
+            held[:] = rest
+            if line.startswith(b"FQ1 ") and b'"fw"' in line:
+                obj = decode(line)
+                obj["fw"] = 903
+                line = encode(obj).rstrip(b"\n")
+            out += line + b"\n"
+        return out
+
+    rig.modems[1].from_board = older
+    assert main(["device", "check", "--port", rig.modems[1].port]) == 1
+    assert "firmware         FAIL  0.9.3 (this tool: 1.0.0)" in capsys.readouterr().out
+    plan = rig.write_plan(rig.rows[1:2], "old-fw.csv")
+    rig.plug(1)
+    assert main(rig.deploy_args(plan, "--no-reboot")) == 1
+    out = capsys.readouterr().out
+    assert "runs firmware 0.9.3, this tool provisions 1.0.0: flash it first (`fengqiao flash --port" in out, out
+    assert not os.path.exists(os.path.join(rig.boards[1].flash_dir, "data", "identity.cfg"))
+    rig.modems[1].from_board = None
+
     import pty   # a tty with nothing on the other end: a silent board
 
     m, s = pty.openpty()
