@@ -116,7 +116,10 @@ def test_cable_pulled_at_every_step_then_resume(bench, mode, capsys):
     from tools.serialconsole import SerialConsole
 
     registered_before = set()
+    long_run = bool(os.environ.get("FENGQIAO_LONG_TESTS"))
     for k, step in enumerate(STEPS):
+        if step == "identify" and not long_run:
+            continue   # nothing is written before identify answers; FENGQIAO_LONG_TESTS=1 cuts there too
         row = rig.rows[k]
         plan = rig.write_plan([row], "plan-%s-%d.csv" % (mode, k))
         rig.plug(0)
