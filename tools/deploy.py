@@ -144,7 +144,8 @@ class Gateway:
         try:
             self.config = load_config(config_path)
         except ConfigError as exc:
-            raise CliError(str(exc)) from exc
+            raise CliError("%s (deploy: --gateway-config FILE at the gateway host, or --kit KIT away from it)"
+                           % exc) from exc
         app = GatewayApp(self.config)
         self.registry = app.open_registry()
         g = self.config["gateway"]
@@ -439,8 +440,9 @@ def add_arguments(p):
     p.add_argument("--port", default="auto", help="auto (the next new port matching --port-glob) or a path")
     p.add_argument("--port-glob", action="append", help="ports to watch with --port auto (repeatable; default "
                                                         "%s)" % " ".join(DEFAULT_GLOBS))
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--gateway-config", help="gateway TOML (this laptop is the gateway host: direct registration)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gateway-config", help="gateway TOML (this laptop is the gateway host: direct registration; "
+                                                "default $FENGQIAO_CONFIG, ./gateway.toml, /etc/fengqiao/gateway.toml)")
     where.add_argument("--kit", help="field kit from `fengqiao device field-kit` (away from the gateway: the keys "
                                      "go, sealed, into an enrolment bundle)")
     p.add_argument("--technician-key", help="with --kit: your key from `fengqiao device technician-key`")
