@@ -6,6 +6,7 @@
     fengqiao hostboard hold [--ms 1200]            # press and hold: raises an alarm
     fengqiao hostboard tap CARD [--ms 600]         # a patrol card (hex UID) held to the reader
     fengqiao hostboard status [--json]             # LED, buzzer, button, card, battery, network
+    fengqiao hostboard wait --led stored           # until the LED shows a state (scripts, the README)
     fengqiao hostboard list
     fengqiao hostboard stop [--name NAME | --all]
 
@@ -94,10 +95,26 @@ def find(name=None):
     raise CliError("%d host boards are running (%s): say which with --name" % (len(boards), ", ".join(boards)))
 
 
-def _client(state):
-    from tools.hostboard import HostBoard
+def _client(state, timeout_s=15.0):
+    """A connected control client. The board may be between a reset and its next start (the
+    console's `reboot` after `fengqiao provision`, a watchdog reset, `flash --board host`): its
+    daemon powers it back on, so wait for the socket while the daemon runs."""
+    from tools.hostboard import HostBoard, HostBoardError
 
-    return HostBoard.attach(state["flash"], state["control"])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        hb = HostBoard.attach(state["flash"], state["control"])
+        try:
+            hb.ping()
+            return hb
+        except HostBoardError as exc:
+            hb.stop()
+            if read_state(state["name"]) is None:
+                raise CliError("host board %s stopped (log %s)" % (state["name"], state.get("log"))) from exc
+            if time.monotonic() > deadline:
+                raise CliError("cannot reach host board %s within %.0f s: %s (log %s)"
+                               % (state["name"], timeout_s, exc, state.get("log"))) from exc
+        time.sleep(0.05)
 
 
 # -- the daemon ------------------------------------------------------------------------------------
@@ -188,6 +205,10 @@ def add_arguments(parser):
     p.add_argument("--ms", type=int, default=600, help="how long it stays in the field (default 600)")
     cmd("status", "LED, buzzer, button, card, battery and network of a host board").add_argument(
         "--json", action="store_true", help="the board's state as one JSON object")
+    p = cmd("wait", "wait until the LED shows a state (exit 1 with what it shows after --timeout-s)")
+    p.add_argument("--led", required=True, choices=("sending", "stored", "coming", "failing", "idle"),
+                   help="sending amber blink, stored blue blink, coming steady green, failing red double flash")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="how long to wait (default 30)")
     cmd("list", "the host boards running", named=False)
     p = cmd("stop", "stop a host board (its flash dir is kept)")
     p.add_argument("--all", action="store_true", help="stop every host board running")
@@ -338,6 +359,20 @@ def run(args):
             time.sleep(args.ms / 1000.0)  # the card stays in the field this long, as a hand holds it
             _control(hb.remove_card)
             print("card %s held to the reader for %d ms" % (args.card, args.ms))
+        elif args.action == "wait":
+            from tools.simulate import led_state
+
+            deadline = time.monotonic() + args.timeout_s
+            while True:
+                led = _control(lambda: led_state(hb))
+                if led == args.led:
+                    break
+                if time.monotonic() > deadline:
+                    raise CliError("the LED of host board %s did not show %s within %.0f s; it shows: %s"
+                                   % (state["name"], args.led, args.timeout_s,
+                                      led_meaning(led, _control(lambda: _recent_colours(hb)))))
+                time.sleep(0.1)
+            print("host board %s: LED %s" % (state["name"], led_meaning(led)))
         elif args.action == "status":
             from tools.simulate import led_state
 
