@@ -78,6 +78,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fengqiao: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`fengqiao case show 1 | head -3`): stop quietly, as a Unix tool does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
