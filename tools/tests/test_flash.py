@@ -176,3 +176,13 @@ def test_romfs_image_holds_every_module_compiled(tmp_path, capsys):
         assert ("/rom/" + rel[:-3] + ".mpy").encode() in data, rel
     assert b"main.py" not in data  # compiled too: nothing is compiled from source on the board
     assert "mpremote connect PORT romfs deploy" in capsys.readouterr().out
+
+
+def test_flash_host_needs_a_running_host_board(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FENGQIAO_HOSTBOARDS", str(tmp_path / "boards"))
+    assert main(["flash", "--board", "host"]) == 1
+    assert "no host board is running" in capsys.readouterr().err
+    assert main(["flash", "--board", "host", "--hostboard", "li"]) == 1
+    assert "no host board 'li' is running" in capsys.readouterr().err
+    assert main(["flash", "--board", "esp32", "--hostboard", "li", "--port", "/dev/null"]) == 1
+    assert "--hostboard goes with --board host" in capsys.readouterr().err
