@@ -188,7 +188,9 @@ def add_arguments(parser):
         return p
 
     p = cmd("start", "start a host board and print its console pty and control socket", named=False)
-    p.add_argument("--role", required=True, choices=ROLES,
+    from tools.provision import role_word
+
+    p.add_argument("--role", required=True, type=role_word, metavar="{alarm,checkin}",
                    help="alarm: button, RGB LED, buzzer; checkin: the same plus an MFRC522 card reader")
     p.add_argument("--name", help="its name for the other commands (default: the role)")
     p.add_argument("--flash", help="its flash directory (default: under the state directory; kept between runs)")

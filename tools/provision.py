@@ -35,7 +35,8 @@ def add_arguments(parser):
                                                              "a host board's: `fengqiao hostboard port`)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--device-id", required=True, help="device id: 8 hex digits, e.g. 0000002a")
-    p.add_argument("--role", required=True, choices=("alarm", "checkin"))
+    p.add_argument("--role", required=True, type=role_word, metavar="{alarm,checkin}",
+                   help="alarm: an alarm button; checkin: a patrol check-in point")
     p.add_argument("--checkpoint-id", type=int, help="check-in point number 0..65535 (role checkin)")
     p.add_argument("--key-id", type=int, default=1, help="key id 0..255 (default 1)")
     p.add_argument("--broker-host", required=True)
@@ -63,6 +64,21 @@ def add_arguments(parser):
     p.add_argument("--label-file", help="also write the label text to this file")
     p.add_argument("--no-reboot", action="store_true", help="leave the unit running (identity applies at next boot)")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per-request timeout (default 5)")
+
+
+def role_word(text):
+    """--role alarm | checkin (as `hostboard` and `gateway device add` say it); the registry's names
+    alarm_button / checkpoint are accepted with a note on stderr."""
+    import argparse
+    import sys
+
+    if text in ROLE_NAMES:
+        return text
+    word = {v: k for k, v in GATEWAY_ROLES.items()}.get(text)
+    if word is None:
+        raise argparse.ArgumentTypeError("%r: choose alarm or checkin" % text)
+    print("fengqiao: note: --role %s is the registry's name; say --role %s" % (text, word), file=sys.stderr)
+    return word
 
 
 def _port(text):

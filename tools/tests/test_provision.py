@@ -222,6 +222,10 @@ def test_no_permission_names_the_group(pty_port):
 def test_key_must_go_somewhere(pty_port, capsys):
     assert main(base_args(pty_port, "0000002a", "--role", "alarm")) == 1
     assert "--key-out" in capsys.readouterr().err
+    # The registry's word for the role is accepted, with a note saying the one to use.
+    assert main(base_args(pty_port, "0000002a", "--role", "alarm_button")) == 1
+    err = capsys.readouterr().err
+    assert "say --role alarm" in err and "--key-out" in err
 
 
 def test_bad_arguments_are_clear(pty_port, tmp_path, capsys):
