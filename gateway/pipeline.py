@@ -1,16 +1,17 @@
 """The verify pipeline: plain functions over values. MQTT and SQLite stay outside (gateway/service.py).
 
     incoming (topic, payload) --strict decode--> device known and active --> topic --> MAC
-        --> sequence (new / duplicate / replay) --> clock skew --> NewDeviceEvent for the store
+        --> body --> role (SPEC section 3) --> sequence (new / duplicate / replay) --> clock skew
+        --> NewDeviceEvent for the store
 
-`process_batch(items, keys, seqs, find_stored, now)` runs a whole batch and returns one `Outcome`
+`process_batch(items, keys, place_of, seqs, find_stored, now, role_of=None)` runs a whole batch and returns one `Outcome`
 per item, in order; the caller appends the `new` events in one transaction, and only after the
 commit sends acks (device `ack` frames and MQTT PUBACKs). Nothing here does I/O except through
 the two functions it is given (`keys.device_key` for key lookup, `find_stored` for the duplicate
 check), so the tests drive it with plain values.
 
-Rejections are named exceptions (protocol.errors plus UnknownDevice / RevokedDevice from the
-registry, Throttled here); `Outcome.reason` is the exception's class name, the label used by
+Rejections are named exceptions (protocol.errors, including UnknownDevice / RevokedDevice raised
+by the registry's key lookup; RoleMismatch, OutsideReplayWindow and Throttled here); `Outcome.reason` is the exception's class name, the label used by
 the counters and logs. An unexpected exception while handling one frame is reported as reason
 "InternalError" for that frame alone: no input stops the batch or the gateway.
 
@@ -56,6 +57,41 @@ class Throttled(FrameError):
 
 class OutsideReplayWindow(Replay):
     """A seq more than WINDOW below the highest accepted and never stored: rejected, not acked."""
+
+
+class RoleMismatch(FrameError):
+    """An authentic uplink of a type the device's registered role does not send (SPEC section 3,
+    roles): e.g. a check-in from an alarm button. Rejected, counted, not stored, not acked."""
+
+
+# SPEC section 3 "Roles": the uplink types each registry role may send. Everything a role's
+# firmware emits (firmware/alarm_button.py, checkin_point.py, heartbeat.py, app/runtime.py).
+ROLE_TYPES = {
+    "alarm_button": frozenset(("boot", "heartbeat", "alarm", "alarm_cancel", "tamper", "battery_low")),
+    "checkpoint": frozenset(("boot", "heartbeat", "checkin", "tamper", "battery_low")),
+}
+
+
+def check_role(role, device_id, name):
+    """Raise RoleMismatch unless a device of `role` may send an uplink of type `name`."""
+    allowed = ROLE_TYPES.get(role)
+    if allowed is None or name not in allowed:
+        raise RoleMismatch("%s from device %08x, whose role %s does not send it" % (name, device_id, role))
+
+
+def _registry_role_of(key_lookup):
+    """role_of from the registry behind `key_lookup` (the service passes `registry.device_key`),
+    or None when the lookup is a plain function (unit tests): then roles are not checked."""
+    registry = getattr(key_lookup, "__self__", None)
+    device = getattr(registry, "device", None)
+    if device is None:
+        return None
+
+    def role_of(device_id):
+        dev = device(device_id)
+        return dev.role if dev else None
+
+    return role_of
 
 
 @dataclass(slots=True)
@@ -152,16 +188,20 @@ def classify_seq(window, device_id, key_id, seq, is_stored):
     if is_stored(device_id, key_id, seq):   # the store is the authority (and the only one below the window)
         return DUPLICATE
     if inside is None:
-        raise OutsideReplayWindow("seq %d of %08x key %d is more than %d below the highest accepted %d and was "
-                                  "never stored" % (seq, device_id, key_id, WINDOW, window.top))
+        raise OutsideReplayWindow("seq %d of %08x key %d is more than %d below the highest accepted %d, never stored"
+                                  % (seq, device_id, key_id, WINDOW, window.top))
     return NEW
 
 
-def process_batch(items, key_lookup, place_of, seqs, find_stored, now):
-    """Verify a batch. `find_stored(device_id, key_id, seq)` -> bool (already in the store).
+def process_batch(items, key_lookup, place_of, seqs, find_stored, now, role_of=None):
+    """Verify a batch. `find_stored(device_id, key_id, seq)` -> bool (already in the store);
+    `role_of(device_id)` -> the registry role (default: from the registry whose `device_key` is
+    `key_lookup`; none -> roles not checked).
 
     Updates `seqs.windows` for the accepted frames (the caller reloads them from the store if the
     commit then fails)."""
+    if role_of is None:
+        role_of = _registry_role_of(key_lookup)
     outcomes = []
     pending = set()
     windows = seqs.windows
@@ -172,6 +212,8 @@ def process_batch(items, key_lookup, place_of, seqs, find_stored, now):
     for inc in items:
         try:
             f = verify_one(inc, key_lookup)
+            if role_of is not None:
+                check_role(role_of(f.device_id), f.device_id, f.name)
             k = (f.device_id, f.key_id)
             w = windows.get(k)
             status = classify_seq(w, f.device_id, f.key_id, f.seq, is_stored)

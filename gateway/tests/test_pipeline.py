@@ -85,6 +85,27 @@ def test_each_rejection_has_its_reason(env):
     assert env[1].count() == 0
 
 
+def test_a_role_mismatch_is_named_not_stored_and_roles_come_from_the_registry(env):
+    """SPEC section 3, roles: a check-in from an alarm button (or an alarm from a check-in point) is
+    authentic but refused: RoleMismatch, before the sequence rule, so it takes no seq."""
+    reg, store = env
+    reg.add_device(0x31, "checkpoint", None, key=KEY)
+    checkin = dict(msg_type=frame.UP_CHECKIN, body=(7, b"\x01\x02\x03\x04"))
+    outs = run(env, [uplink(1, **checkin), uplink(2), uplink(1, device_id=0x31, **checkin),
+                     uplink(2, device_id=0x31), uplink(3, device_id=0x31, msg_type=frame.UP_HEARTBEAT,
+                                                      body=(3700, 5, 0, None, 1))])
+    assert [(o.status, o.reason) for o in outs] == [(REJECTED, "RoleMismatch"), (NEW, None), (NEW, None),
+                                                    (REJECTED, "RoleMismatch"), (NEW, None)]
+    assert "checkin from device 0000002a" in outs[0].detail and outs[0].seq == 1
+    assert store.count() == 3
+    # an explicit role_of wins; a plain-function key lookup without one checks no roles
+    outs = process_batch([uplink(9, **checkin)], lambda d, k: KEY, lambda d: None, SeqState(), lambda *a: False, NOW,
+                         role_of=lambda d: "alarm_button")
+    assert outs[0].reason == "RoleMismatch"
+    outs = process_batch([uplink(9, **checkin)], lambda d, k: KEY, lambda d: None, SeqState(), lambda *a: False, NOW)
+    assert outs[0].status == NEW
+
+
 def test_duplicate_is_reacked_not_stored_and_a_late_frame_inside_the_window_is_new(env):
     run(env, [uplink(1), uplink(3)])
     outs = run(env, [uplink(3), uplink(2), uplink(4), uplink(4), uplink(2)])

@@ -72,6 +72,22 @@ def test_rotate_key_keeps_old_key_for_frames_in_outboxes(reg):
     assert reg.device_key(0x2A, 1) == k1 and reg.device_key(0x2A, 2) == k2
 
 
+def test_downlink_seq_continues_across_a_key_rotation_and_revocation_ends_every_key_id(reg):
+    """SPEC section 4, key rotation: the downlink count is per device, not per key id; the old key id
+    stays valid until the device is revoked, which ends all of them (RevokedDevice, an UnknownKey)."""
+    from protocol.errors import UnknownKey
+
+    reg.add_device(0x2A, "alarm_button", "h1")
+    before = [reg.next_downlink_seq(0x2A) for _ in range(3)]
+    reg.rotate_key(0x2A)
+    assert [reg.next_downlink_seq(0x2A) for _ in range(2)] == [before[-1] + 1, before[-1] + 2]
+    reg.revoke_device(0x2A)
+    for key_id in (1, 2):
+        with pytest.raises(RevokedDevice) as info:
+            reg.device_key(0x2A, key_id)
+        assert isinstance(info.value, UnknownKey)
+
+
 def test_downlink_seq_increases_across_restart(reg, tmp_path):
     reg.add_device(0x2A, "alarm_button", "h1")
     seqs = [reg.next_downlink_seq(0x2A) for _ in range(5)]
