@@ -34,6 +34,16 @@ the vendored MicroPython 1.28.0 with scripts/build-micropython32.sh and runs on 
 blocks and 4-byte pointers, as on an ESP32 or RP2040). A standalone binary with the `fqrom`
 module (that build) maps the same ROMFS image itself, so the code runs in place there too; one
 without it imports plain .mpy files (the bytecode then takes heap, and `port` says so).
+
+Instead of the scenario (firmware/LINK.md, "Heap budget"):
+- `--budget`: each role's live heap after boot only (the same unit, 200 events queued, booted in
+  64 KB; its "role up" line), against firmware/heap_budget.json: exit 1 when a role is more than
+  2 KB over its budget (firmware/tests/test_heap_budget.py makes the same check);
+- `--record-budget`: measure the same and write it as this port's budget (64- and 32-bit entries
+  apart);
+- `--modules`: that live figure split into the role's modules (imported one by one, leaves
+  first, with the qstr pool pre-grown so that each module pays only for itself), the qstr pool's
+  blocks and the data the start-up makes.
 Last line: one JSON object.
 """
 
