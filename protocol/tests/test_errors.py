@@ -51,3 +51,23 @@ def test_err_makes_the_named_exception_with_its_message():
     e = errors.err(45, (3, 1))
     assert type(e) is errors.UnknownKey and str(e) == "frame made with key id 3, not 1"
     assert type(errors.err(4)) is errors.NonCanonical and isinstance(errors.err(4), errors.MalformedFrame)
+
+
+def test_spec_section_8_lists_every_message_of_the_code():
+    """SPEC section 8 holds the messages: every catalogue line and every gateway raise, verbatim."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(errors.__file__))
+    with open(os.path.join(root, "protocol", "SPEC.md")) as f:
+        spec = f.read()
+    section = spec[spec.index("## 8. Errors"):spec.index("## 9. Test vectors")]
+    for i, line in enumerate(errors._MESSAGES.split("\n")[:-1]):
+        tag, name, msg = line.split(" ", 2)
+        assert "| %d | `%s` | `%s` | `%s` |" % (i, tag, name, msg) in section, line
+    for path in ("protocol/strict.py", "gateway/registry.py", "gateway/pipeline.py"):
+        with open(os.path.join(root, path)) as f:
+            src = f.read()
+        for name, msg in re.findall(r'raise (\w+)\("((?:[^"\\]|\\.)*)"', src):
+            if name not in ("RegistryError", "ValueError"):
+                assert "| `%s` | `%s` |" % (name, msg) in section, (path, name, msg)
