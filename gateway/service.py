@@ -17,16 +17,31 @@ Threads and the order that makes "acknowledged" mean "stored":
     handler thread    event handlers (cases, ...): their exceptions are logged and counted
     timer thread      periodic functions (supervision, escalation deadlines, patrols)
 
-The gateway's MQTT session is persistent (clean_session=False, fixed client id) and PUBACKs are
-sent only after the commit, so a crash at any instant leaves every uncommitted uplink queued in
+The gateway's MQTT session is persistent (clean_session=False; the broker binds the client id to
+the username `gateway`, so no other login can take it over) and PUBACKs are sent only after the
+commit, so a crash at any instant leaves every uncommitted uplink queued in
 Mosquitto for redelivery, and a redelivered uplink that was committed is recognised as a
 duplicate (re-acknowledged, not stored twice). A PUBACK is only sent on the connection the
-message arrived on (message ids restart per connection).
+message arrived on (message ids restart per connection). The gateway subscribes when the broker
+has no session for it (session_present=False: the first start, or a broker that lost its state,
+e.g. killed between two autosaves; that one is logged and counted as
+fengqiao_broker_session_lost_total), and is "connected" only once the SUBACK is back. With a
+session present the subscription is still there: the backlog flows without a new SUBSCRIBE.
 
 If the store cannot be written, the batch is retried with back-off and nothing is acknowledged.
 Rejected frames are PUBACKed to the broker (so they are not redelivered) but never get a device
 ack; they are counted by reason and logged with rate limiting. A device over its rate is dropped
 the same way ("Throttled") before any verification work, so it cannot delay the others.
+
+Hostile traffic, cheapest check first, before anything is queued (issue 13): a retained message
+(the broker refuses them; SPEC section 6 has none) is dropped and counted ("Retained"); a message
+of a quarantined device is dropped ("Quarantined"); a flood guard (gateway/quarantine.py, set with
+set_flood_guard) sees every message and names a flooder, which is held at once here and cut off
+at the broker by the guard's own thread.
+
+Alarm lane: an uplink whose header says alarm or alarm_cancel marks its device urgent; reading
+stops, and the next batch is that device's queued frames (in their order, so per-device order is
+kept) before everyone else's, so heartbeats and check-ins never sit in front of an alarm.
 """
 
 import collections
@@ -43,11 +58,13 @@ from gateway import pipeline
 from gateway.logs import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.store import StoreError
+from protocol import frame as pframe
 
 log = logging.getLogger("fengqiao.service")
 
 UPLINK_FILTER = "fq/v1/+/up"
 SYS_CLIENTS = "$SYS/broker/clients/connected"
+_ALARM_TYPES = (pframe.UP_ALARM, pframe.UP_ALARM_CANCEL)   # byte 1 of an uplink (SPEC section 1)
 
 
 @dataclass
@@ -125,6 +142,10 @@ class GatewayService:
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._throttle_from = 0.0
+        self._held = set()          # uplink topics of quarantined devices: dropped on arrival
+        self._urgent = set()        # uplink topics with an alarm in self._incoming
+        self._flood = None          # (detector, on_flood) from set_flood_guard
+        self._connects = 0
         self._gen = 0               # connection generation: PUBACK only on the arrival connection
         self._downlink_lock = threading.Lock()
         self._threads = []
@@ -142,6 +163,7 @@ class GatewayService:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         self._rx = 0                # packets handled by paho (read-loop progress)
         store.subscribe(self._on_store_commit)
         self.metrics.gauge_fn("fengqiao_incoming_queue_depth", lambda: len(self._incoming))
@@ -159,6 +181,25 @@ class GatewayService:
     def add_observer(self, fn):
         """fn(outcomes) in the pipeline thread after each batch is acknowledged (keep it cheap)."""
         self._observers.append(fn)
+
+    def set_flood_guard(self, detector, on_flood):
+        """detector.note(topic, now, in_grace) -> None or msgs/s, for every uplink message (keep it
+        cheap: the MQTT thread); on a figure the device is held here and on_flood(device_id, rate)
+        is called in the MQTT thread (it must only hand the work to another thread)."""
+        self._flood = (detector, on_flood)
+
+    def hold(self, device_id):
+        """Drop every message of this device on arrival (quarantine), until release()."""
+        self._held.add(pframe.uplink_topic(device_id))
+
+    def release(self, device_id):
+        topic = pframe.uplink_topic(device_id)
+        self._held.discard(topic)
+        if self._flood is not None:
+            self._flood[0].forget(topic)     # judged afresh from its next message
+
+    def held(self):
+        return {int(t.split("/")[2], 16) for t in self._held}
 
     def set_stage_lookup(self, fn):
         """fn(stored_event) -> int: the stage to re-acknowledge a resent uplink with (default 0)."""
@@ -206,12 +247,33 @@ class GatewayService:
             log.error("broker refused the gateway", extra={"fields": {"reason": str(reason_code)}})
             return
         self._gen += 1
+        self._connects += 1
+        present = bool(flags.session_present)
         # The backlog Mosquitto kept for us while we were away (hours of heartbeats from one
-        # device) is not a flood: no throttling while it drains.
+        # device) is not a flood: no throttling while it drains. (The flood guard still watches:
+        # past what the broker could have queued for us, a device is flooding, grace or not.)
         self._throttle_from = time.monotonic() + self.backlog_grace_s
+        if self._flood is not None:
+            self._flood[0].connected(present)
+        if present:
+            self._connected.set()
+            log.info("connected to broker", extra={"fields": {"session_present": True}})
+            return
+        if self._connects > 1:
+            self.metrics.inc("fengqiao_broker_session_lost_total")
+            log.warning("the broker has no session for the gateway (it lost its state); subscribing again",
+                        extra={"fields": {"session_present": False}})
+        else:
+            log.info("connected to broker; subscribing (no session at the broker: first start, or it lost its state)",
+                     extra={"fields": {"session_present": False}})
         client.subscribe([(UPLINK_FILTER, 1), (SYS_CLIENTS, 0)])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("broker refused the gateway's subscription", extra={"fields": {"reasons": bad}})
+            return
         self._connected.set()
-        log.info("connected to broker", extra={"fields": {"session_present": flags.session_present}})
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._connected.clear()
@@ -231,8 +293,18 @@ class GatewayService:
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
 
+    def _drop(self, client, msg, reason):
+        self.metrics.inc("fengqiao_rejections_total", {"reason": reason})
+        self.rejection_log.warning("uplink rejected", reason, {"topic": msg.topic})
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+
     def _receive(self, client, msg):
         topic = msg.topic
+        if topic in self._held:
+            return self._drop(client, msg, "Quarantined")
+        if msg.retain:
+            return self._drop(client, msg, "Retained")
         if topic[0] == "$":
             try:
                 self.metrics.set("fengqiao_broker_clients_connected", int(msg.payload))
@@ -242,13 +314,23 @@ class GatewayService:
                 client.ack(msg.mid, msg.qos)
             return
         now = time.monotonic()
-        if now > self._throttle_from and not self.buckets.allow(topic, now):
-            self.metrics.inc("fengqiao_rejections_total", {"reason": "Throttled"})
-            self.rejection_log.warning("uplink rejected", "Throttled", {"topic": topic})
-            if msg.qos:
-                client.ack(msg.mid, msg.qos)
-            return
-        self._incoming.append(pipeline.Incoming(topic, msg.payload, msg.mid, msg.qos, now))
+        in_grace = now <= self._throttle_from
+        if self._flood is not None:
+            rate = self._flood[0].note(topic, now, in_grace)
+            if rate is not None:
+                self._held.add(topic)
+                self._drop(client, msg, "Quarantined")
+                try:
+                    self._flood[1](int(topic.split("/")[2], 16), rate)
+                except ValueError:   # not a device topic (the ACL allows none such): held anyway
+                    pass
+                return
+        if not in_grace and not self.buckets.allow(topic, now):
+            return self._drop(client, msg, "Throttled")
+        payload = msg.payload
+        if len(payload) > 1 and payload[1] in _ALARM_TYPES:
+            self._urgent.add(topic)
+        self._incoming.append(pipeline.Incoming(topic, payload, msg.mid, msg.qos, now))
 
     # -- pipeline thread -------------------------------------------------------------------------------
 
@@ -288,19 +370,23 @@ class GatewayService:
             rc = client.loop(0)
             # Drain what has arrived (up to a batch) while each read makes progress. Progress, not
             # select(): a TLS socket can hold whole records that select() and pending() miss.
-            while rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and len(dq) < self.max_batch:
+            while (rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and len(dq) < self.max_batch
+                   and not self._urgent):
                 before = self._rx
                 rc = client.loop_read()
                 if self._rx == before:
                     break
             while dq and not self._stopping.is_set():
                 gen = self._gen
-                batch = []
-                try:
-                    while len(batch) < self.max_batch:
-                        batch.append(dq.popleft())
-                except IndexError:
-                    pass
+                if self._urgent:
+                    batch = self._take_urgent()
+                else:
+                    batch = []
+                    try:
+                        while len(batch) < self.max_batch:
+                            batch.append(dq.popleft())
+                    except IndexError:
+                        pass
                 self.process(batch, gen)
             while outbox:
                 topic, data = outbox.popleft()
@@ -311,6 +397,17 @@ class GatewayService:
         if client.socket() is not None:
             client.loop_write()
             client.disconnect()
+
+    def _take_urgent(self):
+        """The queued frames of the devices with an alarm waiting, in their order; the rest stay."""
+        urgent, self._urgent = self._urgent, set()
+        dq = self._incoming
+        batch, rest = [], []
+        for inc in dq:
+            (batch if inc.topic in urgent else rest).append(inc)
+        dq.clear()
+        dq.extend(rest)
+        return batch
 
     def _place_of(self, device_id):
         dev = self.registry.device(device_id)

@@ -35,6 +35,8 @@ class SimButton:
         self.topic = pframe.uplink_topic(device_id)
         self.seq = 0
         self.acks = {}
+        self.ack_times = {}     # acked seq -> {stage: monotonic time the ack arrived}
+        self.sirens = []        # (monotonic time, siren body) of each siren downlink
         self.lock = threading.Lock()
         self.connected = threading.Event()
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-%08x" % device_id)
@@ -48,9 +50,13 @@ class SimButton:
 
     def _on_message(self, client, userdata, msg):
         f = pframe.decode(self.k_down, msg.topic, bytes(msg.payload), downlink=True)
-        if f.msg_type == pframe.DOWN_ACK:
-            with self.lock:
+        now = time.monotonic()
+        with self.lock:
+            if f.msg_type == pframe.DOWN_ACK:
                 self.acks.setdefault(f.body[0], []).append(f.body[1])
+                self.ack_times.setdefault(f.body[0], {}).setdefault(f.body[1], now)
+            elif f.msg_type == pframe.DOWN_SIREN:
+                self.sirens.append((now, list(f.body)))
 
     def send(self, msg_type, body):
         self.seq += 1
@@ -68,7 +74,8 @@ class SimButton:
 
 class Township:
     def __init__(self, work, county=True, console_port=0, devices=SAMPLE_BUTTONS + SAMPLE_CHECKPOINTS,
-                 place_names=None, log_level="warning", pipeline=None):
+                 place_names=None, log_level="warning", pipeline=None, plugins=("gateway.cases", "gateway.console"),
+                 sections=None):
         self.work = str(work)
         self.with_county = county
         self.console_port = console_port
@@ -76,6 +83,8 @@ class Township:
         self.place_names = place_names or {}
         self.log_level = log_level
         self.pipeline = pipeline or {}
+        self.plugins = list(plugins)
+        self.sections = sections or {}   # more config sections, e.g. {"quarantine": {...}}
         self.county = self.recorder = self.broker = self.app = None
         self.keys = {}
         self.sims = []
@@ -93,11 +102,13 @@ class Township:
         from tools.testing.mosquitto import MosquittoProcess
 
         try:
-            plugins = ["gateway.cases", "gateway.console"]
+            plugins = list(self.plugins)
             raw = {"gateway": {"data_dir": os.path.join(self.work, "gw"), "plugins": plugins},
                    "metrics": {"port": 0}, "log": {"level": self.log_level, "format": "text"},
                    "cases": {"tick_s": 0.2}, "console": {"port": self.console_port},
                    "supervision": {"check_interval_s": 1.0}, "pipeline": dict(self.pipeline)}
+            for name, values in self.sections.items():
+                raw.setdefault(name, {}).update(values)
             if self.with_county:
                 self.county = MosquittoProcess(os.path.join(self.work, "county")).start()
                 self.recorder = CountyRecorder("127.0.0.1", self.county.port, COUNTY_TOPIC,

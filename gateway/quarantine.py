@@ -1,0 +1,227 @@
+"""Flood quarantine: a device that floods the broker is cut off there, like a revoked one (issue 13).
+
+    # a gateway plugin (gateway.config DEFAULT_PLUGINS, or [gateway] plugins = [..., "gateway.quarantine"])
+    [quarantine]
+    flood_msgs_per_s = 1000     # more messages than this from one device within one second: a flood
+    cooldown_s = 300.0          # first quarantine; doubled for each repeat within a day (cap max_cooldown_s)
+    max_cooldown_s = 86400.0
+    check_interval_s = 1.0      # how often releases are due / made by an operator are picked up
+
+What a real device can send at once: its whole outbox (256 records) after an outage, a few frames
+a minute otherwise. So 1,000 messages in one second is never a device doing its job; a flooding
+device (tens of thousands of QoS 0 messages a second on loopback) crosses it in milliseconds.
+After the gateway (re)connects, the broker hands over the backlog it kept for us at full speed:
+no device is judged then until it has sent more than the broker could have queued for us
+(max_inflight_messages + max_queued_messages), which only a flooder does.
+
+Failure modes and answers:
+- a flood delays everyone's alarms: the service drops the flooder's messages on arrival (before any
+  queue; "Quarantined" in fengqiao_rejections_total) from the first message over the limit, and
+  this module's thread cuts it off at the broker within ~0.2 s (`ProjectBroker.hold_devices`: the
+  login leaves the password file, SIGHUP drops its connection and refuses it back);
+- nobody notices: `device_quarantined` (a gateway event: stored, forwarded, on the duty console
+  with the other `device_` faults) with the rate and until when; `device_released` when it ends
+  (by "cooldown" or "operator");
+- a quarantine outlives the gateway: it is kept in the broker's held.json, restored at start, and
+  released when due even if that was while the gateway was stopped;
+- an operator must let a device back early: `fengqiao device release ID` (gateway/quarantine_cli.py)
+  edits held.json and reloads the broker; this module notices within check_interval_s;
+- a repeat offender: the cool-down doubles for each quarantine within 24 h of the previous one.
+
+What a quarantined device had in its outbox is not lost: nothing of it was acknowledged, so it is
+resent once the device is let back.
+"""
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("fengqiao.quarantine")
+
+DEFAULTS = {"flood_msgs_per_s": 1000, "cooldown_s": 300.0, "max_cooldown_s": 86400.0, "check_interval_s": 1.0}
+REPEAT_WINDOW_S = 86400.0
+KINDS = ("device_quarantined", "device_released")
+
+
+class QuarantineConfigError(ValueError):
+    """A bad [quarantine] key."""
+
+
+class FloodDetector:
+    """Counts every uplink message per topic in one-second windows (the service's MQTT thread)."""
+
+    def __init__(self, msgs_per_s=1000, backlog_allowance=11000, window_s=1.0):
+        self.limit = int(msgs_per_s * window_s)
+        self.window_s = window_s
+        self.backlog_allowance = backlog_allowance
+        self._allowance = backlog_allowance
+        self._state = {}    # topic -> [window start, count in window, count since connect]
+
+    def connected(self, session_present=True):
+        """A new connection: with a session, the broker may now hand over its backlog for us;
+        without one it has none, and a device is judged on its rate alone."""
+        self._allowance = self.backlog_allowance if session_present else 0
+        for st in self._state.values():
+            st[2] = 0
+
+    def note(self, topic, now, in_grace):
+        """None, or the rate (msgs/s) of a device found flooding by this message."""
+        st = self._state.get(topic)
+        if st is None:
+            st = self._state[topic] = [now, 0, 0]
+        elif now - st[0] >= self.window_s:
+            st[0] = now
+            st[1] = 0
+        st[1] += 1
+        st[2] += 1
+        if st[1] > self.limit and (not in_grace or st[2] > self._allowance):
+            return round(st[1] / max(now - st[0], 1e-3))
+        return None
+
+    def forget(self, topic):
+        self._state.pop(topic, None)
+
+
+def _settings(section):
+    unknown = set(section) - set(DEFAULTS)
+    if unknown:
+        raise QuarantineConfigError("unknown key(s) in [quarantine]: %s" % ", ".join(sorted(unknown)))
+    values = dict(DEFAULTS, **section)
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise QuarantineConfigError("[quarantine] %s must be a positive number, not %r" % (k, v))
+    return values
+
+
+class Quarantine:
+    """Holds flooders at the broker, raises the duty-side events, releases them when due."""
+
+    def __init__(self, broker, service, ctx, cooldown_s=300.0, max_cooldown_s=86400.0, limit_per_s=None,
+                 wall=time.time):
+        self.broker = broker
+        self.limit_per_s = limit_per_s
+        self.service = service
+        self.ctx = ctx
+        self.cooldown_s = float(cooldown_s)
+        self.max_cooldown_s = float(max_cooldown_s)
+        self.wall = wall
+        self._requests = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._last = {}         # device_id -> (offences, wall time of the last quarantine)
+        self.quarantined_at = {}  # device_id -> monotonic time the broker cut it off (bench)
+        self.detected_at = {}     # device_id -> monotonic time the flood guard named it (bench)
+
+    # -- the service's MQTT thread --------------------------------------------------------------
+
+    def on_flood(self, device_id, rate):
+        with self._lock:
+            self._requests.append((device_id, rate, time.monotonic()))
+        self._wake.set()
+
+    # -- our thread -----------------------------------------------------------------------------
+
+    def start(self, check_interval_s=1.0):
+        for ev in self.ctx.store.gateway_events(("device_quarantined",)):
+            if ev.device_id is not None and isinstance(ev.body, dict):
+                self._last[ev.device_id] = (int(ev.body.get("offence", 1)), float(ev.body.get("at", 0)))
+        for device_id in self.broker.held():
+            self.service.hold(device_id)
+        self.check_interval_s = check_interval_s
+        self._thread = threading.Thread(target=self._loop, name="fengqiao-quarantine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(10)
+
+    def _loop(self):
+        next_check = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_check - time.monotonic()))
+            self._wake.clear()
+            try:
+                self._hold_requested()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.check_interval_s
+                    self.check()
+            except Exception:   # never let the thread die: the next round retries
+                self.ctx.metrics.inc("fengqiao_handler_errors_total", {"handler": "quarantine"})
+                log.exception("quarantine round failed")
+
+    def _cooldown(self, device_id, now):
+        offences, last = self._last.get(device_id, (0, 0.0))
+        offence = offences + 1 if now - last < REPEAT_WINDOW_S else 1
+        return offence, min(self.cooldown_s * 2 ** (offence - 1), self.max_cooldown_s)
+
+    def _hold_requested(self):
+        with self._lock:
+            requests, self._requests = self._requests, []
+        if not requests:
+            return
+        now = self.wall()
+        infos, rates = {}, {}
+        for device_id, rate, _ in requests:
+            offence, cooldown = self._cooldown(device_id, now)
+            infos[device_id] = {"reason": "flood", "msgs_per_s": rate, "at": now, "until": now + cooldown,
+                                "offence": offence}
+            rates[device_id] = rate
+        self.broker.hold_devices(infos)     # one file write and one SIGHUP for all of them
+        cut = time.monotonic()
+        for device_id, rate, seen in requests:
+            if device_id not in infos:
+                continue
+            info = infos.pop(device_id)
+            self.quarantined_at[device_id] = cut
+            self.detected_at[device_id] = seen
+            self._last[device_id] = (info["offence"], now)
+            self.ctx.metrics.inc("fengqiao_quarantines_total")
+            self.ctx.metrics.observe("fengqiao_quarantine_seconds", cut - seen)
+            body = {"reason": "flood", "msgs_per_s": rate, "limit_per_s": self.limit_per_s, "at": round(now, 3),
+                    "until": round(info["until"], 3), "cooldown_s": round(info["until"] - now, 1),
+                    "offence": info["offence"]}
+            dev = self.ctx.registry.device(device_id)
+            self.ctx.emit("device_quarantined", body, device_id=device_id, place_id=dev.place_id if dev else None)
+            log.warning("device quarantined: flooding the broker", extra={"fields": dict(body, device="%08x" % device_id)})
+
+    def check(self):
+        """Release what is due; pick up releases made from a shell (`fengqiao device release`)."""
+        now = self.wall()
+        held = self.broker.held()
+        due = [d for d, info in held.items() if float(info.get("until", 0)) <= now]
+        if due:
+            self.broker.release_devices(due)
+        for device_id in due:
+            self._released(device_id, "cooldown")
+        for device_id in self.service.held() - set(held):
+            self._released(device_id, "operator")
+        for device_id in set(held) - set(due) - self.service.held():
+            self.service.hold(device_id)    # held from elsewhere (another gateway start)
+
+    def _released(self, device_id, by):
+        self.service.release(device_id)
+        self.quarantined_at.pop(device_id, None)
+        dev = self.ctx.registry.device(device_id)
+        self.ctx.emit("device_released", {"by": by}, device_id=device_id, place_id=dev.place_id if dev else None)
+        log.info("device released from quarantine", extra={"fields": {"device": "%08x" % device_id, "by": by}})
+
+
+def attach(app):
+    """Gateway plugin: a flood guard on the service and the broker cut-off behind it."""
+    try:
+        s = _settings(app.config.section("quarantine"))
+    except QuarantineConfigError as exc:
+        from tools.errors import CliError
+
+        raise CliError(str(exc)) from exc
+    broker = app.broker
+    allowance = broker.inflight + broker.queued
+    detector = FloodDetector(s["flood_msgs_per_s"], allowance)
+    q = Quarantine(broker, app.service, app.ctx, s["cooldown_s"], s["max_cooldown_s"], s["flood_msgs_per_s"])
+    app.service.set_flood_guard(detector, q.on_flood)
+    return q.start(s["check_interval_s"])

@@ -1,0 +1,107 @@
+"""Issue 13: a device flooding the broker (raw mosquitto_pub, QoS 0, full loopback speed) is
+quarantined at the broker within 2 s and raised as a device fault, while another device's alarm is
+acknowledged and sounds its neighbours' sirens; released after the cool-down or by an operator.
+Real Mosquitto, real gateway (cases + quarantine plugins), the sample village. Figures: `fengqiao
+bench flood`."""
+
+import argparse
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway import quarantine_cli
+from gateway.config import write_config
+from gateway.console.testing import Township
+from gateway.quarantine import Quarantine
+from protocol import frame as pframe
+from tools.bench_flood import Flooder
+from tools.testing.procs import wait_for
+
+VICTIM, NEIGHBOURS, FLOODER = 0x102, (0x101, 0x103, 0x104), 0x201
+
+
+@pytest.fixture
+def township(tmp_path):
+    t = Township(tmp_path, county=False, plugins=("gateway.cases", "gateway.quarantine"),
+                 sections={"quarantine": {"cooldown_s": 3.0, "check_interval_s": 0.2}})
+    t.start()
+    yield t
+    t.stop()
+
+
+def _events(t, kind):
+    return [e for e in t.app.store.gateway_events((kind,)) if e.device_id == FLOODER]
+
+
+def _quiet(t):
+    """Until what the broker took from the flooder before the cut-off has reached the gateway."""
+    dropped = lambda: t.app.metrics.counter("fengqiao_rejections_total", {"reason": "Quarantined"})  # noqa: E731
+    last = [-1]
+
+    def settled():
+        now, last[0] = dropped(), dropped()
+        return now == last[0] and not t.app.service._incoming and time.sleep(0.2) is None and dropped() == now
+    wait_for(settled, 10, "the flood's last messages to drain")
+
+
+def _can_connect(t):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="probe")
+    c.username_pw_set(*t.broker.device_credentials(FLOODER, t.keys[FLOODER]))
+    try:
+        c.connect("127.0.0.1", t.broker.port, 10)
+        deadline = time.monotonic() + 10
+        while not c.is_connected() and time.monotonic() < deadline:
+            if c.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                return False
+        return c.is_connected()
+    finally:
+        c.disconnect()
+
+
+@pytest.mark.timeout(90)
+def test_flooder_quarantined_while_an_alarm_gets_through(township, tmp_path):
+    t = township
+    q = next(p for p in t.app._plugins if isinstance(p, Quarantine))
+    victim = t.sim_button(VICTIM)
+    neighbours = [t.sim_button(d) for d in NEIGHBOURS]
+    flooder = Flooder(t.broker.port, *t.broker.device_credentials(FLOODER, t.keys[FLOODER]), pframe.uplink_topic(FLOODER))
+    try:
+        t0 = time.monotonic()
+        state = t.app.service._flood[0]._state
+        topic = pframe.uplink_topic(FLOODER)
+        wait_for(lambda: topic in state or not flooder.running(), 10, "the flood to reach the gateway")
+        seq = victim.alarm()                       # while the broker still carries the flood
+        wait_for(lambda: FLOODER in q.quarantined_at, 10, "the flooder to be cut off at the broker")
+        to_quarantine_s = q.quarantined_at[FLOODER] - t0
+        wait_for(lambda: not flooder.running(), 10, "the broker to drop the flooder's connection")
+        assert not _can_connect(t)
+        (ev,) = _events(t, "device_quarantined")
+        assert ev.body["reason"] == "flood" and ev.body["offence"] == 1 and ev.body["msgs_per_s"] > 1000
+        wait_for(lambda: 1 in victim.acks.get(seq, []), 10, "the alarm's dispatched ack")
+        wait_for(lambda: all(n.sirens for n in neighbours), 10, "the neighbours' sirens")
+        ack_s = victim.ack_times[seq][0] - t0
+        print("flood detected %.3f s, cut off %.3f s after it began; alarm acked at %.3f s" % (
+            q.detected_at[FLOODER] - t0, to_quarantine_s, ack_s))
+        assert victim.acks[seq][0] == 0 and to_quarantine_s < 2.0
+    finally:
+        flooder.stop()
+    # the cool-down (3 s) ends: released, and it may connect again
+    wait_for(lambda: _events(t, "device_released"), 10, "release after the cool-down")
+    assert _events(t, "device_released")[0].body == {"by": "cooldown"} and FLOODER not in t.app.service.held()
+    wait_for(lambda: _can_connect(t), 10, "the broker to take the released device back (SIGHUP)")
+    # a second flood: quarantined again with the cool-down doubled; an operator lets it back
+    flooder = Flooder(t.broker.port, *t.broker.device_credentials(FLOODER, t.keys[FLOODER]), pframe.uplink_topic(FLOODER))
+    try:
+        wait_for(lambda: len(_events(t, "device_quarantined")) == 2, 10, "the second quarantine")
+    finally:
+        flooder.stop()
+    _quiet(t)
+    assert _events(t, "device_quarantined")[1].body["offence"] == 2
+    assert _events(t, "device_quarantined")[1].body["cooldown_s"] == 6.0
+    cfg = write_config(tmp_path / "release.toml", {"gateway": {"data_dir": str(tmp_path / "gw")},
+                                                   "broker": {"manage": False, "workdir": t.broker.workdir}})
+    assert quarantine_cli.run(argparse.Namespace(id="%08x" % FLOODER, config=cfg)) == 0
+    wait_for(lambda: len(_events(t, "device_released")) == 2, 10, "the operator's release to be seen")
+    assert _events(t, "device_released")[1].body == {"by": "operator"}
+    wait_for(lambda: _can_connect(t), 10, "the broker to take the released device back (SIGHUP)")
