@@ -108,7 +108,7 @@ max_queued_messages {queued}
 max_queued_bytes {queued_bytes}
 max_inflight_messages {inflight}
 # SPEC section 6: no retained messages. A client that publishes one is disconnected.
-retain_available false
+retain_available {retain}
 # Frames are at most 256 bytes: a client sending a packet over 2 KiB is disconnected by the
 # broker (the gateway still sees, counts and rejects frames of 257 bytes .. 2 KiB as Oversize).
 max_packet_size 2048
@@ -183,7 +183,8 @@ def _alive(pid):
 
 class ProjectBroker:
     def __init__(self, workdir, port=None, tls_port=None, bind="127.0.0.1", hostnames=("localhost",),
-                 plain_listener=True, inflight=1000, queued=10000, queued_bytes=16 * 1024 * 1024):
+                 plain_listener=True, inflight=1000, queued=10000, queued_bytes=16 * 1024 * 1024,
+                 retain_available=False):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, mode=0o700, exist_ok=True)
         self.port = (port or free_port()) if plain_listener else None
@@ -193,6 +194,7 @@ class ProjectBroker:
         self.inflight = inflight
         self.queued = queued
         self.queued_bytes = queued_bytes
+        self.retain_available = retain_available   # True only in the test of the gateway's own check
         self.ca_path = os.path.join(self.workdir, "ca.pem")
         self.passwd_path = os.path.join(self.workdir, "passwd")
         self.acl_path = os.path.join(self.workdir, "acl")
@@ -412,7 +414,8 @@ class ProjectBroker:
             "listener %d %s\n%scafile %s/ca.pem\ncertfile %s/server.pem\nkeyfile %s/server.key\n"
             "tls_version tlsv1.2\n" % (self.tls_port, self.bind, LISTENER_OPTIONS, self.workdir, self.workdir, self.workdir))
         return CONF_TEMPLATE.format(workdir=self.workdir, user=pwd.getpwuid(os.getuid()).pw_name, inflight=self.inflight,
-                                    queued=self.queued, queued_bytes=self.queued_bytes, listeners="".join(listeners))
+                                    queued=self.queued, queued_bytes=self.queued_bytes,
+                                    retain="true" if self.retain_available else "false", listeners="".join(listeners))
 
     # -- process -------------------------------------------------------------------------------
 

@@ -303,7 +303,7 @@ class GatewayService:
         topic = msg.topic
         if topic in self._held:
             return self._drop(client, msg, "Quarantined")
-        if msg.retain:
+        if msg.retain and topic[0] != "$":     # ($SYS figures are retained by the broker itself)
             return self._drop(client, msg, "Retained")
         if topic[0] == "$":
             try:
