@@ -40,3 +40,126 @@ class Flooder:
             self.proc.kill()
         self.proc.wait(10)
         self._dir.cleanup()
+
+
+def add_arguments(parser):
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each flood (default 60)")
+    parser.add_argument("--floods", default="1,10", help="numbers of flooding devices, comma-separated (default 1,10)")
+    parser.add_argument("--json", action="store_true", help="only the JSON object")
+
+
+def _pcts(xs):
+    import statistics
+
+    if not xs:
+        return {"n": 0}
+    xs = sorted(xs)
+    p = lambda q: round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 1)  # noqa: E731
+    return {"n": len(xs), "p50_ms": p(0.5), "p99_ms": p(0.99), "max_ms": round(xs[-1] * 1000, 1),
+            "mean_ms": round(statistics.mean(xs) * 1000, 1)}
+
+
+def _rss_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _on(n):
+    return [at for at, body in list(n.sirens) if body[0]]
+
+
+def _off(n):
+    return [at for at, body in list(n.sirens) if not body[0]]
+
+
+def _phase(t, cases, victim, neighbours, seconds, rss, interval_s=0.1):
+    """Alarms from the victim for `seconds`; each case is closed (sirens off) before the next."""
+    import time
+
+    acks, sirens = [], []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        before = [len(_on(n)) for n in neighbours]
+        t0 = time.monotonic()
+        seq = victim.alarm()
+        while time.monotonic() - t0 < 5 and (0 not in victim.ack_times.get(seq, {})
+                                             or any(len(_on(n)) == b for n, b in zip(neighbours, before))):
+            rss[0] = max(rss[0], _rss_kb(t.broker.pid))
+            time.sleep(0.001)
+        if 0 in victim.ack_times.get(seq, {}):
+            acks.append(victim.ack_times[seq][0] - t0)
+        got = [_on(n)[b] for n, b in zip(neighbours, before) if len(_on(n)) > b]
+        if len(got) == len(neighbours):
+            sirens.append(max(got) - t0)
+        offs = [len(_off(n)) for n in neighbours]
+        for case in cases.list_cases(status="open"):
+            cases.close(case["case_id"], "p-zhou-min", "bench")
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 5 and any(len(_off(n)) == b for n, b in zip(neighbours, offs)):
+            time.sleep(0.002)
+        time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+    return {"ack": _pcts(acks), "siren": _pcts(sirens), "alarms": len(acks)}
+
+
+def run(args):
+    import json
+    import tempfile
+    import time
+
+    import os
+
+    from gateway.cases.service import CaseService
+    from gateway.clock import SystemClock
+    from gateway.console.testing import Township
+    from gateway.village.db import open_db
+    from gateway.quarantine import Quarantine
+    from protocol import frame as pframe
+
+    floods = [int(x) for x in args.floods.split(",") if x.strip()]
+    work = tempfile.TemporaryDirectory(prefix="fq-bench-flood-")
+    flooder_ids = [0x900 + i for i in range(max(floods))]
+    t = Township(work.name, county=False, plugins=("gateway.cases", "gateway.quarantine"),
+                 devices=(0x101, 0x102, 0x103, 0x104) + tuple(flooder_ids),
+                 sections={"quarantine": {"cooldown_s": 3600.0}, "cases": {"tick_s": 0.05}})
+    result = {"bench": "flood", "seconds": args.seconds, "runs": []}
+    t.start()
+    try:
+        q = next(p for p in t.app._plugins if isinstance(p, Quarantine))
+        cases = CaseService(open_db(os.path.join(t.app.data_dir, "gateway.db")), SystemClock())
+        victim = t.sim_button(0x102)
+        neighbours = [t.sim_button(d) for d in (0x101, 0x103, 0x104)]
+        for n in floods:
+            rss = [0]
+            run_ = {"flooders": n, "before": _phase(t, cases, victim, neighbours, min(5.0, args.seconds), rss)}
+            ids = flooder_ids[:n]
+            t.broker.release_devices(ids)
+            for d in ids:
+                t.app.service.release(d)
+                q.quarantined_at.pop(d, None)
+            t0 = time.monotonic()
+            fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d)) for d in ids]
+            try:
+                run_["during"] = _phase(t, cases, victim, neighbours, args.seconds, rss)
+            finally:
+                for f in fl:
+                    f.stop()
+            cut = [q.quarantined_at[d] - t0 for d in ids if d in q.quarantined_at]
+            run_["quarantined"] = len(cut)
+            run_["time_to_quarantine_s"] = {"max": round(max(cut), 3) if cut else None,
+                                            "min": round(min(cut), 3) if cut else None}
+            run_["after"] = _phase(t, cases, victim, neighbours, min(5.0, args.seconds), rss)
+            run_["broker_peak_rss_kb"] = rss[0]
+            result["runs"].append(run_)
+            if not args.json:
+                print("flood of %d: %s" % (n, json.dumps(run_)))
+    finally:
+        t.stop()
+        work.cleanup()
+    print(json.dumps(result))
+    return 0

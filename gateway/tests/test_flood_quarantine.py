@@ -77,7 +77,7 @@ def test_flooder_quarantined_while_an_alarm_gets_through(township, tmp_path):
         wait_for(lambda: not flooder.running(), 10, "the broker to drop the flooder's connection")
         assert not _can_connect(t)
         (ev,) = _events(t, "device_quarantined")
-        assert ev.body["reason"] == "flood" and ev.body["offence"] == 1 and ev.body["msgs_per_s"] > 1000
+        assert ev.body["reason"] == "flood" and ev.body["offence"] == 1 and ev.body["msgs_per_s"] > 400
         wait_for(lambda: 1 in victim.acks.get(seq, []), 10, "the alarm's dispatched ack")
         wait_for(lambda: all(n.sirens for n in neighbours), 10, "the neighbours' sirens")
         ack_s = victim.ack_times[seq][0] - t0
