@@ -15,6 +15,7 @@ KINDS = {
     "firmware": "tools.bench_firmware",     # heap used and GC high-water mark per role
     "outbox": "tools.bench_outbox",         # kill -9 at random points, nothing acked lost
     "gateway": "gateway.bench",             # events/s, ratio to bare paho, p50/p99 latency
+    "flood": "tools.bench_flood",           # victim alarm latency under a flood; time to quarantine
     "cases": "gateway.cases.bench",         # alarm press to neighbours' sirens (dispatch within 1 s)
     "console": "gateway.console.bench",     # store -> visible in the browser; gateway rate with 20 sessions
     "deploy": "tools.tests.test_deploy_rig",  # seconds per board of `fengqiao deploy` over host boards on ptys
