@@ -101,7 +101,7 @@ class App:
         self.role = role
         self._h = health  # the Health object (its task: health() below)
         self.heap_log = heap_log
-        self.console = Console(board, board.flash_root, _FW, log)
+        self.console = Console(board, board.flash_root, _FW, log, cfg)
 
     def on_ack(self, *args):
         pass  # acks and sirens are the role's business
@@ -162,6 +162,7 @@ def start(board, cfg, opts):
     # restarted with events queued could not parse its CA at 64 KB.)
     link = Link(board, cfg, None, log, keepalive_s=opts[_KEEPALIVE_S],
                 backoff_min_ms=opts[_BACKOFF_MIN_MS], backoff_max_ms=opts[_BACKOFF_MAX_MS])
+    gc.collect()
     from app.uplink import Uplink
     from clock import Clock
     from heartbeat import Health
@@ -169,11 +170,13 @@ def start(board, cfg, opts):
     from protocol import frame
     from supervisor import Supervisor
 
+    gc.collect()
     settings = cfg["settings"]
     up = Uplink(cfg, board.flash_root + "/data", Clock(), log, opts[_ENTRIES], opts[_BYTES])
     link.on_message = up.on_message
     up.link = link
     sup = Supervisor(board, log)
+    gc.collect()
     if cfg["role"] == "alarm":
         from alarm_button import AlarmButton
 
@@ -182,6 +185,7 @@ def start(board, cfg, opts):
         from checkin_point import CheckinPoint
 
         role = CheckinPoint(board, up, settings, cfg.get("checkpoint_id") or 0, log)
+    gc.collect()
     app = App(board, cfg, up, sup, role, Health(board, up, settings, _FW, log), opts[_HEAP_LOG])
     up.listeners.append(app)
     try:

@@ -23,6 +23,7 @@
 # pre-grown): this module ~1.0 KB resident; it was 2.8 KB with the framing and the commands,
 # plus 2.7 KB for identity.
 
+import gc
 import sys
 
 from micropython import const
@@ -39,9 +40,12 @@ def drop():
 
 
 class Console:
-    def __init__(self, board, root=None, fw=10000, log=None):
-        # fw: the application's version, SPEC section 3 packing (10000 = 1.0.0).
+    def __init__(self, board, root=None, fw=10000, log=None, cfg=None):
+        # fw: the application's version, SPEC section 3 packing (10000 = 1.0.0). cfg: the
+        # identity a running unit booted with (identify and read_config answer from it while
+        # nothing was written since; None on an unprovisioned unit: they read the file).
         self.board = board
+        self.cfg = cfg
         self.root = root or board.flash_root
         self.fw = fw
         self.log = log  # None: quiet (stdout may be the console itself)
@@ -82,6 +86,9 @@ class Console:
             if self._skip or line:
                 self._skip = False
                 self._buf = bytearray()
+                # Collected before and after (known points): the request's modules then take
+                # the lowest holes, and their garbage is gone before the role allocates again.
+                gc.collect()
                 try:
                     from console import admin
 
@@ -92,6 +99,7 @@ class Console:
                         self.log("console: %r" % e)
                 finally:
                     drop()
+                    gc.collect()
             i = nl + 1
         return True
 
