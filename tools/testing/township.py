@@ -86,19 +86,21 @@ def _toml(d):
 class Burst:
     """Taps on several boards at once, each in its own thread (see FaultTownship.burst)."""
 
-    def __init__(self, township, count, boards, tolerate_power_cut=False):
+    def __init__(self, township, count, boards):
         self.t = township
-        self.count = count
+        self.count = count          # None: tap until stop()
         self.errors = []
-        self.tolerate = tolerate_power_cut
+        self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(d,), daemon=True) for d in boards]
         for th in self.threads:
             th.start()
 
     def _run(self, device_id):
         try:
-            for _ in range(self.count):
+            i = 0
+            while (self.count is None or i < self.count) and not self._stop.is_set():
                 self.t.tap(device_id)
+                i += 1
         except Exception as exc:  # reported by join(): a thread's failure must fail the test
             self.errors.append((device_id, exc))
 
@@ -109,20 +111,28 @@ class Burst:
         return wait_for(lambda: self.shown() >= n or self.errors or not any(t.is_alive() for t in self.threads),
                         timeout_s, "%d taps shown as stored (%d so far)" % (n, self.shown()))
 
+    def stop(self):
+        self._stop.set()
+        return self.join()
+
     def join(self, timeout_s=120):
         deadline = time.monotonic() + timeout_s
         for th in self.threads:
             th.join(max(0.1, deadline - time.monotonic()))
         if any(th.is_alive() for th in self.threads):
-            raise WaitTimeout("burst of %d taps per board not done in %.0f s" % (self.count, timeout_s))
+            raise WaitTimeout("burst of %s taps per board not done in %.0f s" % (self.count, timeout_s))
         if self.errors:
             dev, exc = self.errors[0]
             raise AssertionError("tapping on board %08x failed: %s: %s" % (dev, type(exc).__name__, exc)) from exc
 
 
 class FaultTownship:
-    def __init__(self, work, boards=2, data_dir=None):
+    def __init__(self, work, boards=2, data_dir=None, checkin_repeat_s=2):
         self.work = os.path.abspath(str(work))
+        # How long a unit remembers a card (firmware/checkin_point.py, default 600 s). Short here:
+        # every tap is a new card, and a unit remembering dozens of them within 600 s is not
+        # what a patrol does (a few members per round); see test_checkin_memory.py for that case.
+        self.checkin_repeat_s = checkin_repeat_s
         os.makedirs(self.work, exist_ok=True)
         self.n_boards = boards
         self.data_dir = os.path.abspath(data_dir or os.path.join(self.work, "gw"))
@@ -135,6 +145,8 @@ class FaultTownship:
         self.keys = {}       # device_id -> 32-byte key
         self.tapped = collections.defaultdict(list)   # device_id -> [uid hex] in tap order
         self.shown = collections.defaultdict(list)    # device_id -> [uid hex] the unit showed stored
+        self.not_taken = collections.defaultdict(list)  # device_id -> [uid hex] tapped, no "stored" shown
+        self.control_errors = collections.Counter()    # device_id -> control replies lost in the board
         self._uid = 0x10000000
         self._uid_lock = threading.Lock()
         self._log_fh = None
@@ -206,7 +218,8 @@ class FaultTownship:
         flash = os.path.join(self.work, "board-%08x" % device_id)
         provision_dir(flash, {"device_id": device_id, "key": self.keys[device_id], "role": "checkin",
                               "broker_host": "127.0.0.1", "broker_port": self.proxy.port, "tls": True,
-                              "ca_pem": ca, "checkpoint_id": 100 + (device_id & 0xFF)})
+                              "ca_pem": ca, "checkpoint_id": 100 + (device_id & 0xFF),
+                              "settings": {"checkin_repeat_s": self.checkin_repeat_s}})
         hb = self.boards[device_id] = HostBoard(flash, heap=board_heap(), args=BOARD_ARGS).start()
         wait_for(lambda: self.device_rows(device_id, "boot"), 60, "board %08x's boot frame at the gateway" % device_id)
         return hb
@@ -294,18 +307,51 @@ class FaultTownship:
             self._uid += 1
             return "%08x" % self._uid
 
-    def tap(self, device_id, timeout_s=10):
-        """A new card on this check-in point; returns its UID once the unit flashed "stored"."""
+    def tap(self, device_id, timeout_s=5, tries=3):
+        """A new card on this check-in point; returns its UID once the unit flashed "stored".
+
+        A card the unit does not take (no amber flash within timeout_s: it was busy, or refused
+        it, e.g. a MemoryError in the firmware) is what a patrol member sees as "no beep": it is
+        noted in `not_taken` and the next card is tried, as a person would; after `tries` such
+        cards in a row the unit is taken to be dead (WaitTimeout)."""
+        from tools.hostboard import HostBoardError
+
         hb = self.boards[device_id]
-        wait_for(lambda: hb.led() != AMBER, timeout_s, "board %08x's previous amber flash to end" % device_id)
-        since = hb.request("led", since=1 << 30)["count"]
-        uid = self.next_uid()
-        self.tapped[device_id].append(uid)
-        hb.card(uid)
-        wait_for(lambda: any(v == AMBER for _t, v in hb.led_history(since=since)), timeout_s,
-                 "board %08x to show card %s stored (amber flash)" % (device_id, uid))
-        self.shown[device_id].append(uid)
-        return uid
+        for attempt in range(tries):
+            uid = None
+            try:
+                wait_for(lambda: hb.led() != AMBER, timeout_s, "board %08x's previous amber flash to end" % device_id)
+                since = hb.request("led", since=1 << 30)["count"]
+                uid = self.next_uid()
+                self.tapped[device_id].append(uid)
+                hb.card(uid)
+                wait_for(lambda: any(v == AMBER for _t, v in hb.led_history(since=since)), timeout_s,
+                         "board %08x to show card %s stored (amber flash)" % (device_id, uid))
+            except (WaitTimeout, HostBoardError) as exc:
+                if isinstance(exc, HostBoardError):
+                    if not hb.alive:
+                        raise             # the power is off (a power-cut test): not a retry
+                    # a control reply lost inside the board (e.g. a MemoryError in its poll):
+                    # this tap's outcome is unknown, so it is not counted as shown
+                    self.control_errors[device_id] += 1
+                if uid is not None:
+                    self.not_taken[device_id].append(uid)
+                if attempt == tries - 1:
+                    raise
+                continue
+            self.shown[device_id].append(uid)
+            return uid
+
+    def board_log_count(self, text):
+        """How many lines of all board logs contain `text` (e.g. "MemoryError")."""
+        total = 0
+        for hb in self.boards.values():
+            try:
+                with open(hb.log_path, "rb") as f:
+                    total += sum(1 for line in f if text.encode() in line)
+            except OSError:
+                pass
+        return total
 
     def burst(self, count, boards=None):
         return Burst(self, count, list(boards or self.boards))
@@ -431,6 +477,9 @@ class FaultTownship:
         if problems:
             raise InvariantBroken("; ".join(problems[:20]))
         return {"shown": sum(len(v) for v in self.shown.values()), "tapped": sum(len(v) for v in self.tapped.values()),
+                "not_taken": sum(len(v) for v in self.not_taken.values()),
+                "board_memory_errors": self.board_log_count("MemoryError"),
+                "control_errors": sum(self.control_errors.values()),
                 "gateway_events": self.head(), "county_envelopes": len(envs), "verify": output.strip().splitlines()[:1]}
 
     def verify(self):
