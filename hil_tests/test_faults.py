@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(1800 if SOAK else 300)
 def township(tmp_path_factory, request):
     if request.config.getoption("--hil-port"):
         pytest.skip("the fault suite kills and restarts boards and taps cards through the host board's control"
-                    " channel; on a real board (--hil-port) only the wiring check runs (hil_tests/wiring/)")
+                    " channel; on a real board (--hil-port) the real-board wiring file is not built yet")
     work = tmp_path_factory.mktemp("faults")
     disk = SmallDisk(os.path.join(str(work), "gw"), size_mb=64)
     try:

@@ -131,7 +131,7 @@ class FaultTownship:
         self.work = os.path.abspath(str(work))
         # How long a unit remembers a card (firmware/checkin_point.py, default 600 s). Short here:
         # every tap is a new card, and a unit remembering dozens of them within 600 s is not
-        # what a patrol does (a few members per round); see test_checkin_memory.py for that case.
+        # what a patrol does (a few members per round).
         self.checkin_repeat_s = checkin_repeat_s
         os.makedirs(self.work, exist_ok=True)
         self.n_boards = boards
