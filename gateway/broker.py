@@ -118,6 +118,8 @@ sys_interval 2
 log_type error
 log_type warning
 log_type notice
+# information: for "Reloading config.", which confirms each SIGHUP (ProjectBroker.reload)
+log_type information
 connection_messages true
 {listeners}"""
 
@@ -141,6 +143,20 @@ class BrokerError(RuntimeError):
 # guessing one costs. The gateway and tool logins connect rarely and get OWASP's 210,000.
 DEVICE_HASH_ITERATIONS = 1000
 SERVICE_HASH_ITERATIONS = 210000
+
+
+RELOAD_MARK = b"Reloading config."   # logged at `log_type information` when a SIGHUP is acted on
+RELOAD_RESEND_S = 1.0
+RELOAD_CONFIRM_S = 30.0
+
+
+def _logged_since(path, offset, mark):
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return mark in f.read()
+    except OSError:
+        return False
 
 
 def hash_password(password, salt=None, iterations=DEVICE_HASH_ITERATIONS):
@@ -474,15 +490,41 @@ class ProjectBroker:
             return False
         return True
 
-    def reload(self):
-        """SIGHUP the running broker (ours or the one in mosquitto.pid); no-op when none runs."""
-        if self._proc and self._proc.proc:
-            self._proc.reload()
-            return True
-        if self.running():
-            os.kill(self.pid, signal.SIGHUP)
-            return True
-        return False
+    def reload(self, confirm_s=None):
+        """SIGHUP the running broker (ours or the one in mosquitto.pid) and wait until it has
+        re-read its files; no-op (False) when none runs.
+
+        Mosquitto clears its reload flag only after the reload, so a SIGHUP that arrives while
+        it reloads is lost -- and a reload takes a while: it re-checks every connected client's
+        password (the gateway's at 210,000 PBKDF2 iterations). Two quick `add_device` calls
+        then left the second device refused until some later reload (seen: a village of host
+        boards where only the first could log in). So the signal is confirmed: a "Reloading
+        config." line logged after the files were written proves a reload that reads them; without
+        one the signal is sent again. Without a log to read (a broker not started by us), one
+        signal is all we can do."""
+        if not self.running():
+            return False
+        pid = self.pid
+        log_path = os.path.join(self.workdir, "mosquitto.log")
+        try:
+            offset = os.path.getsize(log_path)
+        except OSError:
+            offset = None
+        deadline = time.monotonic() + (RELOAD_CONFIRM_S if confirm_s is None else confirm_s)
+        while True:
+            os.kill(pid, signal.SIGHUP)
+            if offset is None:
+                return True
+            resend = time.monotonic() + RELOAD_RESEND_S
+            while time.monotonic() < min(resend, deadline):
+                if _logged_since(log_path, offset, RELOAD_MARK):
+                    return True
+                time.sleep(0.01)
+            if not self.running():
+                return False
+            if time.monotonic() >= deadline:
+                raise BrokerError("broker (pid %d) did not confirm a reload (%s): a device just added or"
+                                  " revoked may not take effect until the next reload" % (pid, log_path))
 
     def stop(self):
         if self._proc:
