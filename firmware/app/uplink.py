@@ -150,9 +150,8 @@ class Uplink:
     # -- downlinks ----------------------------------------------------------------------------
     def on_message(self, topic, payload):
         try:
-            f = frame.decode(self._mac[1], topic, payload, downlink=True)
-            if f.key_id != self.cfg["key_id"]:
-                raise FrameError("key_id", f.key_id)
+            # SPEC section 2 step 2: our own device id and key id, checked before the MAC
+            f = frame.decode(self._mac[1], topic, payload, True, self.cfg["key_id"], self.cfg["device_id"])
             if f.seq <= self.hi:
                 raise Replay("seq", f.seq, self.hi)
         except FrameError as e:

@@ -272,6 +272,16 @@ def test_uplink_rejects_forged_replayed_and_misrouted_downlinks():
     eq(up.rejected.get("MalformedFrame"), 1, "counted MalformedFrame")
     eq(up.rejected.get("Replay"), 1, "counted Replay")
     eq(up.rejected.get("TopicMismatch"), 1, "counted TopicMismatch")
+    # SPEC section 2 step 2: a frame made for another device (its MAC valid under our key, on our
+    # topic) and one made under another key id are refused before the MAC
+    _ku, kd = frame.derive_keys(KEY)
+    other = frame.encode(kd, frame.downlink_topic(DEV + 1), frame.DOWN_ACK, DEV + 1, 1, 7, NOW, [seq, 0, NOW])
+    up.on_message(frame.downlink_topic(DEV), other)
+    old_key = frame.encode(kd, frame.downlink_topic(DEV), frame.DOWN_ACK, DEV, 2, 8, NOW, [seq, 0, NOW])
+    up.on_message(frame.downlink_topic(DEV), old_key)
+    eq(len(up.outbox), 1, "acks for another device or key id ignored")
+    eq(up.rejected.get("UnknownDevice"), 1, "counted UnknownDevice: %r" % up.rejected)
+    eq(up.rejected.get("UnknownKey"), 1, "counted UnknownKey: %r" % up.rejected)
 
 
 def test_uplink_config_downlink_updates_settings():
