@@ -18,7 +18,7 @@ KINDS = {
     "flood": "tools.bench_flood",           # victim alarm latency under a flood; time to quarantine
     "cases": "gateway.cases.bench",         # alarm press to neighbours' sirens (dispatch within 1 s)
     "console": "gateway.console.bench",     # store -> visible in the browser; gateway rate with 20 sessions
-    "deploy": "tools.tests.test_deploy_rig",  # seconds per board of `fengqiao deploy` over host boards on ptys
+    "deploy": "tools.testing.deploy_rig",  # seconds per board of `fengqiao deploy` over host boards on ptys
 }
 
 

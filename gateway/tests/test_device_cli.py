@@ -13,7 +13,7 @@ import pytest
 
 from gateway.tests.conftest import TestClient
 from tools.cli import main
-from tools.tests.test_deploy_rig import DeployRig
+from tools.testing.deploy_rig import DeployRig
 from tools.testing.procs import wait_for
 
 

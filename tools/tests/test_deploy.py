@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tools.cli import main
-from tools.tests.test_deploy_rig import DeployRig
+from tools.testing.deploy_rig import DeployRig
 from tools.testing.procs import wait_for
 
 

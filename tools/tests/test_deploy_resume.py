@@ -14,7 +14,7 @@ import pytest
 
 from tools.cli import main
 from tools.hostboard import HostBoard, NullModem, board_heap
-from tools.tests.test_deploy_rig import DeployRig
+from tools.testing.deploy_rig import DeployRig
 
 STEPS = ("identify", "selftest", "write_config", "read_config")   # the console requests of one board (--no-reboot)
 
