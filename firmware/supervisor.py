@@ -2,7 +2,14 @@
 
 Failures it survives:
 - a task raises (a bug, a driver error, MemoryError): the exception is logged with its task name
-  and the task is started again after `restart_delay_ms`; restarts are counted;
+  and the task is started again after `restart_delay_ms`; restarts are counted. A MemoryError is
+  met with gc.collect() first, so the log line itself can allocate (a log that fails is skipped,
+  never the restart);
+- a task that keeps failing (issue 11: a link task hit MemoryError 126 times in a row, its
+  stored check-ins never went out): after `max_fails` failures in a row the board reboots
+  (board.reboot(): machine.reset(), or on the host board exit status 3 with the flash directory
+  kept), like a power cut: the outbox and the sequence counter are on flash and the outbox
+  resends. A run that lasted `healthy_ms` before failing starts the count again;
 - a task hangs (a loop that stops yielding cannot be seen by asyncio, but one that stops making
   progress can): every task calls `alive(name)` in its loop; the watchdog is fed only when all
   tasks checked in within `stall_ms`, so a stuck task ends in a watchdog reset (a clean reboot,
@@ -17,17 +24,24 @@ stalled, _r the restart loop of one task.
 """
 
 import asyncio
+import gc
 import sys
 import time
 
 # const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 _WATCHDOG_MS = const(8000)
+_MAX_FAILS = const(5)  # failures in a row before a reboot
+_HEALTHY_MS = const(60000)  # a run this long before it failed was healthy: the count restarts
 
 
 class Supervisor:
-    def __init__(self, board, log=print, stall_ms=30000, restart_delay_ms=1000):
+    def __init__(self, board, log=print, stall_ms=30000, restart_delay_ms=1000,
+                 max_fails=_MAX_FAILS, healthy_ms=_HEALTHY_MS):
+        self.board = board
         self.log = log
+        self.max_fails = max_fails
+        self.healthy_ms = healthy_ms
         self.stall_ms = stall_ms
         self.restart_delay_ms = restart_delay_ms
         self.restarts = {}
@@ -52,16 +66,31 @@ class Supervisor:
         return asyncio.create_task(self._r(name, f))
 
     async def _r(self, name, f):
+        fails = 0  # in a row
         while True:
+            t = time.ticks_ms()
             try:
                 await f()
                 self.log("supervisor: %s %s" % (name, "returned"))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
-                self.log("supervisor: %s %s" % (name, repr(e)))
-                sys.print_exception(e, sys.stderr)  # stdout may be the console
+                if type(e) is MemoryError:
+                    gc.collect()  # what the task held is garbage now: room for the log line
+                try:
+                    self.log("supervisor: %s %s" % (name, repr(e)))
+                    sys.print_exception(e, sys.stderr)  # stdout may be the console
+                except MemoryError:
+                    gc.collect()  # the line is lost, the restart is not
+            if time.ticks_diff(time.ticks_ms(), t) >= self.healthy_ms:
+                fails = 0
+            fails += 1
             self.restarts[name] += 1
+            if fails >= self.max_fails:
+                gc.collect()
+                self.log("supervisor: %s %s" % (name, "failing: reboot"))
+                self.board.reboot()  # does not return on a board; a test's board may
+                fails = 0
             if name in self.seen:
                 self.seen[name] = time.ticks_ms()
             await asyncio.sleep_ms(self.restart_delay_ms)

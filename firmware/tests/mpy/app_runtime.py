@@ -589,4 +589,77 @@ def test_supervisor_restarts_a_failing_task_and_starves_the_watchdog_on_a_stall(
     check(any("stalled" in m for m in logs) and any("OSError" in m for m in logs), "logged: %r" % logs[:4])
 
 
+def test_supervisor_restarts_a_task_that_runs_out_of_memory_then_reboots_after_five_in_a_row():
+    import asyncio
+    from supervisor import Supervisor
+
+    class B:
+        reboots = 0
+
+        def watchdog(self, ms):
+            return None
+
+        def reboot(self):
+            B.reboots += 1
+
+    logs = []
+    sup = Supervisor(B(), logs.append, restart_delay_ms=10, max_fails=5, healthy_ms=300)
+    runs = []
+
+    async def greedy():
+        runs.append(1)
+        await asyncio.sleep_ms(1)
+        bytearray(1 << 40)  # a real MemoryError from the VM's allocator
+
+    async def healthy_then_fails():
+        await asyncio.sleep_ms(350)  # longer than healthy_ms before each failure
+        raise MemoryError
+
+    async def scenario():
+        sup.spawn("greedy", greedy)
+        sup.spawn("slow", healthy_then_fails)
+        for _ in range(1000):
+            await asyncio.sleep_ms(10)
+            if sup.restarts["slow"] >= 6:
+                break
+        return sup.restarts["greedy"], B.reboots  # at one instant (no await between)
+
+    greedy_fails, reboots_n = asyncio.run(scenario())
+    check(len(runs) >= 11, "restarted after each MemoryError: %d runs" % len(runs))
+    check(sup.restarts["slow"] >= 6, "the healthy task was restarted: %r" % sup.restarts)
+    reboots = [m for m in logs if "reboot" in m]
+    check(reboots_n >= 2 and all("greedy" in m for m in reboots),
+          "reboots only for the task failing fast (6 healthy runs before failing: none): %r" % reboots)
+    eq(reboots_n, greedy_fails // 5, "one reboot per 5 failures in a row (%d failures)" % greedy_fails)
+    check(any("greedy MemoryError" in m for m in logs), "logged: %r" % logs[:3])
+
+
+def test_supervisor_reboot_on_the_host_board_leaves_the_event_loop_with_status_3():
+    import asyncio
+    from supervisor import Supervisor
+
+    class B:
+        def watchdog(self, ms):
+            return None
+
+        def reboot(self):
+            sys.exit(3)  # what boards/host.py does after writing the reset reason
+
+    sup = Supervisor(B(), lambda m: None, restart_delay_ms=1, max_fails=2)
+
+    async def oom():
+        raise MemoryError
+
+    async def main():
+        sup.spawn("oom", oom)
+        await asyncio.sleep_ms(2000)
+        return "not rebooted"
+
+    try:
+        got = asyncio.run(main())
+    except SystemExit as e:
+        got = e.args[0]
+    eq(got, 3, "the reboot's SystemExit leaves asyncio.run (the process exits 3)")
+
+
 run_all(globals(), setup=fresh)
