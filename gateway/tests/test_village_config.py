@@ -64,6 +64,16 @@ def test_errors_name_line_and_field_and_all_are_reported():
     assert len(errors) == len(expect), errors
 
 
+def test_device_roles_in_the_words_people_type_and_the_registry_names():
+    text = sample_text()
+    assert 'role = "alarm"' in text and 'role = "checkin"' in text and "alarm_button" not in text
+    old_words = text.replace('role = "alarm"', 'role = "alarm_button"').replace('role = "checkin"', 'role = "checkpoint"')
+    a, b = parse_village(text, "new.toml"), parse_village(old_words, "old.toml")
+    assert a["devices"] == b["devices"] and {d["role"] for d in a["devices"]} == {"alarm_button", "checkpoint"}
+    errors = refused(text.replace('role = "alarm"', 'role = "siren"', 1))
+    assert any("role" in e and "alarm or checkin" in e for e in errors), errors
+
+
 @pytest.mark.parametrize("old,new,field,message", [
     ('id = "hh-e04"', 'id = "hh-e03"', "place[8].id", "duplicate place id 'hh-e03'"),
     ('expected_min = [0, 10, 20, 30]', 'expected_min = [0, 10, 30]', "route[0].expected_min", "has 3 entries"),
@@ -77,7 +87,7 @@ def test_errors_name_line_and_field_and_all_are_reported():
     ('kind = "fire"\nplace = "hh-w03"', 'kind = "flood"\nplace = "hh-w03"', "severity.rule[4].kind", "invalid value 'flood'"),
     ('checkpoint = 104', 'checkpoint = 103', "place[15].checkpoint", "already used by 'cp-well'"),
     ('id = "00000304"', 'id = "0000030g"', "device[10].id", "8 hex digits"),
-    ('role = "checkpoint"\nplace = "cp-gate"', 'role = "checkpoint"\nplace = "hh-e01"', "device[7].place",
+    ('role = "checkin"\nplace = "cp-gate"', 'role = "checkin"\nplace = "hh-e01"', "device[7].place",
      "is a household, expected checkpoint"),
     ('clock_tolerance_s = 120', 'clock_tolerance_s = 120\nwalking = 5', "patrol.walking", "unknown field"),
     ('township_deadline_s = 600', 'township_deadline_s = 100', "severity.level[3].township_deadline_s",

@@ -19,7 +19,7 @@ documents every section with comments; the format in short:
     [[schedule]] id, route, start = "HH:MM", start_window_min, max_duration_min, grace_min, days
     [severity] default_level; [[severity.level]] level, name, village_deadline_s,
                township_deadline_s, patrol_alert; [[severity.rule]] kind, place (optional), level
-    [[device]] id (8 hex digits), role (alarm_button|checkpoint), place
+    [[device]] id (8 hex digits), role (alarm|checkin; the registry's alarm_button|checkpoint too), place
 
 The normalised dict has the same sections as lists of plain dicts, with defaults filled in, device
 ids as ints and card UIDs as lowercase hex.
@@ -36,6 +36,9 @@ PARENT_KIND = {"township": "county", "village": "township", "grid": "village",
                "household": "grid", "checkpoint": "grid"}
 PERSON_ROLES = ("grid_member", "patrol", "duty_officer", "county_officer")
 DEVICE_ROLES = ("alarm_button", "checkpoint")   # as gateway.registry.ROLES
+# The words people type everywhere else (provision, hostboard, gateway device add, deploy plans);
+# the registry's own names stay accepted so older village files still import.
+DEVICE_ROLE_WORDS = {"alarm": "alarm_button", "checkin": "checkpoint"}
 ALARM_KINDS = {"emergency": 0, "fire": 1, "medical": 2, "intrusion": 3}   # SPEC section 3, alarm body
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 LEVELS = (1, 2, 3, 4, 5)
@@ -482,8 +485,9 @@ def _devices(top, c, by_id):
             if dev_id in seen:
                 c.error(path + ("id",), "duplicate device id %s" % raw)
             seen.add(dev_id)
-        role = c.get(tbl, "role", path, str, required=True, check=lambda v: v in DEVICE_ROLES,
-                     hint="one of " + ", ".join(DEVICE_ROLES))
+        role = c.get(tbl, "role", path, str, required=True,
+                     check=lambda v: v in DEVICE_ROLES or v in DEVICE_ROLE_WORDS, hint="alarm or checkin")
+        role = DEVICE_ROLE_WORDS.get(role, role)
         kinds = {"alarm_button": ("household", "checkpoint"), "checkpoint": ("checkpoint",)}.get(role, PLACE_KINDS)
         place = _ref(c, tbl, "place", path, by_id, kinds)
         if dev_id is not None:
