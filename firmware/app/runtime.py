@@ -9,7 +9,8 @@ Unprovisioned (or an identity that fails its CRC): the console only, LED "unprov
 watchdog fed only while every task checks in), and the console stays available so a technician
 can identify or read back a running unit; console writes take effect after a reboot.
 
-Tasks: board (board.poll, the console and the role's step, every 10 ms), link (MQTT session),
+Tasks: board (board.poll, the console and the role's step, every 10 ms; it also checks in for the
+link, link_alive()), link (MQTT session),
 uplink (outbox -> link), health (heartbeat, tamper, battery), and the supervisor's watchdog.
 Logs go to stderr (the same UART on a board; kept off the console's stdout on the host board).
 
@@ -72,6 +73,17 @@ def note_heap():
     return used
 
 
+def link_alive(sup, link):
+    """The link's check-in, made by the board task (link.run() has no check-in hook of its own):
+    alive while a session is up (its PINGREQ/PINGRESP deadline ends a dead one) and while it has
+    no socket (the back-off sleep, up to 1.5 x backoff_max_ms, and network_up/mqtt.open, which
+    have deadlines); a socket that never becomes a session (CONNACK/SUBACK, bounded by the link's
+    own _OP_MS) is the one state with no check-in, so a link stuck there for stall_ms starves
+    the watchdog."""
+    if link.up or link.conn is None:
+        sup.alive("link")
+
+
 def console_only(board, state):
     import console
     from drivers.led import Led
@@ -128,6 +140,7 @@ class App:
         n = 0
         while True:
             sup.alive("board")
+            link_alive(sup, up.link)
             board.poll()
             con.poll()
             role.step()
@@ -198,7 +211,7 @@ def start(board, cfg, opts):
     log("main: %s role up, device %s, outbox %d waiting, heap %d used" % (
         cfg["role"], link.client_id, len(up.outbox), note_heap()))
     sup.spawn("board", app.run)
-    sup.spawn("link", link.run, watch=False)  # every await inside has its own deadline
+    sup.spawn("link", link.run)  # watched: checked in by the board task (link_alive)
     sup.spawn("uplink", app.uplink)
     sup.spawn("health", app.health)
     return sup

@@ -662,4 +662,56 @@ def test_supervisor_reboot_on_the_host_board_leaves_the_event_loop_with_status_3
     eq(got, 3, "the reboot's SystemExit leaves asyncio.run (the process exits 3)")
 
 
+def test_link_is_watched_through_a_long_backoff_and_stalls_on_a_socket_that_never_connects():
+    import asyncio
+    from app.runtime import link_alive
+    from link import Link
+    from supervisor import Supervisor
+
+    class NoNet:
+        def network_up(self, cfg):
+            return False
+
+        def watchdog(self, ms):
+            return None
+
+    class Sock:
+        def close(self):
+            pass
+
+    logs = []
+    sup = Supervisor(NoNet(), logs.append, stall_ms=600)
+    c = cfg()
+    c.update({"broker_host": "127.0.0.1", "broker_port": 1, "tls": False})
+    link = Link(NoNet(), c, None, log=lambda m: None, backoff_min_ms=2000, backoff_max_ms=2000)
+
+    async def board_task():
+        while True:
+            sup.alive("board")
+            link_alive(sup, link)
+            await asyncio.sleep_ms(10)
+
+    async def scenario():
+        sup.spawn("link", link.run)
+        sup.spawn("board", board_task)
+        w = asyncio.create_task(sup.watch())
+        for _ in range(300):  # through the first back-off sleep (2 s, over 3 x stall_ms)
+            await asyncio.sleep_ms(10)
+            if link.failures >= 2:
+                break
+        in_backoff = list(logs)
+        link.conn = Sock()  # a socket that never becomes a session (as if stuck before CONNACK)
+        for _ in range(300):
+            await asyncio.sleep_ms(10)
+            if any("stalled" in m for m in logs):
+                break
+        w.cancel()
+        return in_backoff
+
+    in_backoff = asyncio.run(scenario())
+    check(link.failures >= 2, "two connect attempts, a 2 s back-off between: %d" % link.failures)
+    check(not any("stalled" in m for m in in_backoff), "not a stall while backing off: %r" % in_backoff)
+    check(any("link stalled" in m for m in logs), "stuck before the session: stalled: %r" % logs)
+
+
 run_all(globals(), setup=fresh)
