@@ -21,7 +21,7 @@ provisioning tool; `--key-file` reads one (32 raw bytes or 64 hex digits). Addin
 revoking a device updates the broker's password file and reloads the running broker.
 
 `GatewayApp` below is the composition root used by `run` (and by tests that run a gateway in
-process). Plugins (`[gateway] plugins`, default gateway.upstream and gateway.cases when present)
+process). Plugins (`[gateway] plugins`, default gateway.upstream, gateway.cases and gateway.quarantine when present)
 are modules with `attach(app)`; it may return an object with `stop()`. `app` offers: config,
 clock, store, registry, service, ctx, metrics, broker, supervisor, data_dir.
 """

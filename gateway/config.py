@@ -33,7 +33,7 @@ DEFAULTS = {
     "metrics": {"enabled": True, "host": "127.0.0.1", "port": 9108},
     "log": {"level": "info", "format": "json"},
 }
-DEFAULT_PLUGINS = ("gateway.upstream", "gateway.cases")
+DEFAULT_PLUGINS = ("gateway.upstream", "gateway.cases", "gateway.quarantine")
 
 
 @dataclass
