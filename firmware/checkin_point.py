@@ -5,7 +5,8 @@
   settings["checkin_repeat_s"] (default 600 s): a patrol member who taps twice, or leaves the
   card on the reader, makes one event. A repeat within the interval gets the "stored" beep again
   (the card was read) but no new event.
-- Beeps "stored" (and LED amber) as soon as the event is on flash, even with no network, and
+- Beeps "stored" (and LED amber) as soon as the event is on flash (first thing after emit()
+  returns, before any bookkeeping that allocates), even with no network, and
   "confirmed" (two beeps, LED green) when the gateway's ack for that event arrives.
 - The event carries the device time of the tap; if the clock is not known yet the outbox keeps
   the tap's ticks and the frame is stamped when the clock becomes known (app/uplink.py), so
@@ -19,6 +20,7 @@ The runtime calls step() every ~10 ms from its board task (no task of its own: R
 is asked every 100 ms.
 """
 
+import gc
 from time import ticks_diff, ticks_ms
 
 from drivers.buzzer import Buzzer
@@ -72,11 +74,19 @@ class CheckinPoint:
         except OutboxFull:
             self.buzzer.beep("error")
             return None
-        seen[uid] = now
-        if len(self.pending) < _MAX_SEEN:
-            self.pending[seq] = uid
+        # The event is on flash: say so before anything else allocates (issue 11: a MemoryError
+        # here cost the "stored" beep of a stored check-in).
         self.buzzer.beep("stored")
         self.led.flash("checkin_stored")
+        try:
+            seen[uid] = now
+            if len(self.pending) < _MAX_SEEN:
+                self.pending[seq] = uid
+        except MemoryError:
+            # Bookkeeping only: the event is stored and sent all the same; without it a repeat
+            # tap may make a second event and the ack brings no "confirmed" beep.
+            gc.collect()
+            self.log("checkin: %s %d" % ("MemoryError after storing", seq))
         return seq
 
     def on_ack(self, seq, stage):
