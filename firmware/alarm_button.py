@@ -20,6 +20,10 @@ LED (and RGB colour), from the state of the newest alarm:
 Buzzer: a short chirp when the hold is recognised; the `siren` downlink plays its pattern
 (drivers.buzzer), and feedback beeps never mask a running siren.
 
+A press that cannot be stored because the heap is out (MemoryError in emit) is kept in RAM and
+stored again every 200 ms after a gc.collect(); the LED shows "failing" until it is on flash
+(then "sending"), never "stored" (issue 11). A power cut meanwhile loses it: it was never stored.
+
 If the outbox is full of unsent alarms (see outbox.py) a new alarm is refused: the LED shows
 "failing" and the buzzer "error", and the older alarms keep being resent.
 
@@ -33,6 +37,7 @@ for the alarm pressed before the cut arrive.
 The runtime calls step() every ~10 ms from its board task (no task of its own: RAM).
 """
 
+import gc
 import os
 import struct
 from binascii import crc32
@@ -48,6 +53,7 @@ from protocol import frame
 _OPEN_MS = const(7200000)  # 2 h after the last ack with no news: back to idle
 _NO_STAGE = const(255)
 _CLOSED = const(254)
+_RETRY_MS = const(200)  # a press that met MemoryError is stored again this often
 
 
 class AlarmButton:
@@ -62,6 +68,7 @@ class AlarmButton:
         self.stage = None  # newest ack stage for the open alarm (None = not acked yet)
         self._t = ticks_ms()  # when the open alarm last changed
         self.refused = False
+        self.pend = None  # a press not stored yet (MemoryError): ticks of the last attempt
         # The open alarm across reboots: data/alarm.state (beside the outbox), then any alarm
         # still waiting in the outbox that is newer than that record.
         ob = uplink.outbox
@@ -108,6 +115,8 @@ class AlarmButton:
 
     # -- state -> LED -------------------------------------------------------------------------
     def state(self):
+        if self.pend is not None:
+            return "failing"  # pressed, not stored yet (MemoryError): never "stored"
         if self.alarm_seq is None:
             return "failing" if self.refused else "idle"
         if self.stage is None or self.cancel_seq is not None:
@@ -144,30 +153,53 @@ class AlarmButton:
             self.button.hold_ms = changed["hold_ms"]
 
     # -- gestures, every ~10 ms -----------------------------------------------------------------
+    def _store(self):
+        """Store the pending press (self.pend: ticks of the last attempt, None: nothing pending)."""
+        self.pend = ticks_ms()
+        try:
+            seq = self.uplink.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+        except OutboxFull:
+            self.pend = None  # refused for good (full of older alarms): press again later
+            self.refused = True
+            self.buzzer.beep("error")
+            return
+        except MemoryError:
+            gc.collect()  # kept: tried again in _RETRY_MS, "failing" meanwhile
+            return
+        # Stored: from here on nothing may make it pending again (it would be a second alarm).
+        self.pend = None
+        self.alarm_seq = seq
+        self.cancel_seq = None
+        self.stage = None
+        self._t = ticks_ms()
+        self.refused = False
+        self.buzzer.beep("stored")
+        self._save()
+
     def step(self):
         up = self.uplink
         g = self.button.poll()
         while g is not None:
             try:
                 if g == HOLD:  # raise an alarm (kind 0, emergency)
-                    seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
-                    self.alarm_seq = seq
-                    self.cancel_seq = None
-                    self.stage = None
-                    self._t = ticks_ms()
-                    self.refused = False
-                    self.buzzer.beep("stored")
-                    self._save()
+                    self._store()
                 elif g == TAPS and self.button.taps >= 3 and self.alarm_seq is not None:
                     self.cancel_seq = up.emit(frame.UP_ALARM_CANCEL, [self.alarm_seq], PRIO_NORMAL)
                     self._t = ticks_ms()
                     self.buzzer.beep("confirmed")
             except OutboxFull:
-                # A refused alarm shows "failing"; a refused cancel leaves the alarm as it was.
-                if g == HOLD:
-                    self.refused = True
+                self.buzzer.beep("error")  # a refused cancel leaves the alarm as it was
+            except MemoryError:
+                # A cancel not stored (the alarm stays open), or the bookkeeping after a stored
+                # alarm (its state file: the outbox finds the alarm after a reboot anyway).
+                gc.collect()
                 self.buzzer.beep("error")
             g = self.button.poll()
+        if self.pend is not None and ticks_diff(ticks_ms(), self.pend) >= _RETRY_MS:
+            try:
+                self._store()
+            except MemoryError:
+                gc.collect()
         if self.stage is not None and ticks_diff(ticks_ms(), self._t) > _OPEN_MS:
             self._close()  # acknowledged long ago and no news since: back to idle
         self.led.set(self.state())

@@ -714,4 +714,56 @@ def test_link_is_watched_through_a_long_backoff_and_stalls_on_a_socket_that_neve
     check(any("link stalled" in m for m in logs), "stuck before the session: stalled: %r" % logs)
 
 
+def test_checkin_beeps_stored_even_when_memory_runs_out_right_after_the_store():
+    from checkin_point import CheckinPoint
+
+    class NoRoom:  # the bookkeeping after the store: its first allocation fails
+        def __len__(self):
+            return 0
+
+        def __setitem__(self, k, v):
+            raise MemoryError
+
+    board = FakeBoard()
+    board.rfid = lambda: None
+    up = Uplink(cfg(), D, Clock())
+    up.link = FakeLink()
+    logs = []
+    role = CheckinPoint(board, up, cfg()["settings"], 5, logs.append)
+    role.pending = NoRoom()
+    seq = role.card(b"\x01\x02\x03\x04")
+    check(seq is not None and list(up.outbox.seqs()) == [seq], "stored: %r" % (seq,))
+    eq((role.buzzer.once[0], board.buzzer.v), ("stored", 1), "the stored beep sounds")
+    eq(role.led.once[0], "checkin_stored", "the stored flash")
+    check(any("MemoryError" in m for m in logs), "logged: %r" % logs)
+
+
+def test_alarm_press_that_meets_memory_error_is_kept_shown_failing_and_stored_later():
+    board, up, role = _alarm_role()
+    real = up.emit
+    tries = []
+
+    def emit(*a):
+        tries.append(1)
+        if len(tries) <= 3:
+            bytearray(1 << 40)  # a real MemoryError from the VM's allocator
+        return real(*a)
+
+    up.emit = emit
+    _hold(board, role, 1100)
+    eq((len(up.outbox), role.led.state), (0, "failing"), "not stored yet: failing, not stored")
+    t0 = time.ticks_ms()
+    while len(up.outbox) == 0 and time.ticks_diff(time.ticks_ms(), t0) < 3000:
+        role.step()
+        eq(role.led.state, "failing" if len(up.outbox) == 0 else "sending", "LED while retried")
+        time.sleep_ms(10)
+    eq(len(tries), 4, "three MemoryErrors, then stored")
+    eq(list(up.outbox.seqs()), [role.alarm_seq], "one alarm, the open one")
+    eq(role.led.state, "sending", "stored: sending")
+    for _ in range(30):
+        role.step()
+        time.sleep_ms(10)
+    eq((len(tries), len(up.outbox)), (4, 1), "stored once, no second alarm")
+
+
 run_all(globals(), setup=fresh)
