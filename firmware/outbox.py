@@ -256,17 +256,24 @@ class Outbox:
 
     # -- changes ----------------------------------------------------------------------------
     def _put(self, buf):
-        """Append a record; returns its offset. OutboxFull(the OSError) if the flash refuses."""
+        """Append a record; returns its offset. OutboxFull(the OSError) if the flash refuses; any
+        other exception (MemoryError in open or write) is raised as it is.
+
+        After any failure part of the record may be on flash: file_bytes is read again from the
+        file and later records go after whatever is there (the scan skips the torn bytes), so
+        their offsets stay right. file_bytes -1: that read failed too (MemoryError); the next
+        append reads it first."""
+        if self.file_bytes < 0:
+            self.file_bytes = max(stat(self.path), 0)
         try:
             with open(self.path, "ab") as f:
                 f.write(buf)
-        except OSError as e:
-            # Part of the record may be on flash: continue after whatever is there (the scan
-            # skips the torn bytes), so later offsets stay right.
-            n = stat(self.path)
-            if n >= 0:
-                self.file_bytes = n
-            raise OutboxFull(e)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the size is right again
+            self.file_bytes = -1
+            self.file_bytes = max(stat(self.path), 0)
+            if isinstance(e, OSError):
+                raise OutboxFull(e)
+            raise
         start = self.file_bytes
         self.file_bytes += len(buf)
         return start

@@ -261,4 +261,40 @@ def test_seq_block_writes_only_once_per_block():
     eq(sc.writes, 10, "one write per 64 plus the boot reservation")
 
 
+def test_memory_error_mid_append_keeps_later_offsets_right():
+    ob = Outbox(D)
+    ob.put(1, PRIO_ALARM, data(1))
+    real_open = open
+
+    class HalfWrite:  # writes the first half of the record, then the heap is out
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, buf):
+            self.f.write(buf[:len(buf) // 2])
+            raise MemoryError
+
+    outbox.open = lambda path, mode: HalfWrite(real_open(path, mode))
+    try:
+        ob.put(2, PRIO_ALARM, data(2))
+        check(False, "put must raise")
+    except MemoryError:
+        pass
+    finally:
+        del outbox.open
+    eq(ob.file_bytes, size(ob.path), "file size read again after the torn append")
+    ob.put(3, PRIO_ALARM, data(3))
+    eq(list(ob.seqs()), [1, 3], "the failed event is not indexed")
+    eq((ob.read(1)[1], ob.read(3)[1]), (data(1), data(3)), "read back at the right offsets")
+    again = Outbox(D)
+    eq(list(again.seqs()), [1, 3], "after a reboot: the torn record skipped, never misread")
+    eq(again.read(3)[1], data(3), "read back after the reboot")
+
+
 run_all(globals(), setup=fresh)
