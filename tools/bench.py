@@ -19,6 +19,10 @@ KINDS = {
     "cases": "gateway.cases.bench",         # alarm press to neighbours' sirens (dispatch within 1 s)
     "console": "gateway.console.bench",     # store -> visible in the browser; gateway rate with 20 sessions
     "deploy": "tools.testing.deploy_rig",  # seconds per board of `fengqiao deploy` over host boards on ptys
+    "memfault": "tools.bench_memfault",     # injected MemoryErrors during sends: nothing acked lost, no seq reused
+    "e2e": "tools.bench_e2e",               # press -> stored / county / sirens, idle and under load
+    "scale": "tools.bench_scale",           # thousands of devices' heartbeats, offline detection, gateway CPU/RSS
+    "storm": "tools.bench_storm",           # the township's power back: every device reconnects with a backlog
 }
 
 

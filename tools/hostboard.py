@@ -294,10 +294,12 @@ class HostBoard:
 
     def kill9(self):
         """Cut the power: SIGKILL, no chance to flush or close anything."""
-        self._close_client()
+        # the process goes first, so a request in flight on another thread sees the board's end
+        # of the socket close (EOF) rather than its own file object closed under it
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._close_client()
         self._close_log()
 
     def stop(self, timeout_s=5):
@@ -385,12 +387,16 @@ class HostBoard:
             if not self._connect():
                 raise HostBoardError("cannot connect to %s" % self.control_path)
         fields["op"] = op
+        # local references: a power-cut test calls kill9() from another thread, which closes the
+        # client under a reader blocked in readline (CPython then raises ValueError, not OSError)
+        sock, rfile = self._sock, self._rfile
         try:
-            self._sock.sendall(json.dumps(fields).encode() + b"\n")
-            line = self._rfile.readline()
-        except OSError as exc:
+            sock.sendall(json.dumps(fields).encode() + b"\n")
+            line = rfile.readline()
+        except (OSError, ValueError) as exc:
             self._close_client()
-            raise HostBoardError("control socket failed during %r: %s" % (op, exc)) from exc
+            raise HostBoardError("control socket failed during %r (alive=%s): %s: %s"
+                                 % (op, self.alive, type(exc).__name__, exc)) from exc
         if not line:
             self._close_client()
             raise HostBoardError("host board closed the control socket during %r (alive=%s); log:\n%s"
