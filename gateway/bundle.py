@@ -53,6 +53,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.keys import key_id_of, load_or_create_private_key, write_private_file
+
 __all__ = ["BundleError", "TamperedBundle", "UnknownTechnician", "WrongGateway", "ReplayedBundle",
            "BundleRefused", "FieldKitError", "KeyNotHeld", "FieldJournal", "load_field_kit", "EnrolmentKey", "BundleStore", "seal_entry", "make_bundle", "open_bundle",
            "import_bundle", "key_id_of"]
@@ -97,10 +99,6 @@ class BundleRefused(BundleError):
     """A verified bundle whose devices cannot be registered as they are."""
 
 
-def key_id_of(public_raw):
-    return hashlib.sha256(bytes(public_raw)).digest()[:8].hex()
-
-
 def _b64(data):
     return base64.b64encode(bytes(data)).decode("ascii")
 
@@ -137,28 +135,7 @@ class EnrolmentKey:
 
     @classmethod
     def load_or_create(cls, path):
-        path = str(path)
-        if not os.path.exists(path):
-            pem = X25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                            serialization.NoEncryption())
-            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-            tmp = "%s.tmp%d" % (path, os.getpid())
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        if os.stat(path).st_mode & 0o077:
-            raise BundleError("enrolment key %s is readable by others: chmod 600 %s" % (path, path))
-        with open(path, "rb") as f:
-            try:
-                key = serialization.load_pem_private_key(f.read(), password=None)
-            except (ValueError, TypeError) as exc:
-                raise BundleError("enrolment key %s is not an unencrypted PEM key: %s" % (path, exc)) from exc
-        if not isinstance(key, X25519PrivateKey):
-            raise BundleError("enrolment key %s is not an X25519 key" % path)
-        return cls(key, path)
+        return cls(load_or_create_private_key(path, X25519PrivateKey, BundleError, "enrolment key"), str(path))
 
     def unseal(self, entry):
         """The 32-byte device key of an entry (bytearray); TamperedBundle when it does not decrypt."""
@@ -507,14 +484,7 @@ class FieldJournal:
         return [r["entry"] for r in self.rows if r["state"] == "confirmed"]
 
     def write_bundle(self):
-        data = make_bundle(self.entries(), self.tech, self.kit["gateway_key_id"])
-        tmp = self.bundle_path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.bundle_path)
+        write_private_file(self.bundle_path, make_bundle(self.entries(), self.tech, self.kit["gateway_key_id"]))
         return self.bundle_path
 
     def close(self):

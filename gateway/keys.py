@@ -69,22 +69,7 @@ class SigningKey:
 
     @classmethod
     def load_or_create(cls, path):
-        path = str(path)
-        if not os.path.exists(path):
-            _write_new_key(path)
-        st = os.stat(path)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError("signing key %s is readable by others (mode %o); run: chmod 600 %s"
-                               % (path, stat.S_IMODE(st.st_mode), path))
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise KeyFileError("signing key %s is not an unencrypted PEM private key: %s" % (path, exc)) from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError("signing key %s is not an Ed25519 key" % path)
-        return cls(key, path)
+        return cls(load_or_create_private_key(path, Ed25519PrivateKey, KeyFileError, "signing key"), str(path))
 
     def sign(self, message):
         return self._key.sign(message)
@@ -93,24 +78,49 @@ class SigningKey:
         return self.public.pem()
 
 
-def _write_new_key(path):
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def write_private_file(path, data):
+    """Write `data` (bytes or str) to `path` as the owner's alone (mode 0600; a missing directory
+    0700), atomically: a temporary file, fsync, rename. A crash leaves the old file or the new
+    one, never half of one; a failed write leaves no temporary file behind. Used for every
+    secret or signed file the gateway and the tools write (keys, bundles, chain markers)."""
+    path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     tmp = "%s.tmp%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+            f.write(data.encode("utf-8") if isinstance(data, str) else bytes(data))
             f.flush()
-            if hasattr(os, "fsync"):
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def load_or_create_private_key(path, key_type, error, what):
+    """The `key_type` private key (cryptography's Ed25519PrivateKey, X25519PrivateKey, ...) in the
+    PKCS#8 PEM file `path`, generated and written with write_private_file when the file is
+    missing. A file readable by group or others, not an unencrypted PEM key, or a key of another
+    type is refused with `error` naming `what` and the file, as ssh refuses such a key."""
+    path = str(path)
+    if not os.path.exists(path):
+        write_private_file(path, key_type.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise error("%s %s is readable by others (mode %o); run: chmod 600 %s"
+                    % (what, path, stat.S_IMODE(st.st_mode), path))
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise error("%s %s is not an unencrypted PEM private key: %s" % (what, path, exc)) from exc
+    if not isinstance(key, key_type):
+        raise error("%s %s is not an %s key" % (what, path, key_type.__name__.replace("PrivateKey", "")))
+    return key
 
 
 def load_public_key(text_or_path):

@@ -478,14 +478,9 @@ def chain_marker_path(config):
 
 
 def _write_marker(path, info):
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from gateway.keys import write_private_file
+
+    write_private_file(path, json.dumps(info, sort_keys=True) + "\n")
 
 
 def chain_guard(store, marker, gateway_id, key_id, new_chain=False):
