@@ -3,6 +3,7 @@
     t = FaultTownship(work_dir, boards=2).start()   # county broker + recorder, project broker,
                                                     # gateway process, host boards behind a proxy
     t.tap(device_id)            # a card on a check-in point; returns when the unit shows "stored"
+    t.power_cut(device_id); t.power_on(device_id)   # a board's power (kill -9, then boot again)
     b = t.burst(10)             # 10 taps on every board, in threads; b.wait_shown(k); b.join()
     t.kill9_broker(); t.start_broker()
     t.kill9_gateway(); t.start_gateway()
@@ -18,6 +19,11 @@ killed with -9 by pid; the gateway as its own process (`python -m gateway.cli ru
 `[broker] manage = false`) so it can be killed with -9 too; host boards (tools/hostboard.py, the
 real firmware on the MicroPython VM, 64 KB heap) reach the broker's TLS port through
 tools/testing/proxy.FlakyProxy.
+
+A board that reboots itself (the supervisor after 5 MemoryErrors in a row: exit status 3 on the
+host board, firmware/supervisor.py) is powered on again by the township, as a board's reset
+comes back by itself: `tap` and `wait_settled` bring such a board up (counted in `reboots`); a
+board whose power a test cut stays off until `power_on`.
 
 Devices are check-in points: a tapped card is the one event a person sees stored on the unit
 itself (amber flash + beep as soon as it is on flash, firmware/checkin_point.py), with no network;
@@ -54,6 +60,7 @@ AMBER = (1, 1, 0)   # the check-in point's "stored on the unit" flash (firmware/
 GATEWAY_ID = "hil"
 COUNTY_TOPIC = "fq/v1/county/hil"
 FIRST_DEVICE = 0x0601
+REBOOT_EXIT = 3     # a host board's machine.reset(): the supervisor's reboot (firmware/boards/host.py)
 BOARD_ARGS = ["--backoff-min-ms", "200", "--backoff-max-ms", "1000", "--failing-s", "4", "--keepalive-s", "6"]
 
 COUNTY_CONF = """listener {port} 127.0.0.1
@@ -147,6 +154,9 @@ class FaultTownship:
         self.shown = collections.defaultdict(list)    # device_id -> [uid hex] the unit showed stored
         self.not_taken = collections.defaultdict(list)  # device_id -> [uid hex] tapped, no "stored" shown
         self.control_errors = collections.Counter()    # device_id -> control replies lost in the board
+        self.reboots = collections.Counter()           # device_id -> reboots of its own (exit 3) powered on again
+        self._cut = set()                              # device ids whose power a test cut
+        self._power = threading.Lock()                 # power_cut / power_on / reboot revival, one at a time
         self._uid = 0x10000000
         self._uid_lock = threading.Lock()
         self._log_fh = None
@@ -302,6 +312,29 @@ class FaultTownship:
         self.broker.start()
 
     # -- devices -------------------------------------------------------------------------------
+    def power_cut(self, device_id):
+        """The board's power goes (kill -9); it stays off until power_on()."""
+        with self._power:
+            self._cut.add(device_id)
+            self.boards[device_id].kill9()
+
+    def power_on(self, device_id, timeout_s=30):
+        with self._power:
+            self._cut.discard(device_id)
+            self.boards[device_id].restart(timeout_s)
+
+    def revive_rebooted(self, device_id, timeout_s=30):
+        """Power a board on again if it rebooted itself (exit status 3); True if it is running."""
+        hb = self.boards[device_id]
+        with self._power:
+            if hb.alive:
+                return True
+            if device_id in self._cut or hb.proc is None or hb.proc.returncode != REBOOT_EXIT:
+                return False
+            self.reboots[device_id] += 1
+            hb.restart(timeout_s)
+            return True
+
     def next_uid(self):
         with self._uid_lock:
             self._uid += 1
@@ -329,7 +362,7 @@ class FaultTownship:
                          "board %08x to show card %s stored (amber flash)" % (device_id, uid))
             except (WaitTimeout, HostBoardError) as exc:
                 if isinstance(exc, HostBoardError):
-                    if not hb.alive:
+                    if not hb.alive and not self.revive_rebooted(device_id):
                         raise             # the power is off (a power-cut test): not a retry
                     # a control reply lost inside the board (e.g. a MemoryError in its poll):
                     # this tap's outcome is unknown, so it is not counted as shown
@@ -405,6 +438,8 @@ class FaultTownship:
     def wait_settled(self, timeout_s=60):
         """Until every shown tap is at the gateway and every gateway event at the county."""
         def at_gateway():
+            for device_id in self.boards:   # a board that rebooted itself still holds its outbox
+                self.revive_rebooted(device_id)
             missing = self._missing_at_gateway()
             return not missing
         try:
@@ -479,6 +514,7 @@ class FaultTownship:
         return {"shown": sum(len(v) for v in self.shown.values()), "tapped": sum(len(v) for v in self.tapped.values()),
                 "not_taken": sum(len(v) for v in self.not_taken.values()),
                 "board_memory_errors": self.board_log_count("MemoryError"),
+                "board_reboots": sum(self.reboots.values()),
                 "control_errors": sum(self.control_errors.values()),
                 "gateway_events": self.head(), "county_envelopes": len(envs), "verify": output.strip().splitlines()[:1]}
 
