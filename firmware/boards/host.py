@@ -17,7 +17,9 @@
 # - one dispatch over the ops, replies written as JSON text (no per-reply dicts, no qstr per key);
 # - option and op names live in one string each; attributes reuse names the VM already has
 #   (the table in Board below says what each one is);
-# - the reader simulation and the software watchdog are imported only when used.
+# - the reader simulation and the software watchdog are imported only when used;
+# - the `hog` op (fault injection: hold N bytes of the heap so that the application's next
+#   allocations fail, tools/bench_memfault.py) costs one module global (None) until it is used.
 
 import json
 import os
@@ -57,10 +59,12 @@ _T_ERROR = const(11)
 _T_CLIENTS = const(12)
 _T_LONG = const(13)
 # The ops of the control channel, in the order of the dispatch in Board.poll.
-_OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem")
+_OPS = const("ping press release hold button_script card reader_fault battery tamper net led buzzer state mem hog")
 
 
 _STDIN = getattr(sys.stdin, "buffer", sys.stdin)  # the console's input
+# What the `hog` op holds: [release ticks or None, bytearray, ...], None when nothing is held.
+_hog = None
 
 
 class _Out:
@@ -311,6 +315,10 @@ class Board:
 
     # -- control socket (HOSTBOARD.md) ----------------------------------------------------------
     def poll(self):
+        global _hog
+        h = _hog
+        if h and h[0] is not None and time.ticks_diff(time.ticks_ms(), h[0]) >= 0:
+            _hog = None  # its time is up (board time): the next collection frees it
         if self.wdt:
             self.wdt.poll()
         if not self.clients:
@@ -355,7 +363,7 @@ class Board:
                 buf[:] = buf[nl + 1:]
                 if not line.strip():
                     continue
-                o, k = None, 0
+                o, k, g = None, 0, None
                 t = _TEXT.split("|")
                 try:
                     r = json.loads(line)
@@ -412,10 +420,13 @@ class Board:
                             json.dumps(self.hwid), self.button(), self.open, self.mv, json.dumps(self.up), v >> 2, v >> 1 & 1,
                             v & 1, self.buzzer.v, self.r, json.dumps(c.uid.hex() if c else None),
                             self.chip.reader.reinits if self.chip and self.chip.reader else 0)
-                    else:  # mem
-                        import gc
+                    else:  # mem, hog (whatever was held is let go first; the new hold is taken
+                        import gc  # after the reply, which needs heap of its own)
 
-                        if r.get("collect"):
+                        if i > 13:
+                            g = int(r["bytes"]), max(0, int(r.get("ms", 0)))  # bytes <= 0: release
+                            _hog = None
+                        if r.get("collect") or g:
                             gc.collect()
                         out += t[_T_MEM] % (gc.mem_alloc(), gc.mem_free())
                     if out:
@@ -424,3 +435,18 @@ class Board:
                     o = None
                     data = t[_T_ERROR] % json.dumps(t[_T_BAD] % e)
                 _send(conn, data, o, k)
+                if g and g[0]:
+                    # hog: take up to g[0] bytes, greedily in pieces (the heap is fragmented: one
+                    # bytearray of all the free bytes never fits), up to 63 pieces, halving the
+                    # piece at each MemoryError; held until released, or for g[1] ms
+                    n, h = g[0], [None] * 64
+                    h[0] = time.ticks_add(time.ticks_ms(), g[1]) if g[1] else None
+                    i, s = 1, n
+                    while n > 0 and i < 64 and s >= 16:
+                        try:
+                            h[i] = bytearray(min(s, n))
+                            n -= len(h[i])
+                            i += 1
+                        except MemoryError:
+                            s //= 2
+                    _hog = h
