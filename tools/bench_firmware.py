@@ -588,6 +588,19 @@ micropython.qstr_info()
 '''
 
 
+def _run_probe(source, role, image, port=None):
+    """Run a probe script (CODE, MODULES) for `role` against `image` on `port` (default: the PyPI
+    package), the way the board runs its code; the CompletedProcess (stdout parsed by the caller)."""
+    port = port or Port()
+    fd, path = tempfile.mkstemp(suffix=".py")
+    with os.fdopen(fd, "w") as f:
+        f.write(source)
+    try:
+        return port.run_script(path, [role], image=image, timeout_s=30)
+    finally:
+        os.unlink(path)
+
+
 def code_bytes(image, role, port=None):
     """Heap taken by the role's modules once imported (module-level objects and their share of
     the qstr pool; the bytecode stays in ROMFS when the board runs from it)."""
@@ -598,14 +611,7 @@ def code_figures(image, role, port=None):
     """(code bytes, qstrs in the heap's pool) once the role's modules are imported, run the way
     the board runs its code on `port` (from ROMFS when it can), so that code_bytes and the
     board's own live figures are comparable."""
-    port = port or Port()
-    fd, path = tempfile.mkstemp(suffix=".py")
-    with os.fdopen(fd, "w") as f:
-        f.write(CODE)
-    try:
-        p = port.run_script(path, [role], image=image, timeout_s=30)
-    finally:
-        os.unlink(path)
+    p = _run_probe(CODE, role, image, port)
     code = qstrs = None
     for line in p.stdout.splitlines():
         if line.startswith("code "):
@@ -681,14 +687,7 @@ def module_figures(image, role, port=None):
     time in MODULES' order on `port` (code in ROMFS when it can), with the qstr pool pre-grown so
     that no import pays for a new pool block (the pool's blocks are counted apart: code_bytes
     minus the sum of these). Raises ScenarioFailed if the pool grew anyway."""
-    port = port or Port()
-    fd, path = tempfile.mkstemp(suffix=".py")
-    with os.fdopen(fd, "w") as f:
-        f.write(MODULES)
-    try:
-        p = port.run_script(path, [role], image=image, timeout_s=30)
-    finally:
-        os.unlink(path)
+    p = _run_probe(MODULES, role, image, port)
     pools = [ln.split("n_pool=")[1].split(",")[0] for ln in p.stdout.splitlines() if ln.startswith("qstr pool:")]
     rows = []
     for ln in p.stdout.splitlines():
