@@ -35,6 +35,13 @@ blocks and 4-byte pointers, as on an ESP32 or RP2040). A standalone binary with 
 module (that build) maps the same ROMFS image itself, so the code runs in place there too; one
 without it imports plain .mpy files (the bytecode then takes heap, and `port` says so).
 
+The loop (issue 11, item 1: the memory scenario must pass 200 runs in a row with both cores
+loaded): `--repeat N` runs the scenario with its console sessions N times per role at one heap
+(the smallest `--heap-kb`, default 64), the roles taking turns, and prints each run, the pass
+count, the longest passing streak and the first failure; `--busy K` keeps K CPU-burning
+processes running meanwhile (two load both cores of a 2-core machine); `--max-minutes M` starts
+no new run after M minutes (the count says how far it got). Exit 1 if any run failed.
+
 Instead of the scenario (firmware/LINK.md, "Heap budget"):
 - `--budget`: each role's live heap after boot only (the same unit, 200 events queued, booted in
   64 KB; its "role up" line), against firmware/heap_budget.json: exit 1 when a role is more than
@@ -730,6 +737,83 @@ def run_modules(args, port, roles, report):
     return 0
 
 
+BURN = "while True:\n    pass\n"
+
+
+def start_busy(count):
+    """`count` CPU-burning processes (CPython spinning), to load the machine's cores; stop them
+    with stop_busy()."""
+    return [subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.DEVNULL) for _ in range(count)]
+
+
+def stop_busy(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def run_repeat(args, port, roles, heaps, report):
+    """--repeat N [--busy K] [--max-minutes M]: the scenario with its console sessions N times
+    per role at the smallest heap asked for (64 KB by default), roles in turn."""
+    kb = heaps[0] if args.heap_kb else BUDGET_HEAP_KB
+    workdir = tempfile.mkdtemp(prefix="fq-bench-repeat-")
+    stats = {role: {"runs": 0, "passed": 0, "failed": 0, "streak": 0, "best_streak": 0, "first_failure": None,
+                    "seconds": []} for role in roles}
+    busy = start_busy(args.busy)
+    t0 = time.monotonic()
+    stopped_by_time = False
+    report("%d runs per role at %d KB, %d console sessions each, %d busy processes, on %s"
+           % (args.repeat, kb, args.console, args.busy, port.describe()))
+    try:
+        for i in range(args.repeat):
+            if args.max_minutes and time.monotonic() - t0 > args.max_minutes * 60:
+                stopped_by_time = True
+                break
+            for role in roles:
+                st = stats[role]
+                st["runs"] += 1
+                try:
+                    fig = run_scenario(role, kb, os.path.join(workdir, role), args.events, tls=args.tls,
+                                       console=args.console, port=port)
+                except ScenarioFailed as exc:
+                    st["failed"] += 1
+                    st["streak"] = 0
+                    if st["first_failure"] is None:
+                        st["first_failure"] = {"run": st["runs"], "error": _one_line(exc)}
+                    report("%s run %d: FAILED (%s)" % (role, st["runs"], _one_line(exc)))
+                    continue
+                st["passed"] += 1
+                st["streak"] += 1
+                st["best_streak"] = max(st["best_streak"], st["streak"])
+                st["seconds"].append(fig["seconds"])
+                report("%s run %d: passed in %.1f s (live peak %d B, alloc peak %d B, console sessions %d, "
+                       "retries %d); %d of %d passed" % (role, st["runs"], fig["seconds"], fig["live_peak"],
+                                                         fig["alloc_peak"], fig["console_sessions"],
+                                                         fig["console_retries"], st["passed"], st["runs"]))
+    finally:
+        stop_busy(busy)
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"repeat": args.repeat, "heap_kb": kb, "busy": args.busy, "events": args.events,
+              "console_sessions": args.console, "port": port.describe(),
+              "minutes": round((time.monotonic() - t0) / 60, 1), "stopped_by_time_limit": stopped_by_time}
+    for role in roles:
+        st = stats[role]
+        secs = st.pop("seconds")
+        st.pop("streak")
+        st["mean_run_s"] = round(sum(secs) / len(secs), 1) if secs else None
+        result[role] = st
+        report("%s: %d of %d runs passed (longest streak %d)%s" % (
+            role, st["passed"], st["runs"], st["best_streak"],
+            "; first failure at run %d: %s" % (st["first_failure"]["run"], st["first_failure"]["error"])
+            if st["first_failure"] else ""))
+    print(json.dumps(result))
+    if any(result[r]["failed"] for r in roles):
+        raise CliError("%s of the repeated runs failed" % " and ".join(
+            "%s %d/%d" % (r, result[r]["failed"], result[r]["runs"]) for r in roles if result[r]["failed"]))
+    return 0
+
+
 def _one_line(exc):
     """A failure in one line: its first line and, for a message that goes on (a log tail), its
     last line (where the board said what went wrong)."""
@@ -764,6 +848,13 @@ def add_arguments(parser):
                         "over the sends (default %d)" % CONSOLE_SESSIONS)
     parser.add_argument("--no-console", dest="console", action="store_const", const=0,
                         help="no console session while the events are sent (--console-sessions 0)")
+    parser.add_argument("--repeat", type=int, default=0, metavar="N",
+                        help="run the scenario (with its console sessions) N times per role at one heap "
+                        "(the smallest --heap-kb, default 64) and count the passes (issue 11: 200 in a row)")
+    parser.add_argument("--busy", type=int, default=0, metavar="K",
+                        help="with --repeat: K CPU-burning processes meanwhile (2: both cores of a 2-core machine)")
+    parser.add_argument("--max-minutes", type=float, default=0, metavar="M",
+                        help="with --repeat: start no new run after M minutes")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", action="store_true",
                         help="only the live heap after boot per role, checked against the recorded budget "
@@ -794,6 +885,10 @@ def run(args):
         return run_budget(args, port, roles, report)
     if args.tls and not port.tls:
         raise CliError("%s has no TLS module (the 32-bit build has none): run without --tls" % port.binary)
+    if args.repeat:
+        return run_repeat(args, port, roles, heaps, report)
+    if args.busy or args.max_minutes:
+        raise CliError("--busy and --max-minutes go with --repeat N")
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48, "transport": "tls" if args.tls else "tcp",
               "port": port.describe(), "micropython": port.binary, "word_bits": port.word_bits,
