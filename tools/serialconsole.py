@@ -176,6 +176,11 @@ class FrameDecodeError(ConsoleError):
     """A line with the prefix that is not a valid frame (damaged reply)."""
 
 
+def new_nonce():
+    """A request nonce (CONSOLE.md): 16 hex digits, fresh per state-changing request."""
+    return os.urandom(8).hex()
+
+
 def crc_hex(body):
     return "%08x" % (zlib.crc32(body) & 0xFFFFFFFF)
 
@@ -347,12 +352,16 @@ class SerialConsole:
                               % (self.port, info.get("product"), info.get("proto")))
         return info
 
-    def write_config(self, cfg):
-        """Write an identity; the key fingerprint the unit computed. If a reply was lost and the
-        resent copy finds the unit already provisioned, the read-back decides: our key there
-        means the first copy landed."""
+    def write_config(self, cfg, nonce=None):
+        """Write an identity; the key fingerprint the unit computed. Every copy of the request
+        carries one nonce (a fresh one unless given: a rerun that knows the first run's nonce
+        passes it), which the unit stores with the identity: a copy whose reply was lost is
+        answered from what landed ("repeat"), never applied twice. A unit without nonces (an
+        older firmware) refuses the repeat with already_provisioned: the read-back decides then,
+        our key there means the first copy landed."""
+        nonce = nonce or new_nonce()
         try:
-            return self.request("write_config", cfg=cfg)["key_fingerprint"]
+            return self.request("write_config", cfg=cfg, nonce=nonce)["key_fingerprint"]
         except DeviceError as exc:
             if exc.code != "already_provisioned" or self.last_attempts < 2:
                 raise
@@ -363,6 +372,32 @@ class SerialConsole:
             if back.get("key_fingerprint") != ours or back.get("device_id") != cfg.get("device_id"):
                 raise
             return ours
+
+    def rekey(self, cfg, nonce=None, timeout_s=None):
+        """A new key id and key for the provisioned unit in one step (CONSOLE.md `rekey`): its old
+        identity or the new one, never neither, and its outbox kept. The unit resets after the
+        reply; the port is reopened and the new identity is confirmed by the nonce, so a reply
+        lost in the reset (or a cable pulled) is not taken for a failure. Returns the fingerprint."""
+        nonce = nonce or new_nonce()
+        try:
+            return self.request("rekey", cfg=cfg, nonce=nonce)["key_fingerprint"]
+        except (ConsoleTimeout, PortError):
+            pass  # the reset took the line down before the reply (or the cable went): ask again
+        return self.after_reset(lambda: self.request("rekey", cfg=cfg, nonce=nonce)["key_fingerprint"], timeout_s)
+
+    def after_reset(self, call, timeout_s=None):
+        """call() once the unit answers again after a reset (the port may vanish and come back, as
+        a board's USB CDC port does); ConsoleTimeout after timeout_s (default 3 x the timeout)."""
+        deadline = time.monotonic() + (timeout_s or 3 * self.timeout_s)
+        while True:
+            try:
+                self.close()
+                self.open()
+                return call()
+            except (ConsoleTimeout, PortError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # polling for the port to come back
 
     def read_config(self):
         return self.request("read_config")["cfg"]

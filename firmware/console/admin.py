@@ -101,7 +101,7 @@ def handle(con, line):
         cmd = req.get("cmd")
         # Looked up by name only once known: getattr() with a string interns it as a qstr for
         # good, so made-up command names would leak heap.
-        if cmd not in ("identify", "read_config", "write_config", "factory_reset", "selftest", "reboot"):
+        if cmd not in ("identify", "read_config", "write_config", "rekey", "factory_reset", "selftest", "reboot"):
             raise E("unknown_cmd", "unknown command %r" % (cmd,))
         out = globals()[cmd](con, req)
         reply = {"id": rid, "ok": True}
@@ -136,6 +136,24 @@ def identify(con, req):
     if cfg is not None:
         out["device_id"] = cfg["device_id"]
         out["role"] = cfg["role"]
+    # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
+    # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
+    # bytecode version a .mpy for this MicroPython must have.
+    import sys
+
+    f = globals().get("__file__")  # none when frozen into the firmware
+    root = None
+    if f:
+        root = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
+        try:
+            with open(root + "/firmware.sha") as h:
+                out["fw_hash"] = h.read(64).strip()
+        except OSError:
+            pass
+    out["code"] = root
+    i = sys.implementation
+    out["upy"] = "%d.%d.%d" % i.version[:3]
+    out["mpy"] = getattr(i, "_mpy", None)
     return out
 
 
@@ -147,24 +165,81 @@ def read_config(con, req):
     cfg = identity.load(con.root) if cfg is None else dict(cfg)
     # Secrets never leave the unit, only their fingerprints: the key and the Wi-Fi password.
     cfg["key_fingerprint"] = identity.fingerprint(cfg.pop("key"))
+    k = cfg.pop("prev_key", None)  # after a rekey: the old key (hex), for records numbered under it
+    if k:
+        import binascii
+
+        cfg["prev_key_fingerprint"] = identity.fingerprint(binascii.unhexlify(k))
     pw = cfg.pop("wifi_password", "")
     cfg["wifi_password_fingerprint"] = identity.fingerprint(pw.encode()) if pw else ""
     return {"cfg": cfg}
 
 
+def _nonce(req):
+    # A retry of a state-changing command carries the same nonce as the first copy: the identity
+    # written keeps it, so a copy whose reply was lost (cable pulled, power cut after the rename)
+    # is answered from what landed instead of being refused or applied twice.
+    n = req.get("nonce")
+    if n is not None and (type(n) is not str or not 0 < len(n) <= 32):
+        raise ConsoleError("bad_request", "nonce must be text of 1..32 characters")
+    return n
+
+
+def _landed(con, n):
+    # The stored identity, if it was written by a request carrying nonce n; else None.
+    import identity
+
+    if n is None or not identity.is_provisioned(con.root):
+        return None
+    cfg = _running(con) or identity.load(con.root)
+    return cfg if cfg.get("nonce") == n else None
+
+
 def write_config(con, req):
     import identity
 
+    n = _nonce(req)
+    cfg = _landed(con, n)
+    if cfg is not None:
+        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
     if identity.is_provisioned(con.root):
         raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
     from identity.write import save
 
     try:
-        fp = save(con.root, req.get("cfg"))  # invalid_config goes back as it is
+        # invalid_config goes back as it is. fresh: what a factory reset cut short left in data/
+        # (outbox, counters of the erased identity) goes before the new identity is written.
+        fp = save(con.root, req.get("cfg"), {"nonce": n} if n else None, True)
     except OSError as e:
         raise ConsoleError("storage_error", "flash write failed: %r" % e)
     con.changed = True
     return {"key_fingerprint": fp}
+
+
+def rekey(con, req):
+    # A new key (and key id) for the same device in one step: the identity is replaced by one
+    # rename (a cable pulled or power cut at any point leaves the old identity or the new one),
+    # and data/ stays: the outbox keeps its records, and the new key's sequence continues above
+    # every number the old key handed out (identity.write.rekey). The unit resets after the reply:
+    # the running role must not number another event under the old key.
+    import identity
+
+    n = _nonce(req)
+    cfg = _landed(con, n)
+    if cfg is not None:
+        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
+    reboot = getattr(con.board, "reboot", None)
+    if reboot is None:
+        raise ConsoleError("bad_request", "this board cannot reboot itself: factory_reset and write_config")
+    from identity.write import rekey
+
+    try:
+        fp = rekey(con.root, req.get("cfg"), n, _running(con))  # not_provisioned, invalid_config as they are
+    except OSError as e:
+        raise ConsoleError("storage_error", "flash write failed: %r" % e)
+    con.changed = True
+    send(con, {"id": req.get("id"), "ok": True, "key_fingerprint": fp, "rebooting": True})
+    reboot()
 
 
 def factory_reset(con, req):

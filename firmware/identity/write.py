@@ -1,4 +1,4 @@
-# The write side of the identity (validate, save, factory reset), imported only when a unit is
+# The write side of the identity (validate, save, rekey, factory reset), imported only when a unit is
 # provisioned, erased or has its settings changed, and dropped again by whoever imported it
 # (console/__init__.py, app/runtime.py): a running role never holds it.
 #
@@ -6,7 +6,7 @@
 # from the flash.
 #
 # Heap: imported into a running unit's heap (a `config` downlink saves the settings), which is in
-# small pieces by then: few globals (8, so their table is one 192-byte piece), the built-in
+# small pieces by then: few globals (9; their table is one small piece), the built-in
 # modules imported where they are used; the file itself is written by identity/file.py.
 
 import identity
@@ -96,19 +96,78 @@ def validate(cfg):
     return out
 
 
-def save(root, cfg):
-    """Validate and write atomically (identity/file.py); returns the key fingerprint."""
+def save(root, cfg, extra=None, fresh=False):
+    """Validate and write atomically (identity/file.py); returns the key fingerprint. extra:
+    fields kept beside the validated ones (the console's nonce). fresh: a new identity on a unit
+    that has none: whatever is left in data/ (a factory reset cut short: outbox, counters of the
+    identity it erased) goes first, so those records are never sent under the new one."""
     from identity.file import write
 
     cfg = validate(cfg)
+    if extra:
+        cfg.update(extra)
+    if fresh:
+        _rm_tree(identity.data_dir(root))
     write(root, cfg)
     return identity.fingerprint(cfg["key"])
 
 
+def rekey(root, cfg, nonce=None, old=None):
+    """Replace the identity with cfg (the same device, a new key id and key), keeping data/: the
+    outbox and its records stay. Returns the new key fingerprint.
+
+    The outbox needs strictly increasing numbers, and a new key id would start again at 1, so
+    the new key's sequence is made to continue above every number the old key reserved: a slot
+    for the new key id is written first (the generation after the old key's newest, so it goes
+    in the other slot file and the old key's newest slot stays), then the identity is renamed
+    into place. A power cut between the two leaves the old identity with its slot intact (the
+    extra slot belongs to another key id and is ignored). The records below `prev_below` were
+    numbered under `prev_key_id`; the identity keeps that key (`prev_key`, hex) so they can be
+    sent and acked under it (SPEC section 4: a record is never resent under another key id).
+    Only the last rotation is kept: records from two rotations back are not told apart.
+    old: the stored identity when the caller holds it (a running unit: no second parse).
+    IdentityError not_provisioned / corrupt_config / invalid_config; OSError from the flash."""
+    import binascii
+
+    from identity.file import write
+
+    old = old or identity.load(root)
+    new = validate(cfg)
+    if new["device_id"] != old["device_id"]:
+        raise _bad("device_id", "a rekey keeps the device id (this unit is %d)" % old["device_id"])
+    if new["key_id"] == old["key_id"]:
+        raise _bad("key_id", "a rekey needs a new key id (this unit has %d)" % old["key_id"])
+    from seqcounter import SeqCounter
+
+    d = identity.data_dir(root)
+    q = SeqCounter(d, old["key_id"])
+    start = q.peek()  # above every number the old key handed out (its reservation on flash)
+    if start > 1:
+        s = SeqCounter(d, new["key_id"])
+        # Its next reservation, made from the old key's position: generation q._w + 1, the
+        # slot file the old key's newest slot is not in.
+        s._w = q._w
+        s._n = start
+        s.hi = start - 1
+        s.next()
+    new["prev_key_id"] = old["key_id"]
+    new["prev_key"] = binascii.hexlify(old["key"]).decode()
+    new["prev_below"] = start
+    if nonce:
+        new["nonce"] = nonce
+    write(root, new)
+    return identity.fingerprint(new["key"])
+
+
 def _rm_tree(p):
+    # Everything under p (p stays); nothing when p does not exist.
     import os
 
-    for entry in os.ilistdir(p):
+    try:
+        entries = list(os.ilistdir(p))
+    except OSError:
+        return  # no such directory
+    for entry in entries:
         full = p.rstrip("/") + "/" + entry[0]
         if entry[1] == 0x4000:  # a directory
             _rm_tree(full)
@@ -126,9 +185,4 @@ def factory_reset(root):
         os.remove(identity.path(root))
     except OSError:
         pass
-    d = identity.data_dir(root)
-    try:
-        os.stat(d)
-    except OSError:
-        return  # no data directory
-    _rm_tree(d)
+    _rm_tree(identity.data_dir(root))

@@ -255,3 +255,98 @@ def test_lost_and_damaged_replies(tmp_path):
             hb.stop()
     assert read_device_id(tmp_path / "flash") == 0x1234
     assert noise.count == 0 and noise.flip is None  # both faults really happened
+
+
+@pytest.mark.timeout(60)
+def test_write_config_nonce_answers_a_repeat_and_clears_leftovers(board):
+    """A write_config copy with the nonce of one that landed is answered from the stored identity
+    (`repeat`), one with another nonce is refused; a fresh identity first removes what a factory
+    reset cut short left in data/ (an old outbox), so it is never sent under the new one."""
+    data = os.path.join(str(board.flash_dir), "data")
+    os.makedirs(data, exist_ok=True)
+    with open(os.path.join(data, "outbox.log"), "wb") as f:
+        f.write(b"\xfa an erased identity's records")
+    fp = key_fingerprint(bytes.fromhex(CFG["key"]))
+    with SerialConsole(board.port) as con:
+        first = con.request("write_config", cfg=CFG, nonce="n-1")
+        assert first["key_fingerprint"] == fp and "repeat" not in first
+        again = con.request("write_config", cfg=dict(CFG, key="00" * 32), nonce="n-1")
+        assert again["key_fingerprint"] == fp and again["repeat"] is True   # not applied twice
+        with pytest.raises(DeviceError) as exc:
+            con.request("write_config", cfg=CFG, nonce="n-2")
+        assert exc.value.code == "already_provisioned"
+        with pytest.raises(DeviceError) as exc:
+            con.request("write_config", cfg=CFG, nonce=7)
+        assert exc.value.code == "bad_request"
+        assert con.read_config()["nonce"] == "n-1"   # not a secret: it says which request wrote it
+    assert os.listdir(data) == ["identity.cfg"]
+
+
+def outbox_seqs(flash):
+    """Seqs of the event records in a unit's outbox file (outbox.py record layout), in file order."""
+    import struct
+
+    with open(os.path.join(str(flash), "data", "outbox.log"), "rb") as f:
+        raw = f.read()
+    out, removed, i = [], set(), 0
+    while i + 8 <= len(raw):
+        magic, kind, n = struct.unpack(">BBH", raw[i:i + 4])
+        if magic != 0xFA:
+            break
+        payload = raw[i + 4:i + 4 + n]
+        if kind == 0x45:
+            out.append(struct.unpack(">I", payload[:4])[0])
+        elif kind == 0x41:
+            removed.add(struct.unpack(">I", payload[:4])[0])
+        i += 8 + n
+    return [s for s in out if s not in removed]
+
+
+@pytest.mark.timeout(90)
+def test_rekey_replaces_the_identity_in_one_step_and_keeps_the_outbox(tmp_path):
+    """rekey on a running alarm unit (broker unreachable, an alarm waiting in its outbox): refused
+    for another device id or the same key id; else the new key and key id in one rename, data/
+    kept, the unit resets; after the reset the alarm is still waiting, a new press is numbered
+    above it (no clash with the outbox), and a repeat of the request (same nonce) is answered
+    from what landed."""
+    from tools.hostboard import provision_dir
+    from tools.testing.procs import free_port, wait_for
+
+    flash = tmp_path / "flash"
+    provision_dir(flash, dict(CFG, role="alarm", checkpoint_id=None, broker_port=free_port()))
+    new = dict(CFG, role="alarm", checkpoint_id=None, key_id=3, key="7e" * 32, broker_port=18884)
+    with NullModem() as nm:
+        hb = HostBoard(flash, console=nm.board_fd, heap="64k")
+        hb.start()
+        try:
+            hb.hold(1300)
+            wait_for(lambda: os.path.exists(os.path.join(str(flash), "data", "outbox.log")) and outbox_seqs(flash),
+                     15, "the alarm stored in the outbox")
+            waiting = outbox_seqs(flash)
+            with SerialConsole(nm.port, timeout_s=2) as con:
+                for bad, code in ((dict(new, device_id=0x4321), "invalid_config"), (dict(new, key_id=2), "invalid_config")):
+                    with pytest.raises(DeviceError) as exc:
+                        con.request("rekey", cfg=bad, nonce="r-0")
+                    assert exc.value.code == code, exc.value.detail
+                reply = con.request("rekey", cfg=new, nonce="r-1")
+                assert reply["key_fingerprint"] == key_fingerprint(b"\x7e" * 32) and reply["rebooting"] is True
+            assert hb.wait_exit(10) == 3
+            with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
+                stored = json.loads(f.read().split(b"\n")[0])
+            assert (stored["key_id"], stored["prev_key_id"], stored["prev_key"]) == (3, 2, "5a" * 32)
+            assert stored["prev_below"] > max(waiting) and outbox_seqs(flash) == waiting
+            hb.restart()
+            with SerialConsole(nm.port, timeout_s=2) as con:
+                again = con.request("rekey", cfg=dict(new, key="00" * 32), nonce="r-1")
+                assert again["repeat"] is True and again["key_fingerprint"] == reply["key_fingerprint"]
+                back = con.read_config()
+                assert back["key_id"] == 3 and back["prev_key_fingerprint"] == key_fingerprint(b"\x5a" * 32)
+                assert "prev_key" not in back and "5a" * 32 not in json.dumps(back)
+            hb.hold(1300)
+            wait_for(lambda: len(outbox_seqs(flash)) > len(waiting), 15, "the second alarm stored")
+            seqs = outbox_seqs(flash)
+            assert seqs[:len(waiting)] == waiting and min(seqs[len(waiting):]) >= stored["prev_below"]
+            log = hb.log_tail(1 << 20)
+            assert hb.alive and "MemoryError" not in log and "ValueError" not in log, log[-3000:]
+        finally:
+            hb.stop()
