@@ -44,6 +44,7 @@ import os
 import pwd
 import secrets
 import signal
+import socket
 import time
 
 from cryptography import x509
@@ -148,6 +149,22 @@ SERVICE_HASH_ITERATIONS = 210000
 RELOAD_MARK = b"Reloading config."   # logged at `log_type information` when a SIGHUP is acted on
 RELOAD_RESEND_S = 1.0
 RELOAD_CONFIRM_S = 30.0
+
+
+# An anonymous MQTT 3.1.1 CONNECT (clean session, empty client id): refused at once (no password
+# hash is checked), and answered only by Mosquitto's main loop, so its CONNACK proves that the
+# reload before it has finished.
+_PROBE_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 0])
+
+
+def _main_loop_answers(port, timeout_s):
+    """True once the broker on 127.0.0.1:port answers a CONNECT (with any CONNACK)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.sendall(_PROBE_CONNECT)
+            return s.recv(4)[:1] == b"\x20"
+    except OSError:
+        return False
 
 
 def _logged_since(path, offset, mark):
@@ -501,7 +518,13 @@ class ProjectBroker:
         boards where only the first could log in). So the signal is confirmed: a "Reloading
         config." line logged after the files were written proves a reload that reads them; without
         one the signal is sent again. Without a log to read (a broker not started by us), one
-        signal is all we can do."""
+        signal is all we can do.
+
+        The line is logged when the reload begins, and SIGHUPs stay lost until it ends: with ten
+        devices quarantined one after another, each second SIGHUP was lost and waited for the
+        1 s resend (issue 13). So, with a plain listener, we also wait for the end: the main loop
+        answering a refused anonymous CONNECT (one "not authorised" log line per reload). Callers
+        with many changes make them first and reload once (add_devices, hold_devices)."""
         if not self.running():
             return False
         pid = self.pid
@@ -518,6 +541,8 @@ class ProjectBroker:
             resend = time.monotonic() + RELOAD_RESEND_S
             while time.monotonic() < min(resend, deadline):
                 if _logged_since(log_path, offset, RELOAD_MARK):
+                    if self.port:
+                        _main_loop_answers(self.port, max(0.1, deadline - time.monotonic()))
                     return True
                 time.sleep(0.01)
             if not self.running():

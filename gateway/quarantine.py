@@ -100,7 +100,7 @@ class Quarantine:
     """Holds flooders at the broker, raises the duty-side events, releases them when due."""
 
     def __init__(self, broker, service, ctx, cooldown_s=300.0, max_cooldown_s=86400.0, limit_per_s=None,
-                 wall=time.time):
+                 wall=time.time, gather_s=0.02):
         self.broker = broker
         self.limit_per_s = limit_per_s
         self.service = service
@@ -108,12 +108,17 @@ class Quarantine:
         self.cooldown_s = float(cooldown_s)
         self.max_cooldown_s = float(max_cooldown_s)
         self.wall = wall
+        self.gather_s = gather_s
         self._requests = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
         self._last = {}         # device_id -> (offences, wall time of the last quarantine)
+        # What this thread has seen held at the broker (held.json). Only these can be "released by
+        # an operator" when they leave held.json: a device the MQTT thread has just held (its
+        # request not yet written) is in service.held() but not in held.json, and is not released.
+        self._at_broker = set()
         self.quarantined_at = {}  # device_id -> monotonic time the broker cut it off (bench)
         self.detected_at = {}     # device_id -> monotonic time the flood guard named it (bench)
 
@@ -132,6 +137,7 @@ class Quarantine:
                 self._last[ev.device_id] = (int(ev.body.get("offence", 1)), float(ev.body.get("at", 0)))
         for device_id in self.broker.held():
             self.service.hold(device_id)
+            self._at_broker.add(device_id)
         self.check_interval_s = check_interval_s
         self._thread = threading.Thread(target=self._loop, name="fengqiao-quarantine", daemon=True)
         self._thread.start()
@@ -146,7 +152,10 @@ class Quarantine:
     def _loop(self):
         next_check = 0.0
         while not self._stop.is_set():
-            self._wake.wait(max(0.0, next_check - time.monotonic()))
+            if self._wake.wait(max(0.0, next_check - time.monotonic())) and self.gather_s:
+                # Ten flooders are named within milliseconds of each other: one reload for all
+                # (each reload stalls the broker, and a SIGHUP sent during one is lost).
+                time.sleep(self.gather_s)
             self._wake.clear()
             try:
                 self._hold_requested()
@@ -176,6 +185,7 @@ class Quarantine:
             rates[device_id] = rate
         self.broker.hold_devices(infos)     # one file write and one SIGHUP for all of them
         cut = time.monotonic()
+        self._at_broker.update(set(self.broker.held()) & set(infos))   # not a revoked one (skipped)
         for device_id, rate, seen in requests:
             if device_id not in infos:
                 continue
@@ -201,9 +211,12 @@ class Quarantine:
             self.broker.release_devices(due)
         for device_id in due:
             self._released(device_id, "cooldown")
-        for device_id in self.service.held() - set(held):
+        # Released from a shell: gone from held.json after we saw it there. Not what the MQTT
+        # thread holds while its request waits (service.held() only): that is not in held.json yet.
+        for device_id in (self._at_broker - set(held) - set(due)) & self.service.held():
             self._released(device_id, "operator")
-        for device_id in set(held) - set(due) - self.service.held():
+        self._at_broker = set(held) - set(due)
+        for device_id in self._at_broker - self.service.held():
             self.service.hold(device_id)    # held from elsewhere (another gateway start)
 
     def _released(self, device_id, by):

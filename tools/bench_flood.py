@@ -78,8 +78,9 @@ def _off(n):
     return [at for at, body in list(n.sirens) if not body[0]]
 
 
-def _phase(t, cases, victim, neighbours, seconds, rss, interval_s=0.1):
-    """Alarms from the victim for `seconds`; each case is closed (sirens off) before the next."""
+def _phase(t, cases, victim, neighbours, seconds, rss, interval_s=0.1, watch=None, trace=None):
+    """Alarms from the victim for `seconds`; each case is closed (sirens off) before the next.
+    watch(): called while waiting (the flooders' exits); trace: list of (sent, ack_s or None)."""
     import time
 
     acks, sirens = [], []
@@ -91,9 +92,13 @@ def _phase(t, cases, victim, neighbours, seconds, rss, interval_s=0.1):
         while time.monotonic() - t0 < 5 and (0 not in victim.ack_times.get(seq, {})
                                              or any(len(_on(n)) == b for n, b in zip(neighbours, before))):
             rss[0] = max(rss[0], _rss_kb(t.broker.pid))
+            if watch is not None:
+                watch()
             time.sleep(0.001)
         if 0 in victim.ack_times.get(seq, {}):
             acks.append(victim.ack_times[seq][0] - t0)
+        if trace is not None:
+            trace.append((t0, victim.ack_times[seq][0] - t0 if 0 in victim.ack_times.get(seq, {}) else None))
         got = [_on(n)[b] for n, b in zip(neighbours, before) if len(_on(n)) > b]
         if len(got) == len(neighbours):
             sirens.append(max(got) - t0)
@@ -102,6 +107,8 @@ def _phase(t, cases, victim, neighbours, seconds, rss, interval_s=0.1):
             cases.close(case["case_id"], "p-zhou-min", "bench")
         t1 = time.monotonic()
         while time.monotonic() - t1 < 5 and any(len(_off(n)) == b for n, b in zip(neighbours, offs)):
+            if watch is not None:
+                watch()
             time.sleep(0.002)
         time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
     return {"ack": _pcts(acks), "siren": _pcts(sirens), "alarms": len(acks)}
@@ -144,8 +151,15 @@ def run(args):
                 q.quarantined_at.pop(d, None)
             t0 = time.monotonic()
             fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d)) for d in ids]
+            exited = {}
+
+            def watch():
+                for d, f in zip(ids, fl):
+                    if d not in exited and not f.running():
+                        exited[d] = time.monotonic()
+            trace = []
             try:
-                run_["during"] = _phase(t, cases, victim, neighbours, args.seconds, rss)
+                run_["during"] = _phase(t, cases, victim, neighbours, args.seconds, rss, watch=watch, trace=trace)
             finally:
                 for f in fl:
                     f.stop()
@@ -153,6 +167,14 @@ def run(args):
             run_["quarantined"] = len(cut)
             run_["time_to_quarantine_s"] = {"max": round(max(cut), 3) if cut else None,
                                             "min": round(min(cut), 3) if cut else None}
+            rel = lambda m, d: round(m[d] - t0, 3) if d in m else None  # noqa: E731
+            # per flooder: named by the gateway's flood guard, cut off at the broker (reload
+            # confirmed), and its connection gone (mosquitto_pub exited)
+            run_["flooders_s"] = [{"device": "%08x" % d, "detected": rel(q.detected_at, d), "cut_off": rel(q.quarantined_at, d),
+                                   "disconnected": rel(exited, d)} for d in ids]
+            slow = [(round(s0 - t0, 3), None if a is None else round(a * 1000, 1)) for s0, a in trace
+                    if a is None or a > 0.1]
+            run_["during_slow_acks"] = slow[:20]
             run_["after"] = _phase(t, cases, victim, neighbours, min(5.0, args.seconds), rss)
             run_["broker_peak_rss_kb"] = rss[0]
             result["runs"].append(run_)
