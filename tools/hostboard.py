@@ -487,9 +487,15 @@ class HostBoard:
 class NullModem:
     """Two pseudo-terminals joined back to back, like `socat pty,raw pty,raw` or a null-modem
     cable: a host board's console goes on one slave (`board_fd`), and a tool opens the other by
-    its path (`port`, a /dev/pts/N) as it would open /dev/ttyUSB0. Both slaves are in raw mode."""
+    its path (`port`, a /dev/pts/N) as it would open /dev/ttyUSB0. Both slaves are in raw mode.
 
-    def __init__(self, board_raw=True, from_board=None):
+    Hooks for tests, each optional and settable while it runs: `from_board(data) -> data` (a
+    noisy cable from the unit), and `cable(data, from_board) -> data`, called for every chunk in
+    both directions (after from_board), which forwards what it returns: b"" drops the chunk, so
+    a hook that starts returning b"" is a cable pulled at that byte (tools/tests/
+    test_deploy_resume.py's CutAt)."""
+
+    def __init__(self, board_raw=True, from_board=None, cable=None):
         import threading
         import tty
 
@@ -500,6 +506,7 @@ class NullModem:
         tty.setraw(self._s2)
         self.port = os.ttyname(self._s2)
         self.from_board = from_board  # optional bytes -> bytes: a noisy cable, for tests
+        self.cable = cable  # optional (bytes, from_board) -> bytes: both ways; b"" drops (a cut)
         self._stop = False
         self.bytes_to_board = 0
         self.bytes_from_board = 0
@@ -520,13 +527,19 @@ class NullModem:
                 except OSError:
                     time.sleep(0.01)  # EIO while nobody holds that side open
                     continue
-                other = self._m2 if fd == self._m1 else self._m1
-                if fd == self._m1:
+                from_board = fd == self._m1
+                other = self._m2 if from_board else self._m1
+                if from_board:
                     self.bytes_from_board += len(data)
                     if self.from_board is not None:
                         data = self.from_board(data)
                 else:
                     self.bytes_to_board += len(data)
+                cable = self.cable
+                if cable is not None:
+                    data = cable(data, from_board)
+                if not data:
+                    continue
                 try:
                     os.write(other, data)
                 except OSError:

@@ -1,13 +1,18 @@
-"""A pulled cable at every console step of `fengqiao deploy`, then a rerun: the board is never left
-keyed without registration at the end, nor registered without its key; the rerun finishes it.
+"""A pulled cable at every console step of `fengqiao deploy`, at each command boundary and in the
+middle of each line written, then a rerun: the board is never left keyed without registration
+at the end, nor registered without its key, nor half-written; the rerun finishes it.
 
-The cable is a NullModem whose pump stops forwarding (both ways) at a chosen point, as a pulled USB
-cable does: after the board's k-th reply ("reply" cut: the k+1-th request never reaches the board)
-or after the k+1-th request reached the board but before its reply left ("request" cut: the board
-acted, the tool never hears it — the write that landed unseen)."""
+The cable is a NullModem whose `cable` hook (CutAt) stops forwarding, both ways, at a chosen byte,
+as a pulled USB cable does:
+- "reply" k: after the board's k-th reply (the k+1-th request never reaches the board);
+- "request" k: the k+1-th request reached the board, its reply never leaves (the board acted,
+  the tool never hears it: the write that landed unseen);
+- "mid-request" k: the first half of the k+1-th request line reaches the board, no more (a line
+  torn in the middle of the write: the board must not act on it);
+- "mid-reply" k: the board acted on the k+1-th request and the first 12 bytes of its reply reach
+  the tool, no more (a reply torn in the middle of the write)."""
 
 import os
-import select
 import threading
 
 import pytest
@@ -17,21 +22,22 @@ from tools.hostboard import HostBoard, NullModem, board_heap
 from tools.testing.deploy_rig import DeployRig
 
 STEPS = ("identify", "selftest", "write_config", "read_config")   # the console requests of one board (--no-reboot)
+MODES = ("reply", "request", "mid-request", "mid-reply")
+LONG = bool(os.environ.get("FENGQIAO_LONG_TESTS"))
 
 
-class CutCable(NullModem):
-    """A null modem that goes dead at a chosen point; `mend()` plugs it back."""
+class CutAt:
+    """NullModem.cable hook: the cable goes dead at a chosen byte; `mend()` plugs it back."""
 
     def __init__(self):
         self.cut_at = None          # (mode, k) or None: no cut
         self.dead = threading.Event()
         self._replies = self._requests = 0
-        super().__init__()
+        self._rx = self._tx = 0     # bytes into the current line, from / to the board
 
     def arm(self, mode, k):
-        """reply, k: the cable dies after the board's k-th reply (k = 0: before the first request);
-        request, k: the k+1-th request reaches the board, its reply is lost."""
-        self._replies = self._requests = 0
+        assert mode in MODES
+        self._replies = self._requests = self._rx = self._tx = 0
         self.cut_at = (mode, k)
         self.dead.clear()
         if mode == "reply" and k == 0:
@@ -41,35 +47,36 @@ class CutCable(NullModem):
         self.cut_at = None
         self.dead.clear()
 
-    def _pump(self):
-        while not self._stop:
-            try:
-                ready, _, _ = select.select([self._m1, self._m2], [], [], 0.05)
-            except (OSError, ValueError):
-                return
-            for fd in ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:
-                    continue
-                if self.dead.is_set():
-                    continue            # the cable is out: bytes go nowhere
-                from_board = fd == self._m1
-                if self.cut_at is not None:
-                    mode, k = self.cut_at
-                    if from_board and mode == "request" and self._requests > k:
-                        self.dead.set()     # the board acted on request k+1: its answer is lost
-                        continue
-                    if from_board:
-                        self._replies += data.count(b"FQ1 ")
-                    else:
-                        self._requests += data.count(b"FQ1 ")
+    def _cut(self, data, at):
+        self.dead.set()
+        return data[:at]
+
+    def __call__(self, data, from_board):
+        if self.dead.is_set():
+            return b""                  # the cable is out: bytes go nowhere
+        if self.cut_at is None:
+            return data
+        mode, k = self.cut_at
+        for i, b in enumerate(data):
+            if from_board:
+                if self._rx == 0 and mode == "request" and self._requests > k:
+                    return self._cut(data, i)
+                self._rx += 1
+                if mode == "mid-reply" and self._replies == k and self._rx == 12:
+                    return self._cut(data, i + 1)
+                if b == 10:
+                    self._replies += 1
+                    self._rx = 0
                     if mode == "reply" and self._replies >= k:
-                        self.dead.set()     # this reply still gets through; nothing after it
-                try:
-                    os.write(self._m2 if from_board else self._m1, data)
-                except OSError:
-                    pass
+                        return self._cut(data, i + 1)   # this reply still gets through; nothing after it
+            else:
+                if self._tx == 0 and b != 10:        # a request line starts (blank lines are no request)
+                    self._requests += 1
+                    if mode == "mid-request" and self._requests == k + 1:
+                        nl = data.find(b"\n", i)
+                        return self._cut(data, i + ((nl if nl >= 0 else len(data)) - i) // 2)
+                self._tx = 0 if b == 10 else self._tx + 1
+        return data
 
 
 @pytest.fixture
@@ -77,11 +84,12 @@ def bench(tmp_path):
     rig = DeployRig(tmp_path, boards=0)
     rig.rows = [dict(r, place="hh-r%02d" % i) for i, r in enumerate(DeployRig(tmp_path, 12).rows)]
     rig.start()
-    cable = CutCable()
-    hb = HostBoard(os.path.join(rig.work, "cutboard"), heap=board_heap(), console=cable.board_fd, hwid="hb-cut")
+    cut = CutAt()
+    modem = NullModem(cable=cut)
+    hb = HostBoard(os.path.join(rig.work, "cutboard"), heap=board_heap(), console=modem.board_fd, hwid="hb-cut")
     hb.start()
-    rig.modems, rig.boards, rig.n = [cable], [hb], 1
-    yield rig, cable, hb
+    rig.modems, rig.boards, rig.n = [modem], [hb], 1
+    yield rig, cut, hb
     rig.close()
 
 
@@ -105,21 +113,24 @@ def _board_state(rig, hb):
     return board, active, on_broker
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", [
-    # the write that landed unseen is the hard case: in make test; the other one costs 14 s more
-    pytest.param("reply", marks=pytest.mark.skipif(not os.environ.get("FENGQIAO_LONG_TESTS"),
-                                                   reason="set FENGQIAO_LONG_TESTS=1 (14 s)")),
-    "request"])
-def test_cable_pulled_at_every_step_then_resume(bench, mode, capsys):
+def _cuts():
+    """(mode, steps) of each run: in make test the write that landed unseen at every step after
+    identify, and a torn request and a torn reply at write_config (~5 s each); with
+    FENGQIAO_LONG_TESTS=1 every mode at every step (~40 s more)."""
+    if LONG:
+        return [(m, STEPS) for m in MODES]
+    return [("request", STEPS[1:]), ("mid-request", ("write_config",)), ("mid-reply", ("write_config",))]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode,steps", _cuts(), ids=[m for m, _ in _cuts()])
+def test_cable_pulled_at_every_step_then_resume(bench, mode, steps, capsys):
     rig, cable, hb = bench
     from tools.serialconsole import SerialConsole
 
     registered_before = set()
-    long_run = bool(os.environ.get("FENGQIAO_LONG_TESTS"))
-    for k, step in enumerate(STEPS):
-        if step == "identify" and not long_run:
-            continue   # nothing is written before identify answers; FENGQIAO_LONG_TESTS=1 cuts there too
+    for step in steps:
+        k = STEPS.index(step)
         row = rig.rows[k]
         plan = rig.write_plan([row], "plan-%s-%d.csv" % (mode, k))
         rig.plug(0)
@@ -130,6 +141,8 @@ def test_cable_pulled_at_every_step_then_resume(bench, mode, capsys):
         assert cable.dead.is_set(), "the cable was not cut at %s %s" % (mode, step)
         assert rc == 1 and "FAILED" in out, out          # reported and skipped, not a traceback
         board, active, on_broker = _board_state(rig, hb)
+        if step == "write_config":   # a torn request is never acted on; one that arrived whole is
+            assert (board is None) == (mode in ("mid-request", "reply")), (mode, board)
         new = set(active) - registered_before
         # never registered without its key: a new registration is the board's very key
         for dev in new:
@@ -149,5 +162,5 @@ def test_cable_pulled_at_every_step_then_resume(bench, mode, capsys):
         assert len(set(active) - registered_before) == 1, "provisioned twice at %s %s" % (mode, step)
         registered_before = set(active)
         rig.unplug(0)
-        with SerialConsole(cable.port, timeout_s=2) as con:   # a fresh board for the next step
+        with SerialConsole(rig.modems[0].port, timeout_s=2) as con:   # a fresh board for the next step
             con.factory_reset(con.identify()["hwid"])
