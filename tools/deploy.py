@@ -45,47 +45,11 @@ DEFAULT_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
 
 # -- ports -----------------------------------------------------------------------------------------
 def check_port(port):
-    """A clear CliError for a port that is missing, not a tty, or not ours to open (one place, so
-    the shared check of issue 16 can replace it)."""
-    import stat
+    """A clear CliError for a port that is missing, not a tty, not ours to open (naming the group to
+    join) or busy, locked or open in another program (tools.serialconsole's checks)."""
+    from tools.flash import check_port as check
 
-    if not os.path.exists(port):
-        raise CliError("serial port %s does not exist: is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)" % port)
-    st = os.stat(port)
-    if not stat.S_ISCHR(st.st_mode):
-        raise CliError("%s is not a serial port (not a character device)" % port)
-    holders = port_holders(port)
-    if holders:
-        raise CliError("serial port %s is busy: %s has it open; close it (mpremote, screen, minicom, a "
-                       "second fengqiao?) and try again" % (port, ", ".join("%s (pid %d)" % (n, p) for p, n in holders)))
-    if not os.access(port, os.R_OK | os.W_OK):
-        import grp
-
-        raise CliError("no permission to open %s: join group %r (sudo usermod -aG %s $USER, then log in again)"
-                       % (port, grp.getgrgid(st.st_gid).gr_name, grp.getgrgid(st.st_gid).gr_name))
-
-
-def port_holders(port):
-    """[(pid, command name)] of other processes that have `port` open (Linux /proc; [] elsewhere)."""
-    target = os.path.realpath(port)
-    out = []
-    for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        fd_dir = "/proc/%s/fd" % pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # gone, or not ours to look at
-        for fd in fds:
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) == target:
-                    with open("/proc/%s/comm" % pid, encoding="utf-8", errors="replace") as f:
-                        out.append((int(pid), f.read().strip()))
-                    break
-            except OSError:
-                continue
-    return out
+    check(port, any_open=True)
 
 
 def _usb_serial_ports():
@@ -209,10 +173,18 @@ def board_config(row, device_id, key, key_id, settings):
             "checkpoint_id": row["checkpoint_id"], "pins": {}, "settings": settings.get("settings", {})}
 
 
-def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None, key_id=1, replaces=None):
+def _zero(buf):
+    for i in range(len(buf)):
+        buf[i] = 0
+
+
+def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None, key_id=1, replaces=None,
+              rekey=False):
     """Key one identified board through a pending enrolment and confirm it; returns the Enrolment.
     The board ends keyed-and-registered, or unprovisioned with the enrolment cancelled, or (cable
-    pulled) keyed with a pending enrolment that the next run confirms."""
+    pulled) keyed with a pending enrolment that the next run confirms. rekey: a provisioned board
+    (rotate) gets its new key in one console `rekey` (outbox kept; the board resets); without it
+    the old identity is erased first (factory_reset, then write_config: the board keeps running)."""
     from tools.provision import compare_readback
     from tools.serialconsole import DeviceError
 
@@ -231,14 +203,17 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
             raise BoardFailed("board %s holds device %s, not its pending enrolment %08x: factory-reset it"
                               % (hwid, back.get("device_id"), e.device_id))
         progress("resuming: the new key had not landed; writing it again")  # still the old key: rotate again
-    if e is None:
-        key = bytearray(os.urandom(32))
+    def begin():
+        # a pending enrolment with a fresh key (zeroed here once the gateway holds it)
+        fresh = bytearray(os.urandom(32))
         try:
-            e = enr.begin(hwid, GATEWAY_ROLES[row["role"]], row["place"], row["power"], key, kind=kind,
-                          device_id=device_id, key_id=key_id, replaces=replaces)
+            return enr.begin(hwid, GATEWAY_ROLES[row["role"]], row["place"], row["power"], fresh, kind=kind,
+                             device_id=device_id, key_id=key_id, replaces=replaces)
         finally:
-            for i in range(len(key)):
-                key[i] = 0
+            _zero(fresh)
+
+    if e is None:
+        e = begin()
     try:
         key = enr.key_of(e)
     except KeyNotHeld as exc:
@@ -246,21 +221,20 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
         # identity): that sealed key cannot be read back; a fresh one replaces it
         progress("the earlier key did not land (%s): a new one" % exc)
         enr.cancel(e)
-        fresh = bytearray(os.urandom(32))
-        try:
-            e = enr.begin(hwid, GATEWAY_ROLES[row["role"]], row["place"], row["power"], fresh, kind=kind,
-                          device_id=device_id, key_id=key_id, replaces=replaces)
-        finally:
-            for i in range(len(fresh)):
-                fresh[i] = 0
+        e = begin()
         key = enr.key_of(e)
     try:
         cfg = board_config(row, e.device_id, key, e.key_id, settings)
         progress("writing the key and settings (device %08x)" % e.device_id)
-        if info.get("provisioned"):  # rotate / re-key: the old identity goes first
-            con.factory_reset(hwid)
         try:
-            got = con.write_config(cfg)
+            if info.get("provisioned") and rekey:
+                # rotate in one step (console `rekey`): the board holds its old identity or the new
+                # one whenever the cable goes, keeps its outbox, and resets to run the new key
+                got = con.rekey(cfg)
+            else:
+                if info.get("provisioned"):  # rotate without a reset: the old identity goes first
+                    con.factory_reset(hwid)
+                got = con.write_config(cfg)
         except DeviceError as exc:
             enr.cancel(e)
             if exc.code == "storage_error":
@@ -274,8 +248,7 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
             enr.cancel(e)
             raise BoardFailed("the board stored a different %s (reset to unprovisioned)" % ", ".join(diffs))
     finally:
-        for i in range(len(key)):
-            key[i] = 0
+        _zero(key)
         cfg = None
     progress("fingerprint %s read back; registering" % e.fingerprint)
     from gateway.registry import RegistryError

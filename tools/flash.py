@@ -322,9 +322,11 @@ def mpremote_argv(port, items, reset=True, twins=()):
     return argv
 
 
-def check_port(port):
-    """The checks `fengqiao provision` makes (tools.serialconsole): not found, not a serial port,
-    no permission (naming the group), busy (mpremote would only say it cannot lock it)."""
+def check_port(port, any_open=False):
+    """The checks `fengqiao provision` makes (tools.serialconsole), as a CliError: not found, not a
+    serial port, no permission (naming the group), busy (locked; with any_open also open in another
+    program: mpremote would only say it cannot lock it). `fengqiao deploy` and `fengqiao device`
+    use it with any_open."""
     from tools.serialconsole import PortError
     from tools.serialconsole import check_port as check
     from tools.serialconsole import check_port_free
@@ -333,7 +335,7 @@ def check_port(port):
         raise CliError("no --port given: plug the board in and pass its serial port (e.g. /dev/ttyUSB0)")
     try:
         check(port)
-        check_port_free(port)
+        check_port_free(port, any_open)
     except PortError as exc:
         raise CliError(str(exc)) from exc
 

@@ -74,7 +74,7 @@ def check_port(port):
     try:
         st = os.stat(port)
     except FileNotFoundError:
-        raise PortError("serial port %s does not exist: is the unit plugged in? %s" % (port, _PORT_HINT[0].upper() + _PORT_HINT[1:]),
+        raise PortError("serial port %s does not exist: is the board plugged in? %s" % (port, _PORT_HINT[0].upper() + _PORT_HINT[1:]),
                         "not_found") from None
     except OSError as exc:
         raise PortError("cannot look at %s: %s" % (port, exc)) from exc
@@ -115,10 +115,14 @@ def _holders(port):
     return out
 
 
-def check_port_free(port):
+def check_port_free(port, any_open=False):
     """PortError("busy") when another program has the port locked, as mpremote, esptool-style
     tools, pyserial with exclusive=True (this client too) and uucp lock-file users (screen,
-    minicom: /var/lock/LCK..NAME) do. Opens the port for a moment (O_NONBLOCK, no controlling tty)."""
+    minicom: /var/lock/LCK..NAME) do; with any_open, also when another process has it open at all
+    (Linux /proc, the processes this user may see: a plain open(), cat; `fengqiao deploy` and
+    `fengqiao device` ask this). Not by default: a test harness that holds a pty's other end for a
+    tool it runs is not another program talking to the unit. Opens the port for a moment
+    (O_NONBLOCK, no controlling tty)."""
     import errno
     import fcntl
 
@@ -153,6 +157,10 @@ def check_port_free(port):
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+    others = _holders(port) if any_open else None  # open without a lock (a plain open(), cat)
+    if others:
+        raise PortError("%s is busy: %s has it open; close it (mpremote, screen, minicom, a second fengqiao?) and "
+                        "try again" % (port, ", ".join(others)), "busy")
 
 
 class ConsoleTimeout(ConsoleError):
