@@ -61,6 +61,7 @@ class BenchTownship(FaultTownship):
         self.watch = set(watch)
         self._needles = ['"kind":"%s"' % k for k in watch]
         self.arrivals = []
+        self.last_arrival_wall = None   # time.time() of the latest envelope the county got
         self.village = None
 
     def start(self):
@@ -138,6 +139,7 @@ class BenchTownship(FaultTownship):
         wait_for(lambda: self.device_rows(device_id, "boot"), 60, "button %08x's boot frame at the gateway" % device_id)
 
     def _on_envelope(self, line):
+        self.last_arrival_wall = time.time()
         if any(n in line for n in self._needles):
             env = json.loads(line)
             if env.get("kind") in self.watch:

@@ -144,7 +144,8 @@ def run(args):
             ack_ms=stats_ms(lat),
             offline_detect_s=[round(x, 2) if x is not None else None for x in detect],
             offline_detect_max_s=round(max(x for x in detect if x is not None), 2) if any(detect) else None,
-            false_offline=len([d for d in offline if d not in silent]),
+            false_offline=len([d for d in offline if d in set(live)]),   # the sample village's units never connect here
+            gateway_cpu_us_per_event=round(meter.seconds("gateway") / max(sent, 1) * 1e6),
             gateway_cpu_pct=round(shares["gateway"] * 100, 1), broker_cpu_pct=round(shares["broker"] * 100, 1),
             simulators_cpu_pct=round(shares["simulators"] * 100, 1),
             gateway_peak_rss_kb=peaks["gateway"], broker_peak_rss_kb=peaks["broker"],

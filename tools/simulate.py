@@ -231,3 +231,91 @@ def run(args):
             shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({"boards": len(village.boards), "frames": len(gw.frames), "errors": len(gw.errors)}))
     return 0
+
+
+# --- a reconnect storm of raw-MQTT devices (`fengqiao bench storm`) --------------------------------
+
+def storm_frames(device_id, key, count, now_s):
+    """`count` signed heartbeats seq 1..count of one device: what its outbox holds after an outage."""
+    from protocol import frame as pframe
+
+    k_up, _ = pframe.derive_keys(key)
+    topic = pframe.uplink_topic(device_id)
+    return [(seq, pframe.encode(k_up, topic, pframe.UP_HEARTBEAT, device_id, 1, seq, now_s - count + seq,
+                                [3700, seq, count - seq, None, 10203])) for seq in range(1, count + 1)]
+
+
+def storm_run(devices, host, port, window_s, start_at, seed=1, deadline_s=1800.0):
+    """Each (device_id, key, frames) connects at a random instant of [start_at, start_at + window_s]
+    (wall clock) as a new raw MQTT connection (gateway.bench.RawConn), then sends its frames one in
+    flight, the next when its ack arrives, as the firmware's outbox does. Returns the figures."""
+    import random
+    import selectors
+
+    from gateway.bench import RawConn, _acked_seq, _pump
+
+    rng = random.Random(seed)
+    plan = sorted(((rng.uniform(0, window_s), d, k, fr) for d, k, fr in devices), key=lambda p: p[0])
+    sel = selectors.DefaultSelector()
+    waiting = []
+    st = {"acked": 0, "done": 0, "unexpected": 0, "t_last_ack": None, "per_s": {}}
+
+    def on_down(c, payload):
+        seq = _acked_seq(payload)
+        if c.inflight is None or seq != c.inflight[0]:
+            st["unexpected"] += 1
+            return
+        now = time.time()
+        st["acked"] += 1
+        st["t_last_ack"] = now
+        sec = int(now - start_at)
+        st["per_s"][sec] = st["per_s"].get(sec, 0) + 1
+        c.inflight = None
+        if c.next_frame < len(c.frames):
+            c.send_next(time.monotonic())
+        else:
+            st["done"] += 1
+
+    t_connects, n_devices = [], len(plan)
+    while time.time() < start_at:
+        time.sleep(min(0.05, max(0.0, start_at - time.time())))
+    while st["done"] < n_devices:
+        rel = time.time() - start_at
+        if rel > deadline_s:
+            break
+        while plan and plan[0][0] <= rel:
+            _at, d, k, fr = plan.pop(0)
+            c = RawConn(d, k, host, port)
+            c.frames, c.seq = fr, len(fr)
+            c.sock.setblocking(False)
+            sel.register(c.sock, selectors.EVENT_READ, c)
+            waiting.append(c)
+            t_connects.append(time.time())
+        if waiting:
+            ready = [c for c in waiting if c.connacked and c.subacked]
+            for c in ready:
+                c.send_next(time.monotonic())
+            if ready:
+                waiting = [c for c in waiting if c.inflight is None]
+        _pump(sel, 0.002 if plan or waiting else 0.05, on_down)
+    for key in list(sel.get_map().values()):
+        key.data.sock.close()
+    return {"devices": len(t_connects), "acked": st["acked"], "done": st["done"], "unexpected": st["unexpected"],
+            "t_first_connect": min(t_connects) if t_connects else None,
+            "t_last_connect": max(t_connects) if t_connects else None,
+            "t_last_ack": st["t_last_ack"], "per_s": st["per_s"]}
+
+
+def storm_main(conn, devices, host, port, per_device, window_s, seed):
+    """A storm simulator process: builds every device's backlog, says ("ready", n), waits for
+    ("go", start_at), runs storm_run and sends ("result", figures) (or ("error", text))."""
+    try:
+        now_s = int(time.time())
+        prepared = [(d, k, storm_frames(d, k, per_device, now_s)) for d, k in devices]
+        conn.send(("ready", len(prepared)))
+        cmd = conn.recv()
+        if cmd[0] != "go":
+            return
+        conn.send(("result", storm_run(prepared, host, port, window_s, cmd[1], seed)))
+    except (OSError, ConnectionError, PermissionError, ValueError) as exc:
+        conn.send(("error", "%s: %s" % (type(exc).__name__, exc)))
