@@ -132,11 +132,60 @@ def stage(dest, board, mpy=True):
     for rel, r in results:
         if r.returncode != 0:
             raise CliError("mpy-cross failed on %s:\n%s" % (rel, (r.stderr or r.stdout).strip()))
+    _write_hash_file(dest)
+    written.append(FW_HASH_FILE)
     return written
 
 
+IMAGE_FORMAT = 2  # 2: the image carries FW_HASH_FILE (older cached images are rebuilt)
+FW_HASH_FILE = "firmware.sha"  # at the code root: the image's hash, which the console's identify reports
+
+
+def file_hashes(root):
+    """{path in the image: SHA-256 hex} of every file under root but FW_HASH_FILE."""
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+            if rel != FW_HASH_FILE:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def image_hash(hashes):
+    """The firmware hash of an image (16 hex digits) from its file_hashes(): what a board whose code
+    is that image reports (identify `fw_hash`), and what `fengqiao deploy` compares."""
+    h = hashlib.sha256()
+    for rel in sorted(hashes):
+        h.update(("%s %s\n" % (rel, hashes[rel])).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_hash_file(root):
+    digest = image_hash(file_hashes(root))
+    with open(os.path.join(root, FW_HASH_FILE), "w", encoding="ascii") as f:
+        f.write(digest + "\n")
+    return digest
+
+
+def read_hash(root):
+    """The hash a staged image directory (or a host board's code directory) says it is; None without."""
+    try:
+        with open(os.path.join(root, FW_HASH_FILE), encoding="ascii") as f:
+            return f.read(64).strip() or None
+    except OSError:
+        return None
+
+
+def romfs_hash(romfs):
+    """The hash inside a ROMFS image built by build_romfs (kept beside it as ROMFS.sha)."""
+    with open(romfs + ".sha", encoding="ascii") as f:
+        return f.read().strip()
+
+
 def _fingerprint(board, mpy):
-    h = hashlib.sha256(("%s:%s" % (board, mpy)).encode())
+    h = hashlib.sha256(("%s:%s:%d" % (board, mpy, IMAGE_FORMAT)).encode())
     for src, rel in image_files(board):
         st = os.stat(src)
         h.update(("%s:%d:%d\n" % (rel, st.st_size, st.st_mtime_ns)).encode())
@@ -207,6 +256,7 @@ def build_romfs(board="host"):
         for rel, r in results:
             if r.returncode != 0:
                 raise CliError("mpy-cross failed on %s:\n%s" % (rel, (r.stderr or r.stdout).strip()))
+        digest = _write_hash_file(os.path.join(tmp_dir, "tree"))
         vfs = VfsRomWriter()
 
         def add_dir(path):
@@ -224,7 +274,10 @@ def build_romfs(board="host"):
         tmp = os.path.join(tmp_dir, "image.romfs")
         with open(tmp, "wb") as f:
             f.write(vfs.finalise())
-        os.replace(tmp, out)
+        with open(out + ".sha.tmp", "w", encoding="ascii") as f:
+            f.write(digest + "\n")
+        os.replace(out + ".sha.tmp", out + ".sha")
+        os.replace(tmp, out)  # last: an image is there only with its hash beside it
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
@@ -238,7 +291,7 @@ def _prune(cache_dir, board, keep, max_age_s=3600):
     now = time.time()
     for name in os.listdir(cache_dir):
         path = os.path.join(cache_dir, name)
-        if name.startswith(board + "-") and path not in (keep, romfs_path(keep)):
+        if name.startswith(board + "-") and path not in (keep, romfs_path(keep), romfs_path(keep) + ".sha"):
             try:
                 if now - os.stat(path).st_mtime > max_age_s:
                     if os.path.isdir(path):
@@ -363,6 +416,7 @@ def run(args):
     image = build_image(args.board, mpy=not args.source)  # staged once per source change
     written = _image_names(args.board, not args.source)
     twins = stale_twins(written)
+    written.append(FW_HASH_FILE)  # the image's hash, which identify reports (`fengqiao deploy` compares it)
     if args.entry_only:
         # Files on the board's file system come before .frozen on sys.path: remove every
         # copied module of an earlier flash so the frozen ones are the ones imported.
@@ -381,6 +435,95 @@ def run(args):
         raise CliError("mpremote failed on %s:\n%s" % (args.port, (r.stderr or r.stdout).strip()[-800:]))
     print("flashed %d files to %s (%s%s)" % (len(written), args.port, args.board, "" if args.source else ", mpy"))
     return 0
+
+
+class FlashVerifyError(CliError):
+    """A file read back from the board does not hash to what was written (message: which file)."""
+
+
+def _flash_plan(image):
+    # (files in write order, {rel: sha256}, total bytes): the hash file is written last, so a
+    # flash cut short leaves a board whose hash is not the image's and the next deploy flashes it again.
+    hashes = file_hashes(image)
+    files = sorted(hashes)
+    return files, hashes, sum(os.path.getsize(os.path.join(image, rel)) for rel in files)
+
+
+def flash_dir(image, dest, progress=None):
+    """Flash a host board, whose flash is a directory (`dest`, its code directory): the files of the
+    staged `image` copied in (each through a temporary file and a rename), stale twins removed,
+    every file then read back and checked against its SHA-256, the hash file last. progress(done
+    bytes, total bytes). Returns the image hash. FlashVerifyError if a file reads back wrong."""
+    files, hashes, total = _flash_plan(image)
+    for rel in [FW_HASH_FILE] + stale_twins(files):
+        try:
+            os.unlink(os.path.join(dest, rel))
+        except FileNotFoundError:
+            pass
+    done = 0
+    for rel in files:
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(image, rel), target + ".tmp")
+        os.replace(target + ".tmp", target)
+        done += os.path.getsize(target)
+        if progress:
+            progress(done, total)
+    for rel in files:
+        with open(os.path.join(dest, rel), "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != hashes[rel]:
+            raise FlashVerifyError("%s read back with SHA-256 %s, %s was written" % (rel, got[:16], hashes[rel][:16]))
+    shutil.copyfile(os.path.join(image, FW_HASH_FILE), os.path.join(dest, FW_HASH_FILE))
+    return read_hash(image)
+
+
+def flash_serial(port, image, progress=None, reset=True):
+    """Flash a board over its serial port with mpremote's transport (one raw-REPL session): stale
+    twins and the old hash file removed, every file of `image` written, each then hashed on the
+    board (hashlib.sha256) and compared, the hash file last, then a reset. progress(done bytes,
+    total bytes). Returns the image hash. FlashVerifyError if a file reads back wrong; CliError if
+    the board does not answer (no MicroPython REPL, cable pulled)."""
+    try:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+    except ImportError as exc:
+        raise CliError("mpremote is needed to flash a board (pip install mpremote)") from exc
+    files, hashes, total = _flash_plan(image)
+    try:
+        t = SerialTransport(port, 115200)
+    except TransportError as exc:
+        raise CliError("cannot open %s to flash it: %s" % (port, exc)) from exc
+    try:
+        t.enter_raw_repl(soft_reset=False)
+        t.exec(cleanup_code([FW_HASH_FILE] + stale_twins(files)))
+        for d in sorted({rel.rsplit("/", 1)[0] for rel in files if "/" in rel}):
+            if not t.fs_exists("/" + d):
+                t.fs_mkdir("/" + d)
+        done = 0
+        for rel in files:
+            with open(os.path.join(image, rel), "rb") as f:
+                data = f.read()
+            base = done
+            t.fs_writefile("/" + rel, data, progress_callback=(lambda w, n, base=base: progress(base + w, total))
+                           if progress else None)
+            done += len(data)
+        for rel in files:
+            got = t.fs_hashfile("/" + rel, "sha256").hex()
+            if got != hashes[rel]:
+                raise FlashVerifyError("%s read back with SHA-256 %s, %s was written" % (rel, got[:16],
+                                                                                       hashes[rel][:16]))
+        with open(os.path.join(image, FW_HASH_FILE), "rb") as f:
+            t.fs_writefile("/" + FW_HASH_FILE, f.read())
+        t.exit_raw_repl()
+        if reset:
+            t.exec_raw_no_follow("import machine\nmachine.reset()")
+    except TransportError as exc:
+        raise CliError("flashing %s failed: %s (cable pulled? plug it back and run again: the board is flashed "
+                       "again, its data/ kept)" % (port, exc)) from exc
+    finally:
+        t.close()
+    return read_hash(image)
 
 
 def flash_hostboard(name=None, timeout_s=30.0):
