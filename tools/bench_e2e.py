@@ -65,6 +65,12 @@ class BenchTownship(FaultTownship):
         self.village = None
 
     def start(self):
+        t0 = time.monotonic()
+        self._start()
+        self.setup_s = round(time.monotonic() - t0, 1)   # registering, brokers, gateway, boards booted
+        return self
+
+    def _start(self):
         from gateway.broker import ProjectBroker
         from gateway.county import CountyRecorder
         from gateway.village.config import parse_village
@@ -106,7 +112,6 @@ class BenchTownship(FaultTownship):
         self._write_verify_inputs()
         for device_id in self.buttons:
             self._start_button(device_id)
-        return self
 
     def _register_devices(self):
         from gateway.bench import _register

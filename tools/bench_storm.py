@@ -22,6 +22,7 @@ import os
 import tempfile
 import time
 
+from gateway.bench import Sims
 from tools.bench_e2e import EAST_GROUP, BenchTownship, BoardTap, _say, press_round
 from tools.testing.procs import wait_for
 
@@ -38,26 +39,26 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="only the JSON object (figures also on stderr)")
 
 
-class StormSims:
-    """`procs` tools.simulate.storm_main processes; go(start_at) then results()."""
+class StormSims(Sims):
+    """`procs` tools.simulate.storm_main processes (gateway.bench.Sims' pipes and stop());
+    go(start_at) starts the storm, results() waits for every process's figures."""
 
     def __init__(self, devices, procs, host, port, per_device, window_s):
+        # not Sims.__init__: that one starts gateway.bench.sim_main (all devices connected at once)
         from tools.simulate import storm_main
 
         ctx = multiprocessing.get_context("spawn")
-        self.pipes, self.procs = [], []
-        for i in range(procs):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=storm_main, args=(child, devices[i::procs], host, port, per_device, window_s, i + 1),
-                            daemon=True)
+        pairs = [ctx.Pipe() for _ in range(procs)]
+        self.pipes = [parent for parent, _child in pairs]
+        self.procs = [ctx.Process(target=storm_main, daemon=True,
+                                  args=(child, devices[i::procs], host, port, per_device, window_s, i + 1))
+                      for i, (_parent, child) in enumerate(pairs)]
+        for p in self.procs:
             p.start()
-            self.pipes.append(parent)
-            self.procs.append(p)
         self.pids = [p.pid for p in self.procs]
-        for pipe in self.pipes:
-            msg = pipe.recv()
-            if msg[0] != "ready":
-                raise RuntimeError("storm simulator failed: %s" % (msg,))
+        failed = [m for m in (pipe.recv() for pipe in self.pipes) if m[0] != "ready"]
+        if failed:
+            raise RuntimeError("storm simulator failed: %s" % (failed,))
 
     def go(self, start_at):
         for pipe in self.pipes:
@@ -74,12 +75,6 @@ class StormSims:
             out.append(msg[1])
         return out
 
-    def stop(self):
-        for p in self.procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-
 
 def run(args):
     from gateway.bench import CpuMeter
@@ -95,11 +90,10 @@ def run(args):
               "window_s": args.window_s, "goal_s": GOAL_S, "cores": os.cpu_count()}
     storm = None
     try:
-        t0 = time.monotonic()
         _say(args, "registering %d devices, starting the township with %d host boards ..."
              % (args.devices, len(EAST_GROUP)))
         t.start()
-        result["setup_s"] = round(time.monotonic() - t0, 1)
+        result["setup_s"] = t.setup_s
         taps = {d: BoardTap(t.boards[d]) for d in EAST_GROUP}
         cases = t.case_service()
         _say(args, "building %d signed backlog records ..." % total)
