@@ -113,8 +113,9 @@ def run(args):
             r = {k: round(v * 1000, 1) if v is not None else None for k, v in r.items()}
             r["at_s"] = round(pressed_at, 1)
             rounds.append(r)
-            _say(args, "  press at %.1f s: stored %s ms, county %s ms, sirens %s ms"
-                 % (pressed_at, r["stored"], r["county"], r["sirens"]))
+            _say(args, "  press at %.1f s: at the gateway %s ms, sirens dispatched %s ms; LED stored %s ms,"
+                 " county %s ms, last neighbour's siren %s ms" % (pressed_at, r["at_gateway"], r["dispatched"],
+                                                                  r["stored"], r["county"], r["sirens"]))
             try:
                 wait_for(lambda: all(tap.quiet() for tap in taps.values()), 60, "quiet after the close", 0.1)
             except AssertionError:

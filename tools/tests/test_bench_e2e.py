@@ -19,9 +19,11 @@ def test_bench_e2e_small():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["bench"] == "e2e" and result["rounds"] == 2
     for phase in ("idle", "load"):
-        for what in ("stored", "county", "sirens"):
+        for what in ("at_gateway", "dispatched", "stored", "county", "sirens"):
             s = result[phase][what]
             assert s["n"] == 2 and s["missed"] == 0, (phase, what, s)
             assert 0 < s["p50"] <= s["p99"] <= s["max"] < 10_000, (phase, what, s)
+        # stored at the gateway before the button's LED could show it
+        assert result[phase]["at_gateway"]["p50"] < result[phase]["stored"]["p50"]
     bg = result["load"]["background"]
     assert bg["events"] > 0 and bg["acked"] == bg["events"] and not bg["errors"], bg
