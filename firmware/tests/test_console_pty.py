@@ -350,3 +350,60 @@ def test_rekey_replaces_the_identity_in_one_step_and_keeps_the_outbox(tmp_path):
             assert hb.alive and "MemoryError" not in log and "ValueError" not in log, log[-3000:]
         finally:
             hb.stop()
+
+
+@pytest.mark.timeout(120)
+def test_rekey_with_the_cable_pulled_mid_request_at_the_reply_and_mid_reply(tmp_path):
+    """The cable pulled while a rekey is under way (half the request line reached the unit; the
+    whole request and no reply; the unit's reply torn after 12 bytes): the unit holds its old
+    identity or the new one, never neither, with its waiting alarm; once plugged back the same
+    request (same nonce) finishes it, answered from what landed if it had. One unit, key ids 3..5."""
+    from tools.hostboard import provision_dir
+    from tools.serialconsole import ConsoleError
+    from tools.testing.deploy_rig import CutAt, PowerOn
+    from tools.testing.procs import free_port, wait_for
+
+    flash = tmp_path / "flash"
+    provision_dir(flash, dict(CFG, role="alarm", checkpoint_id=None, broker_port=free_port()))
+    cut = CutAt()
+    with NullModem(cable=cut) as nm:
+        hb = HostBoard(flash, console=nm.board_fd, heap="64k")
+        hb.start()
+        power = PowerOn(hb)
+        try:
+            hb.hold(1300)
+            wait_for(lambda: os.path.exists(os.path.join(str(flash), "data", "outbox.log")) and outbox_seqs(flash),
+                     15, "the alarm stored in the outbox")
+            waiting = outbox_seqs(flash)
+            for key_id, mode in ((3, "mid-request"), (4, "request"), (5, "mid-reply")):
+                new = dict(CFG, role="alarm", checkpoint_id=None, key_id=key_id, key="%02x" % key_id * 32)
+                nonce = "cut-%d" % key_id
+                with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
+                    before = json.loads(f.read().split(b"\n")[0])
+                cut.arm(mode, 0)
+                with SerialConsole(nm.port, timeout_s=0.3, retries=0) as con:
+                    with pytest.raises(ConsoleError):
+                        con.rekey(new, nonce=nonce, timeout_s=0.2)
+                assert cut.dead.is_set()
+                if mode != "mid-request":    # the unit acted: it resets, whatever became of its reply
+                    wait_for(lambda: power.resets >= key_id - 3, 10, "the unit reset after the rekey")
+                with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
+                    now = json.loads(f.read().split(b"\n")[0])
+                assert now["key_id"] == (before["key_id"] if mode == "mid-request" else key_id), (mode, now["key_id"])
+                # the waiting records are kept either way (a reset adds its boot event)
+                assert set(waiting) <= set(outbox_seqs(flash)), mode
+                cut.mend()
+                wait_for(lambda: hb.alive, 10, "the unit powered on")
+                with SerialConsole(nm.port, timeout_s=2) as con:
+                    fp = con.rekey(new, nonce=nonce, timeout_s=15)
+                assert fp == key_fingerprint(bytes([key_id]) * 32)
+                wait_for(lambda: hb.alive, 10, "the unit powered on")
+                with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
+                    now = json.loads(f.read().split(b"\n")[0])
+                assert (now["key_id"], now["nonce"], now["prev_key_id"]) == (key_id, nonce, before["key_id"]), mode
+                assert set(waiting) <= set(outbox_seqs(flash)), mode
+            log = hb.log_tail(1 << 20)
+            assert "MemoryError" not in log and "ValueError" not in log, log[-3000:]
+        finally:
+            power.close()
+            hb.stop()

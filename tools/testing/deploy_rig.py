@@ -7,9 +7,13 @@ sample village's places, and a directory of port symlinks that `fengqiao deploy 
     rig.plug(i)                 # board i's port appears
     rig.write_plan(rows)        # CSV plan file
     rig.close()
+
+Cable and power faults for tests: CutAt (a NullModem `cable` hook that pulls the cable at a chosen
+byte of the console dialogue) and PowerOn (powers a host board on again after its reset).
 """
 
 import os
+import threading
 
 from tools.hostboard import HostBoard, NullModem, board_heap
 
@@ -30,6 +34,90 @@ def plan_rows(n, checkins=0):
             rows.append({"role": "checkin", "village": "东山村", "place": "cp-d%03d" % (i + 1), "name": "村口",
                          "group": "", "power": "mains", "checkpoint_id": str(100 + i)})
     return rows
+
+
+CUT_MODES = ("reply", "request", "mid-request", "mid-reply")
+
+
+class CutAt:
+    """NullModem.cable hook: the cable goes dead at a chosen byte; `mend()` plugs it back. Modes
+    (arm(mode, k)): "reply" after the board's k-th reply line; "request" once the k+1-th request
+    reached the board, before its reply; "mid-request" half way through the k+1-th request line;
+    "mid-reply" 12 bytes into the k+1-th reply line (tools/tests/test_deploy_resume.py)."""
+
+    def __init__(self):
+        self.cut_at = None          # (mode, k) or None: no cut
+        self.dead = threading.Event()
+        self._replies = self._requests = 0
+        self._rx = self._tx = 0     # bytes into the current line, from / to the board
+
+    def arm(self, mode, k):
+        if mode not in CUT_MODES:
+            raise ValueError(mode)
+        self._replies = self._requests = self._rx = self._tx = 0
+        self.cut_at = (mode, k)
+        self.dead.clear()
+        if mode == "reply" and k == 0:
+            self.dead.set()
+
+    def mend(self):
+        self.cut_at = None
+        self.dead.clear()
+
+    def _cut(self, data, at):
+        self.dead.set()
+        return data[:at]
+
+    def __call__(self, data, from_board):
+        if self.dead.is_set():
+            return b""                  # the cable is out: bytes go nowhere
+        if self.cut_at is None:
+            return data
+        mode, k = self.cut_at
+        for i, b in enumerate(data):
+            if from_board:
+                if self._rx == 0 and mode == "request" and self._requests > k:
+                    return self._cut(data, i)
+                self._rx += 1
+                if mode == "mid-reply" and self._replies == k and self._rx == 12:
+                    return self._cut(data, i + 1)
+                if b == 10:
+                    self._replies += 1
+                    self._rx = 0
+                    if mode == "reply" and self._replies >= k:
+                        return self._cut(data, i + 1)   # this reply still gets through; nothing after it
+            else:
+                if self._tx == 0 and b != 10:        # a request line starts (blank lines are no request)
+                    self._requests += 1
+                    if mode == "mid-request" and self._requests == k + 1:
+                        nl = data.find(b"\n", i)
+                        return self._cut(data, i + ((nl if nl >= 0 else len(data)) - i) // 2)
+                self._tx = 0 if b == 10 else self._tx + 1
+        return data
+
+
+class PowerOn:
+    """A board resets itself after `reboot` (on a host board the process exits with status 3): this
+    powers it on again, as a real board's reset does."""
+
+    def __init__(self, hb):
+        self.hb = hb
+        self.resets = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            proc = self.hb.proc
+            if proc is not None and proc.poll() == 3:
+                self.resets += 1
+                self.hb.restart()
+            self._stop.wait(0.05)   # polling the process: no exit notification to wait on
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
 
 
 class DeployRig:

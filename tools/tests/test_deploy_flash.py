@@ -6,38 +6,13 @@ the command. Host boards on real ptys, a real gateway DB and Mosquitto (tools/te
 import os
 import re
 import shutil
-import threading
 
 import pytest
 
 from tools import flash
 from tools.cli import main
 from tools.hostboard import HostBoard, NullModem
-from tools.testing.deploy_rig import DeployRig
-
-
-class PowerOn:
-    """A board resets itself after `reboot` (on a host board the process exits with status 3): this
-    powers it on again, as a real board's reset does."""
-
-    def __init__(self, hb):
-        self.hb = hb
-        self.resets = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            proc = self.hb.proc
-            if proc is not None and proc.poll() == 3:
-                self.resets += 1
-                self.hb.restart()
-            self._stop.wait(0.05)   # polling the process: no exit notification to wait on
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(5)
+from tools.testing.deploy_rig import DeployRig, PowerOn
 
 
 @pytest.fixture

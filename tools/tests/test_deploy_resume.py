@@ -2,7 +2,7 @@
 middle of each line written, then a rerun: the board is never left keyed without registration
 at the end, nor registered without its key, nor half-written; the rerun finishes it.
 
-The cable is a NullModem whose `cable` hook (CutAt) stops forwarding, both ways, at a chosen byte,
+The cable is a NullModem whose `cable` hook (tools.testing.deploy_rig.CutAt) stops forwarding, both ways, at a chosen byte,
 as a pulled USB cable does:
 - "reply" k: after the board's k-th reply (the k+1-th request never reaches the board);
 - "request" k: the k+1-th request reached the board, its reply never leaves (the board acted,
@@ -13,70 +13,16 @@ as a pulled USB cable does:
   the tool, no more (a reply torn in the middle of the write)."""
 
 import os
-import threading
 
 import pytest
 
 from tools.cli import main
 from tools.hostboard import HostBoard, NullModem, board_heap
-from tools.testing.deploy_rig import DeployRig
+from tools.testing.deploy_rig import CUT_MODES as MODES
+from tools.testing.deploy_rig import CutAt, DeployRig
 
 STEPS = ("identify", "selftest", "write_config", "read_config")   # the console requests of one board (--no-reboot)
-MODES = ("reply", "request", "mid-request", "mid-reply")
 LONG = bool(os.environ.get("FENGQIAO_LONG_TESTS"))
-
-
-class CutAt:
-    """NullModem.cable hook: the cable goes dead at a chosen byte; `mend()` plugs it back."""
-
-    def __init__(self):
-        self.cut_at = None          # (mode, k) or None: no cut
-        self.dead = threading.Event()
-        self._replies = self._requests = 0
-        self._rx = self._tx = 0     # bytes into the current line, from / to the board
-
-    def arm(self, mode, k):
-        assert mode in MODES
-        self._replies = self._requests = self._rx = self._tx = 0
-        self.cut_at = (mode, k)
-        self.dead.clear()
-        if mode == "reply" and k == 0:
-            self.dead.set()
-
-    def mend(self):
-        self.cut_at = None
-        self.dead.clear()
-
-    def _cut(self, data, at):
-        self.dead.set()
-        return data[:at]
-
-    def __call__(self, data, from_board):
-        if self.dead.is_set():
-            return b""                  # the cable is out: bytes go nowhere
-        if self.cut_at is None:
-            return data
-        mode, k = self.cut_at
-        for i, b in enumerate(data):
-            if from_board:
-                if self._rx == 0 and mode == "request" and self._requests > k:
-                    return self._cut(data, i)
-                self._rx += 1
-                if mode == "mid-reply" and self._replies == k and self._rx == 12:
-                    return self._cut(data, i + 1)
-                if b == 10:
-                    self._replies += 1
-                    self._rx = 0
-                    if mode == "reply" and self._replies >= k:
-                        return self._cut(data, i + 1)   # this reply still gets through; nothing after it
-            else:
-                if self._tx == 0 and b != 10:        # a request line starts (blank lines are no request)
-                    self._requests += 1
-                    if mode == "mid-request" and self._requests == k + 1:
-                        nl = data.find(b"\n", i)
-                        return self._cut(data, i + ((nl if nl >= 0 else len(data)) - i) // 2)
-                self._tx = 0 if b == 10 else self._tx + 1
-        return data
 
 
 @pytest.fixture
