@@ -59,6 +59,7 @@ from gateway.logs import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.store import StoreError
 from protocol import frame as pframe
+from protocol.errors import FrameError
 
 log = logging.getLogger("fengqiao.service")
 
@@ -328,6 +329,14 @@ class GatewayService:
         if not in_grace and not self.buckets.allow(topic, now):
             return self._drop(client, msg, "Throttled")
         payload = msg.payload
+        try:
+            # SPEC section 2 step 1 (length, version, direction, type), as the pipeline would do it
+            # first, with the same reason: what is not even a frame never joins the queue. A junk
+            # flood in the backlog grace (no throttling) cost the pipeline's full round per message
+            # and slowed the read of everyone's messages, the flooders' detection too (issue 13).
+            pframe.peek(payload, False)
+        except FrameError as exc:
+            return self._drop(client, msg, type(exc).__name__)
         if len(payload) > 1 and payload[1] in _ALARM_TYPES:
             self._urgent.add(topic)
         self._incoming.append(pipeline.Incoming(topic, payload, msg.mid, msg.qos, now))
@@ -370,12 +379,17 @@ class GatewayService:
             rc = client.loop(0)
             # Drain what has arrived (up to a batch) while each read makes progress. Progress, not
             # select(): a TLS socket can hold whole records that select() and pending() miss.
+            # At most max_batch reads, queued or not: messages dropped on arrival (a flood) never
+            # fill the batch, and reading on while they keep coming held the other threads'
+            # downlinks (the neighbours' sirens) in self._outbox for seconds (issue 13).
+            reads = 0
             while (rc == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None and len(dq) < self.max_batch
-                   and not self._urgent):
+                   and not self._urgent and reads < self.max_batch):
                 before = self._rx
                 rc = client.loop_read()
                 if self._rx == before:
                     break
+                reads += 1
             while dq and not self._stopping.is_set():
                 gen = self._gen
                 if self._urgent:
