@@ -387,11 +387,19 @@ class SerialConsole:
         reply; the port is reopened and the new identity is confirmed by the nonce, so a reply
         lost in the reset (or a cable pulled) is not taken for a failure. Returns the fingerprint."""
         nonce = nonce or new_nonce()
+
+        def ask():
+            return self.request("rekey", cfg=cfg, nonce=nonce)
+
         try:
-            return self.request("rekey", cfg=cfg, nonce=nonce)["key_fingerprint"]
+            reply = ask()
         except (ConsoleTimeout, PortError):
-            pass  # the reset took the line down before the reply (or the cable went): ask again
-        return self.after_reset(lambda: self.request("rekey", cfg=cfg, nonce=nonce)["key_fingerprint"], timeout_s)
+            # the reset took the line down before the reply (or the cable went): ask again once it
+            # answers; a copy that landed is answered "repeat" by the new identity
+            reply = self.after_reset(ask, timeout_s)
+        if reply.get("rebooting"):
+            self.after_reset(lambda: self.request("identify"), timeout_s)  # back, on the new key
+        return reply["key_fingerprint"]
 
     def after_reset(self, call, timeout_s=None):
         """call() once the unit answers again after a reset (the port may vanish and come back, as
