@@ -84,16 +84,22 @@ from protocol import frame
 root, n = sys.argv[1], int(sys.argv[2])
 cfg = identity.load(root)
 up = Uplink(cfg, root + "/data", Clock(), print)
+seqs = []
 for i in range(n):
     if cfg["role"] == "checkin":
-        up.emit(frame.UP_CHECKIN, [cfg["checkpoint_id"] or 1, bytes([4, i & 255, i >> 8, 9, 1, 2, 3])], PRIO_NORMAL)
+        s = up.emit(frame.UP_CHECKIN, [cfg["checkpoint_id"] or 1, bytes([4, i & 255, i >> 8, 9, 1, 2, 3])], PRIO_NORMAL)
     elif i % 10 == 0:
-        up.emit(frame.UP_ALARM, [i % 4], PRIO_ALARM)
+        s = up.emit(frame.UP_ALARM, [i % 4], PRIO_ALARM)
     elif i % 3 == 0:
-        up.emit(frame.UP_TAMPER, [i % 2 == 0], PRIO_NORMAL)
+        s = up.emit(frame.UP_TAMPER, [i % 2 == 0], PRIO_NORMAL)
     else:
-        up.emit(frame.UP_HEARTBEAT, [3900, i, i, None, 10000], PRIO_HEARTBEAT)
+        s = up.emit(frame.UP_HEARTBEAT, [3900, i, i, None, 10000], PRIO_HEARTBEAT)
+    if not seqs or s != seqs[-1][1] + 1:
+        seqs.append([s, s])
+    else:
+        seqs[-1][1] = s
 print("queued", len(up.outbox))
+print("seqs", " ".join("%d-%d" % (a, b) for a, b in seqs))
 '''
 
 
@@ -323,13 +329,21 @@ def _bench_board(port, flash, heap_kb, console=None):
 
 
 def _prefill(port, hb, workdir, events):
-    """Queue `events` events in the board's outbox (it is off) through the firmware's own code."""
+    """Queue `events` events in the board's outbox (it is off) through the firmware's own code;
+    returns their sequence numbers (a list)."""
     script = os.path.join(workdir, "prefill.py")
     with open(script, "w") as f:
         f.write(PREFILL)
     p = port.run_script(script, [hb.flash_dir, events], image=hb.image)
     if "queued %d" % events not in p.stdout:
         raise ScenarioFailed("prefill failed: %s %s" % (p.stdout[-500:], p.stderr[-1500:]))
+    seqs = []
+    for line in p.stdout.splitlines():
+        if line.startswith("seqs"):
+            for part in line.split()[1:]:
+                first, last = part.split("-")
+                seqs.extend(range(int(first), int(last) + 1))
+    return seqs
 
 
 def _after_boot(log_text):

@@ -63,7 +63,9 @@ _OPS = const("ping press release hold button_script card reader_fault battery ta
 
 
 _STDIN = getattr(sys.stdin, "buffer", sys.stdin)  # the console's input
-# What the `hog` op holds: [release ticks or None, bytearray, ...], None when nothing is held.
+# What the `hog` op holds, None when nothing is: [release ticks or None, bytes to leave free or
+# None, the pieces taken as a chain [bytearray, [bytearray, ... None]], bytes still to take once]
+# (poll() takes them).
 _hog = None
 
 
@@ -267,8 +269,18 @@ class Board:
     def reboot(self):
         # A real board resets; the host board exits with status 3 and its driver restarts it,
         # with reset reason 4 (soft reset) waiting for the next boot (host_wdt.py writes 2).
-        with open(self.flash_root + "/.hostboard/reset_reason", "w") as f:
-            f.write("4")
+        # A reset allocates nothing: what the hog holds goes first (the supervisor reboots after
+        # MemoryErrors), and a reason that cannot be written is lost (reason 0), never the exit.
+        global _hog
+        _hog = None
+        try:
+            import gc
+
+            gc.collect()
+            with open(self.flash_root + "/.hostboard/reset_reason", "w") as f:
+                f.write("4")
+        except (MemoryError, OSError):
+            pass
         sys.exit(3)
 
     def idle_ms(self, ms):
@@ -317,8 +329,27 @@ class Board:
     def poll(self):
         global _hog
         h = _hog
-        if h and h[0] is not None and time.ticks_diff(time.ticks_ms(), h[0]) >= 0:
-            _hog = None  # its time is up (board time): the next collection frees it
+        if h:
+            if h[0] is not None and time.ticks_diff(time.ticks_ms(), h[0]) >= 0:
+                _hog = None  # its time is up (board time): the next collection frees it
+            else:
+                # take h[3] bytes (once), or all the free heap but h[1] bytes (again after every
+                # collection that freed some: the application's garbage and transient buffers
+                # never give it room for long), greedily in pieces, halving the piece at each
+                # MemoryError (a fragmented heap has no single piece that big), each piece in a
+                # 2-item list [piece, next] (no big list of slots: that needs a big free piece)
+                import gc
+
+                n = h[3] or (gc.mem_free() - h[1] if h[1] is not None else 0)
+                s = n
+                h[3] = 0
+                while n > 0 and s >= 16:
+                    try:
+                        x = bytearray(min(s, n))
+                        h[2] = [x, h[2]]
+                        n -= len(x)
+                    except MemoryError:
+                        s //= 2
         if self.wdt:
             self.wdt.poll()
         if not self.clients:
@@ -363,7 +394,7 @@ class Board:
                 buf[:] = buf[nl + 1:]
                 if not line.strip():
                     continue
-                o, k, g = None, 0, None
+                o, k = None, 0
                 t = _TEXT.split("|")
                 try:
                     r = json.loads(line)
@@ -420,13 +451,17 @@ class Board:
                             json.dumps(self.hwid), self.button(), self.open, self.mv, json.dumps(self.up), v >> 2, v >> 1 & 1,
                             v & 1, self.buzzer.v, self.r, json.dumps(c.uid.hex() if c else None),
                             self.chip.reader.reinits if self.chip and self.chip.reader else 0)
-                    else:  # mem, hog (whatever was held is let go first; the new hold is taken
-                        import gc  # after the reply, which needs heap of its own)
+                    else:  # mem, hog: whatever was held is let go first; the new hold is
+                        import gc  # taken by the next poll(), after this reply (it needs heap)
 
                         if i > 13:
-                            g = int(r["bytes"]), max(0, int(r.get("ms", 0)))  # bytes <= 0: release
                             _hog = None
-                        if r.get("collect") or g:
+                            gc.collect()
+                            n, v, ms = int(r.get("bytes", 0)), r.get("leave"), int(r.get("ms", 0))
+                            if n > 0 or v is not None:
+                                _hog = [time.ticks_add(time.ticks_ms(), ms) if ms > 0 else None,
+                                        None if v is None else int(v), None, n]
+                        elif r.get("collect"):
                             gc.collect()
                         out += t[_T_MEM] % (gc.mem_alloc(), gc.mem_free())
                     if out:
@@ -435,18 +470,3 @@ class Board:
                     o = None
                     data = t[_T_ERROR] % json.dumps(t[_T_BAD] % e)
                 _send(conn, data, o, k)
-                if g and g[0]:
-                    # hog: take up to g[0] bytes, greedily in pieces (the heap is fragmented: one
-                    # bytearray of all the free bytes never fits), up to 63 pieces, halving the
-                    # piece at each MemoryError; held until released, or for g[1] ms
-                    n, h = g[0], [None] * 64
-                    h[0] = time.ticks_add(time.ticks_ms(), g[1]) if g[1] else None
-                    i, s = 1, n
-                    while n > 0 and i < 64 and s >= 16:
-                        try:
-                            h[i] = bytearray(min(s, n))
-                            n -= len(h[i])
-                            i += 1
-                        except MemoryError:
-                            s //= 2
-                    _hog = h
