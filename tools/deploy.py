@@ -247,7 +247,9 @@ def key_board(con, info, gw, row, settings, progress, kind="new", device_id=None
                                   "data files or reflash it (`fengqiao flash`), then rerun" % exc.detail) from exc
             raise BoardFailed("the board refused the settings: %s" % exc) from exc
         diffs = [] if got == e.fingerprint else ["key_fingerprint"]
-        diffs = diffs or compare_readback(cfg, con.read_config(), e.fingerprint)
+        # a rekey changes the key only (the board keeps the rest of its identity): only that is read back
+        sent = {k: cfg[k] for k in ("device_id", "key_id")} if info.get("provisioned") and rekey else cfg
+        diffs = diffs or compare_readback(sent, con.read_config(), e.fingerprint)
         if diffs:
             con.factory_reset(hwid)
             enr.cancel(e)

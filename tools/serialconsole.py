@@ -382,14 +382,15 @@ class SerialConsole:
             return ours
 
     def rekey(self, cfg, nonce=None, timeout_s=None):
-        """A new key id and key for the provisioned unit in one step (CONSOLE.md `rekey`): its old
-        identity or the new one, never neither, and its outbox kept. The unit resets after the
+        """A new key id and key for the provisioned unit in one step (CONSOLE.md `rekey`; of cfg only
+        device_id, key_id and key are sent, the unit keeps the rest): its old identity or the new
+        one, never neither, and its outbox kept. The unit resets after the
         reply; the port is reopened and the new identity is confirmed by the nonce, so a reply
         lost in the reset (or a cable pulled) is not taken for a failure. Returns the fingerprint."""
         nonce = nonce or new_nonce()
 
-        def ask():
-            return self.request("rekey", cfg=cfg, nonce=nonce)
+        def ask():  # only the key: the unit keeps the rest of its identity
+            return self.request("rekey", device_id=cfg["device_id"], key_id=cfg["key_id"], key=cfg["key"], nonce=nonce)
 
         try:
             reply = ask()

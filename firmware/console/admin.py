@@ -217,8 +217,8 @@ def write_config(con, req):
 
 
 def rekey(con, req):
-    # A new key (and key id) for the same device in one step: the identity is replaced by one
-    # rename (a cable pulled or power cut at any point leaves the old identity or the new one),
+    # A new key (and key id) for the same device in one step (request fields device_id, key_id,
+    # key; the rest of the identity is kept): the identity is replaced by one rename (a cable pulled or power cut at any point leaves the old identity or the new one),
     # and data/ stays: the outbox keeps its records, and the new key's sequence continues above
     # every number the old key handed out (identity.write.rekey). The unit resets after the reply:
     # the running role must not number another event under the old key.
@@ -234,7 +234,7 @@ def rekey(con, req):
     from identity.write import rekey
 
     try:
-        fp = rekey(con.root, req.get("cfg"), n, _running(con))  # not_provisioned, invalid_config as they are
+        fp = rekey(con.root, req, n, _running(con))  # not_provisioned, invalid_config as they are
     except OSError as e:
         raise ConsoleError("storage_error", "flash write failed: %r" % e)
     con.changed = True

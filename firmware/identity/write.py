@@ -37,15 +37,9 @@ def _str(cfg, name, hi, opt=False):
     return v
 
 
-def validate(cfg):
-    """Checked copy of cfg (a dict, key as bytes or hex); raises IdentityError invalid_config."""
+def _key(cfg):
     import binascii
 
-    if type(cfg) is not dict:
-        raise _bad("cfg", "object required")
-    out = {}
-    out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
-    out["key_id"] = _int(cfg, "key_id", 0, 255)
     v = cfg.get("key")
     if type(v) is str:
         if len(v) != 64:
@@ -56,7 +50,17 @@ def validate(cfg):
             raise _bad("key", "64 hex digits required")
     if type(v) not in (bytes, bytearray) or len(v) != 32:
         raise _bad("key", "32 bytes required")
-    out["key"] = bytes(v)
+    return bytes(v)
+
+
+def validate(cfg):
+    """Checked copy of cfg (a dict, key as bytes or hex); raises IdentityError invalid_config."""
+    if type(cfg) is not dict:
+        raise _bad("cfg", "object required")
+    out = {}
+    out["device_id"] = _int(cfg, "device_id", 1, 0xFFFFFFFF)
+    out["key_id"] = _int(cfg, "key_id", 0, 255)
+    out["key"] = _key(cfg)
     role = cfg.get("role")
     if role not in ("alarm", "checkin"):
         raise _bad("role", "alarm or checkin required")
@@ -112,9 +116,12 @@ def save(root, cfg, extra=None, fresh=False):
     return identity.fingerprint(cfg["key"])
 
 
-def rekey(root, cfg, nonce=None, old=None):
-    """Replace the identity with cfg (the same device, a new key id and key), keeping data/: the
-    outbox and its records stay. Returns the new key fingerprint.
+def rekey(root, req, nonce=None, old=None):
+    """A new key for this unit, keeping everything else: req gives device_id (this unit's: the
+    confirmation), key_id (another one) and key (64 hex digits); the rest of the identity stays as
+    it is, and so does data/: the outbox and its records. Returns the new key fingerprint. (Only
+    the key is sent: a whole config with its CA certificate is more heap than a running unit with
+    a TLS session has to spare.)
 
     The outbox needs strictly increasing numbers, and a new key id would start again at 1, so
     the new key's sequence is made to continue above every number the old key reserved: a slot
@@ -132,18 +139,24 @@ def rekey(root, cfg, nonce=None, old=None):
     from identity.file import write
 
     old = old or identity.load(root)
-    new = validate(cfg)
-    if new["device_id"] != old["device_id"]:
+    if type(req) is not dict:
+        raise _bad("rekey", "object required")
+    device_id = _int(req, "device_id", 1, 0xFFFFFFFF)
+    key_id = _int(req, "key_id", 0, 255)
+    if device_id != old["device_id"]:
         raise _bad("device_id", "a rekey keeps the device id (this unit is %d)" % old["device_id"])
-    if new["key_id"] == old["key_id"]:
-        raise _bad("key_id", "a rekey needs a new key id (this unit has %d)" % old["key_id"])
+    if key_id == old["key_id"]:
+        raise _bad("key_id", "a rekey needs a new key id (this unit has %d)" % key_id)
+    new = dict(old)
+    new["key_id"] = key_id
+    new["key"] = _key(req)
     from seqcounter import SeqCounter
 
     d = identity.data_dir(root)
     q = SeqCounter(d, old["key_id"])
     start = q.peek()  # above every number the old key handed out (its reservation on flash)
     if start > 1:
-        s = SeqCounter(d, new["key_id"])
+        s = SeqCounter(d, key_id)
         # Its next reservation, made from the old key's position: generation q._w + 1, the
         # slot file the old key's newest slot is not in.
         s._w = q._w
@@ -153,6 +166,7 @@ def rekey(root, cfg, nonce=None, old=None):
     new["prev_key_id"] = old["key_id"]
     new["prev_key"] = binascii.hexlify(old["key"]).decode()
     new["prev_below"] = start
+    new.pop("nonce", None)
     if nonce:
         new["nonce"] = nonce
     write(root, new)

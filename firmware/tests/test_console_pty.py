@@ -12,6 +12,7 @@ import serial
 
 from tools.hostboard import HostBoard, NullModem, key_fingerprint
 from tools.serialconsole import DeviceError, SerialConsole, decode, encode
+from tools.testing.deploy_rig import outbox_seqs
 
 CFG = {"device_id": 0x1234, "key_id": 2, "key": "5a" * 32, "role": "checkin", "checkpoint_id": 9,
        "broker_host": "127.0.0.1", "broker_port": 18883, "wifi_ssid": "village", "wifi_password": "s3cret"}
@@ -282,24 +283,8 @@ def test_write_config_nonce_answers_a_repeat_and_clears_leftovers(board):
     assert os.listdir(data) == ["identity.cfg"]
 
 
-def outbox_seqs(flash):
-    """Seqs of the event records in a unit's outbox file (outbox.py record layout), in file order."""
-    import struct
-
-    with open(os.path.join(str(flash), "data", "outbox.log"), "rb") as f:
-        raw = f.read()
-    out, removed, i = [], set(), 0
-    while i + 8 <= len(raw):
-        magic, kind, n = struct.unpack(">BBH", raw[i:i + 4])
-        if magic != 0xFA:
-            break
-        payload = raw[i + 4:i + 4 + n]
-        if kind == 0x45:
-            out.append(struct.unpack(">I", payload[:4])[0])
-        elif kind == 0x41:
-            removed.add(struct.unpack(">I", payload[:4])[0])
-        i += 8 + n
-    return [s for s in out if s not in removed]
+def rekey_fields(cfg):
+    return {"device_id": cfg["device_id"], "key_id": cfg["key_id"], "key": cfg["key"]}
 
 
 @pytest.mark.timeout(90)
@@ -314,7 +299,7 @@ def test_rekey_replaces_the_identity_in_one_step_and_keeps_the_outbox(tmp_path):
 
     flash = tmp_path / "flash"
     provision_dir(flash, dict(CFG, role="alarm", checkpoint_id=None, broker_port=free_port()))
-    new = dict(CFG, role="alarm", checkpoint_id=None, key_id=3, key="7e" * 32, broker_port=18884)
+    new = dict(CFG, role="alarm", checkpoint_id=None, key_id=3, key="7e" * 32)
     with NullModem() as nm:
         hb = HostBoard(flash, console=nm.board_fd, heap="64k")
         hb.start()
@@ -324,11 +309,11 @@ def test_rekey_replaces_the_identity_in_one_step_and_keeps_the_outbox(tmp_path):
                      15, "the alarm stored in the outbox")
             waiting = outbox_seqs(flash)
             with SerialConsole(nm.port, timeout_s=2) as con:
-                for bad, code in ((dict(new, device_id=0x4321), "invalid_config"), (dict(new, key_id=2), "invalid_config")):
+                for bad in (dict(new, device_id=0x4321), dict(new, key_id=2), dict(new, key="5a")):
                     with pytest.raises(DeviceError) as exc:
-                        con.request("rekey", cfg=bad, nonce="r-0")
-                    assert exc.value.code == code, exc.value.detail
-                reply = con.request("rekey", cfg=new, nonce="r-1")
+                        con.request("rekey", nonce="r-0", **rekey_fields(bad))
+                    assert exc.value.code == "invalid_config", exc.value.detail
+                reply = con.request("rekey", nonce="r-1", **rekey_fields(new))
                 assert reply["key_fingerprint"] == key_fingerprint(b"\x7e" * 32) and reply["rebooting"] is True
             assert hb.wait_exit(10) == 3
             with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
@@ -337,7 +322,7 @@ def test_rekey_replaces_the_identity_in_one_step_and_keeps_the_outbox(tmp_path):
             assert stored["prev_below"] > max(waiting) and outbox_seqs(flash) == waiting
             hb.restart()
             with SerialConsole(nm.port, timeout_s=2) as con:
-                again = con.request("rekey", cfg=dict(new, key="00" * 32), nonce="r-1")
+                again = con.request("rekey", nonce="r-1", **rekey_fields(dict(new, key="00" * 32)))
                 assert again["repeat"] is True and again["key_fingerprint"] == reply["key_fingerprint"]
                 back = con.read_config()
                 assert back["key_id"] == 3 and back["prev_key_fingerprint"] == key_fingerprint(b"\x5a" * 32)

@@ -8,7 +8,8 @@ sample village's places, and a directory of port symlinks that `fengqiao deploy 
     rig.write_plan(rows)        # CSV plan file
     rig.close()
 
-Cable and power faults for tests: CutAt (a NullModem `cable` hook that pulls the cable at a chosen
+outbox_seqs(flash_dir): the seqs waiting in a board's outbox file. Cable and power faults for
+tests: CutAt (a NullModem `cable` hook that pulls the cable at a chosen
 byte of the console dialogue) and PowerOn (powers a host board on again after its reset).
 """
 
@@ -118,6 +119,26 @@ class PowerOn:
     def close(self):
         self._stop.set()
         self._thread.join(5)
+
+
+def outbox_seqs(flash):
+    """Seqs of the event records in a unit's outbox file (outbox.py record layout), in file order."""
+    import struct
+
+    with open(os.path.join(str(flash), "data", "outbox.log"), "rb") as f:
+        raw = f.read()
+    out, removed, i = [], set(), 0
+    while i + 8 <= len(raw):
+        magic, kind, n = struct.unpack(">BBH", raw[i:i + 4])
+        if magic != 0xFA:
+            break
+        payload = raw[i + 4:i + 4 + n]
+        if kind == 0x45:
+            out.append(struct.unpack(">I", payload[:4])[0])
+        elif kind == 0x41:
+            removed.add(struct.unpack(">I", payload[:4])[0])
+        i += 8 + n
+    return [s for s in out if s not in removed]
 
 
 class DeployRig:
