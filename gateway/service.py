@@ -85,6 +85,46 @@ def _tls_pending(sock):
     return bool(pending and pending())
 
 
+class _ReadAhead:
+    """The gateway's socket to the broker, read 64 KiB at a time (issue 13).
+
+    paho reads each packet with two or three recv() calls (type byte, length, body): three system
+    calls per uplink, most of what reading one costs once a flood is dropped on arrival. Here one
+    recv() serves hundreds of packets. Everything else goes to the socket itself. pending() counts
+    what is buffered, so paho's loop and our select() do not wait while packets are here (as for
+    the bytes an SSL socket holds)."""
+
+    def __init__(self, sock, size=65536):
+        self._sock = sock
+        self._size = size
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n):
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(self._size)     # BlockingIOError / SSLWantReadError as before
+            if not data:
+                return data                         # end of stream: paho sees the connection closed
+            self._buf, self._pos = data, 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def pending(self):
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if inner else 0)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    def _create_socket(self):
+        # paho 2.x (requirements.txt pins 2.2.0): the socket it has just connected (and wrapped
+        # in TLS when configured), before it sets it non-blocking and sends CONNECT.
+        return _ReadAhead(super()._create_socket())
+
+
 class GatewayContext:
     """What handlers and timers get: the clock, the store, the registry, and ways to act."""
 
@@ -152,7 +192,7 @@ class GatewayService:
         self._threads = []
         self._io_thread = None
         self.processed = 0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
+        self._client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id,
                                    clean_session=False, manual_ack=True)
         self._client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
         if mqtt_settings.tls_ca:
