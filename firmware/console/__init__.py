@@ -9,8 +9,10 @@
 # the buffer (discarded to the next newline, one error reply), a request that makes a handler
 # raise (an `internal` error reply, logged), a power cut during a write (identity saves are
 # atomic), no heap for a request (MemoryError: no reply, the tool's retry asks again; the unit
-# carries on). It never writes an identity over an existing one: factory_reset with confirmation
-# comes first.
+# carries on), a cable pulled at any point (write_config and rekey carry a nonce stored with the
+# identity: a repeat of one that landed is answered from what landed; a torn line fails its CRC).
+# It never writes another device's identity over an existing one: factory_reset with confirmation
+# comes first; rekey (a new key for the same device id) replaces it in one rename.
 #
 # Split for RAM: this module is what stays in the heap while a role runs: collecting bytes into
 # lines. A complete line is handed to console/admin.py (framing, every command), which imports

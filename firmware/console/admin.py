@@ -6,6 +6,9 @@
 # identity's IdentityError (identity.load/save raise it with the console's codes already:
 # not_provisioned, corrupt_config, invalid_config), which passes through as it is.
 # Each command takes the Console (`con`) and the request, and returns the reply fields or raises.
+# Retries: the commands that only read are safe to repeat; the two that write an identity
+# (write_config, rekey) take a `nonce` that is stored with it, so a repeat of one that landed is
+# answered from what landed (`repeat: true`), never applied twice or refused.
 #
 # Heap: a request finds a running unit's heap in small pieces, so nothing here needs a large
 # piece: the request is parsed in place, the reply written a value at a time, and this module
@@ -218,10 +221,11 @@ def write_config(con, req):
 
 def rekey(con, req):
     # A new key (and key id) for the same device in one step (request fields device_id, key_id,
-    # key; the rest of the identity is kept): the identity is replaced by one rename (a cable pulled or power cut at any point leaves the old identity or the new one),
-    # and data/ stays: the outbox keeps its records, and the new key's sequence continues above
-    # every number the old key handed out (identity.write.rekey). The unit resets after the reply:
-    # the running role must not number another event under the old key.
+    # key; the rest of the identity is kept): the identity is replaced by one rename (a cable
+    # pulled or a power cut at any point leaves the old identity or the new one), and data/ stays:
+    # the outbox keeps its records, and the new key's sequence continues above every number the
+    # old key handed out (identity.write.rekey). The unit resets after the reply: the running
+    # role must not number another event under the old key.
     import identity
 
     n = _nonce(req)
