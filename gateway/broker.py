@@ -542,7 +542,9 @@ class ProjectBroker:
             while time.monotonic() < min(resend, deadline):
                 if _logged_since(log_path, offset, RELOAD_MARK):
                     if self.port:
-                        _main_loop_answers(self.port, max(0.1, deadline - time.monotonic()))
+                        # at most 5 s: a broker object made from a shell without the port in its
+                        # config has a free port of its own (refused at once), never a silent one
+                        _main_loop_answers(self.port, max(0.1, min(5.0, deadline - time.monotonic())))
                     return True
                 time.sleep(0.01)
             if not self.running():

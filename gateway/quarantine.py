@@ -17,6 +17,18 @@ After the gateway (re)connects, the broker hands over the backlog it kept for us
 no device is judged then until it has sent more than the broker could have queued for us
 (max_inflight_messages + max_queued_messages), which only a flooder does.
 
+Ten flooders at once (issue 13, measured with `fengqiao bench flood` on the 2-core machine):
+- the gateway sees a flood late: between the broker and the gateway sit Mosquitto's queue for us
+  (max_queued_messages) and, on loopback, up to 4 MB in the broker's socket send buffer (~60,000
+  flood messages; Mosquitto has no option to bound it), read in arrival order. So a flooder is
+  named when its messages come out of that pipe, and an alarm sent meanwhile waits behind them
+  (measured: one or two alarms of ~1-2 s at the start of a ten-device flood, none after);
+- each cut-off is a broker reload, and a reload stalls the whole broker while it re-checks the
+  password of every connected login (the gateway's is 210,000 PBKDF2 iterations: 0.3-0.6 s per
+  reload under the flood; 0.03-0.15 s with 1,000). So requests are gathered into one reload
+  (`_gather`), the reload waits until the broker has finished (a SIGHUP sent during one is lost),
+  and what is named meanwhile goes into the next one.
+
 Failure modes and answers:
 - a flood delays everyone's alarms: the service drops the flooder's messages on arrival (before any
   queue; "Quarantined" in fengqiao_rejections_total) from the first message over the limit, and
