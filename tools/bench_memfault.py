@@ -57,6 +57,7 @@ MARGIN_BYTES = 512
 LONG_EVERY = 10
 HEAP_KB = 64
 ACTION_TIMEOUT_S = 30
+REBOOT_SETTLE_S = 8  # after a power-on, the session is up and what was stored is resent well within this
 HOLD_MS = 4000  # a person holds until the chirp: longer than the supervisor's 1 s restart of the board task
 REBOOT_EXIT = 3
 # One line per failure that the firmware logs: the supervisor's "supervisor: <task> MemoryError(...)"
@@ -65,11 +66,15 @@ _MEMORY_ERROR = re.compile(r"^supervisor: \S+ MemoryError|MemoryError after stor
 _TASK_FAILED = re.compile(r"^supervisor: \S+ [A-Za-z]+Error")
 
 
+class _CutOff(Exception):
+    """A reboot cut the action off before it was stored (its event did not come after it)."""
+
+
 class _Unit:
     """One host board of `role` on the bench scenario's broker and scripted gateway, kept running:
     a reboot (exit 3) is met with a power-on; `frames` and the log are read from here."""
 
-    def __init__(self, role, workdir, port, prefill, heap_kb=HEAP_KB):
+    def __init__(self, role, workdir, port, prefill, heap_kb=HEAP_KB, auto_ack=True):
         from gateway.broker import ProjectBroker
         from tools import bench_firmware as bf
         from tools.simulate import ScriptedGateway
@@ -80,7 +85,8 @@ class _Unit:
         try:
             flash, self.dev, key = bf._provision(role, workdir, {"broker_port": self.broker.port})
             self.broker.add_device(self.dev, key)
-            self.gw = ScriptedGateway("127.0.0.1", self.broker.port, self.broker.gateway_credentials, auto_ack=True)
+            self.gw = ScriptedGateway("127.0.0.1", self.broker.port, self.broker.gateway_credentials,
+                                      auto_ack=auto_ack)
             self.gw.add_device(self.dev, key)
             self.hb = bf._bench_board(port, flash, heap_kb)
             self.prefilled = bf._prefill(port, self.hb, workdir, prefill) if prefill else []
@@ -95,6 +101,7 @@ class _Unit:
     def power_on(self):
         self.boot_marks.append(len(self.gw.frames))
         self.hb.start()
+        self.powered_at = time.monotonic()
 
     def check_alive(self):
         """True if the board runs; a board that exited 3 (reboot) is powered on again (False)."""
@@ -152,13 +159,14 @@ def _seq_check(unit):
         key = (f.name, repr(f.body))
         if seen.setdefault(f.seq, key) != key:
             reused.append("seq %d: %s then %s" % (f.seq, seen[f.seq], key))
-    # each power-on's boot event: its seq above every seq seen before that power-on
-    boots = [(i, f) for i, f in enumerate(frames) if f.name == "boot"]
-    for mark in unit.boot_marks[1:]:
-        before = [f.seq for f in frames[:mark]]
-        after = [f for i, f in boots if i >= mark]
-        if before and after and after[0].seq <= max(before):
-            reused.append("boot seq %d after seq %d was seen" % (after[0].seq, max(before)))
+    # each power-on's boot event (the newest boot frame that came between that power-on and the
+    # next: older boot events are resent while unacked): its seq above every seq seen before it
+    marks = unit.boot_marks + [len(frames)]
+    for k in range(1, len(unit.boot_marks)):
+        before = [f.seq for f in frames[:marks[k]]]
+        window = [f.seq for f in frames[marks[k]:marks[k + 1]] if f.name == "boot"]
+        if before and window and max(window) <= max(before):
+            reused.append("boot seq %d after seq %d was seen" % (max(window), max(before)))
     return reused
 
 
@@ -203,11 +211,22 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             report("%s: control request failed (%s)" % (role, str(exc).splitlines()[0][:120]))
             return False
 
-    def wait_stored(action, timeout_s):
+    def wait_stored(action, timeout_s, reboots0=None):
+        """True once the action's event is at the gateway; False after timeout_s, or (reboots0
+        given) once a reboot since then has had REBOOT_SETTLE_S to resend what it had stored."""
+        def done():
+            if not unit.check_alive():
+                return False
+            if stored(action):
+                return True
+            if reboots0 is not None and unit.reboots > reboots0 and \
+                    time.monotonic() - unit.powered_at > REBOOT_SETTLE_S:
+                raise _CutOff()
+            return False
+
         try:
-            return wait_for(lambda: unit.check_alive() and stored(action), timeout_s,
-                            "the %s action's event at the gateway" % role, interval_s=0.05)
-        except WaitTimeout:
+            return wait_for(done, timeout_s, "the %s action's event at the gateway" % role, interval_s=0.05)
+        except (WaitTimeout, _CutOff):
             return False
 
     try:
@@ -238,7 +257,7 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
                 except HostBoardError as exc:
                     report("%s cycle %d: no injection (%s)" % (role, cycle, str(exc).splitlines()[0][:120]))
                     hold_ms = 0
-            ok = made and wait_stored(action, hold_ms / 1000 + ACTION_TIMEOUT_S)
+            ok = made and wait_stored(action, hold_ms / 1000 + ACTION_TIMEOUT_S, reboots0)
             if not ok and (unit.reboots > reboots0 or len(unit.crashes) > crashes0 or not made):
                 # a reboot cut the action off before it was stored: made again, as a person would
                 fig["actions_repeated"] += 1
