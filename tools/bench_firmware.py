@@ -311,6 +311,22 @@ def _heap_lines(log_text):
     return out
 
 
+def _memory_error_where(log_text):
+    """The first MemoryError of a board's log in one line: its task's line (or the message) and
+    the innermost frame of its traceback."""
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if "MemoryError" in line:
+            where = ""
+            for j in range(i + 1, min(i + 20, len(lines))):
+                if lines[j].startswith("MemoryError"):
+                    frames = [ln.strip() for ln in lines[i + 1:j] if ln.strip().startswith("File ")]
+                    where = " at " + frames[-1] if frames else ""
+                    break
+            return line.strip()[:160] + where
+    return "?"
+
+
 def _provision(role, workdir, link_cfg):
     """The bench's unit of `role` in workdir/flash: (flash dir, device id, key)."""
     from tools.hostboard import provision_dir
@@ -391,8 +407,10 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
         def frames_from_live_board(count):
             if not hb.alive:
                 raise ScenarioFailed("board died: %s" % hb.log_tail(300).strip().splitlines()[-1:])
-            if "MemoryError" in hb.log_tail(1 << 20):
-                raise ScenarioFailed("MemoryError in a task (restarted by the supervisor, but the heap is too small)")
+            log = hb.log_tail(1 << 20)
+            if "MemoryError" in log:
+                raise ScenarioFailed("MemoryError in a task (restarted by the supervisor, but the heap is too small): %s"
+                                     % _memory_error_where(log))
             if sessions is not None and sessions.error:
                 raise ScenarioFailed(sessions.error)
             return len(gw.frames) >= count
@@ -779,6 +797,7 @@ def run_repeat(args, port, roles, heaps, report):
     stopped_by_time = False
     report("%d runs per role at %d KB, %d console sessions each, %d busy processes, on %s"
            % (args.repeat, kb, args.console, args.busy, port.describe()))
+    interrupted = False
     try:
         for i in range(args.repeat):
             if args.max_minutes and time.monotonic() - t0 > args.max_minutes * 60:
@@ -805,12 +824,18 @@ def run_repeat(args, port, roles, heaps, report):
                        "retries %d); %d of %d passed" % (role, st["runs"], fig["seconds"], fig["live_peak"],
                                                          fig["alloc_peak"], fig["console_sessions"],
                                                          fig["console_retries"], st["passed"], st["runs"]))
+    except KeyboardInterrupt:  # Ctrl-C: the count so far (the run cut short is not counted)
+        interrupted = True
+        for role in roles:
+            st = stats[role]
+            st["runs"] = st["passed"] + st["failed"]
     finally:
         stop_busy(busy)
         shutil.rmtree(workdir, ignore_errors=True)
     result = {"repeat": args.repeat, "heap_kb": kb, "busy": args.busy, "events": args.events,
               "console_sessions": args.console, "port": port.describe(),
-              "minutes": round((time.monotonic() - t0) / 60, 1), "stopped_by_time_limit": stopped_by_time}
+              "minutes": round((time.monotonic() - t0) / 60, 1), "stopped_by_time_limit": stopped_by_time,
+              "interrupted": interrupted}
     for role in roles:
         st = stats[role]
         secs = st.pop("seconds")
