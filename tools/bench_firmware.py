@@ -409,7 +409,7 @@ def run_scenario(role, heap_kb, workdir, events=EVENTS, timeout_s=90, tls=False,
                 raise ScenarioFailed("board died: %s" % hb.log_tail(300).strip().splitlines()[-1:])
             log = hb.log_tail(1 << 20)
             if "MemoryError" in log:
-                raise ScenarioFailed("MemoryError in a task (restarted by the supervisor, but the heap is too small): %s"
+                raise ScenarioFailed("MemoryError on the board (the heap is too small for the run): %s"
                                      % _memory_error_where(log))
             if sessions is not None and sessions.error:
                 raise ScenarioFailed(sessions.error)

@@ -6,37 +6,41 @@ the project's Mosquitto, a ScriptedGateway that acks every frame, the unit provi
 `--prefill` events queued through the firmware's own code, the real firmware on the MicroPython
 Unix port in a 64 KB heap). Then, cycle after cycle:
 
-1. the role's action: a hold of the button (4 s, timed by the board: a person holds until the
-   chirp, and the board task may be down for a 1 s restart meanwhile) or a new card in the reader's field, so that an event is stored and sent;
+1. the role's action, so that an event is stored and sent: a hold of the button (4 s, timed by
+   the board: a person holds until the chirp, and the board task may be down for a 1 s restart
+   meanwhile) or a new card in the reader's field;
 2. after a random 0..2 s, the injection: the host board's `hog` control op
    (firmware/boards/HOSTBOARD.md) takes all of the free heap but a random 0..`--margin` bytes,
-   again after every collection that freed some, for a random 0.3..3 s (one injection in `--long-every`: 6..8 s, long enough that a
-   task fails 5 times in a row and the supervisor reboots the board). The application's next
-   allocations, wherever they come (the MQTT read, the outbox append, the frame, a log line),
-   meet MemoryError whenever a collection cannot find them room;
-3. the board lets go by itself (board time); if it exited with status 3 (the supervisor's
-   reboot) the bench powers it on again with the same flash directory (as the board's reset
-   would); any other exit is a crash (a violation: on a real board the unit would sit dead until
-   its hardware watchdog reset it), and it is powered on again too;
-4. the bench waits (30 s at most) for the action's frame at the gateway. A press or a card that
-   a reboot cut off before it was stored (the hold or the card reader simulation ends with the
-   process; a press kept in RAM after a MemoryError dies with it, alarm_button.py says so) is
-   made again, as the person would on seeing the light: counted as `actions_repeated`. One that
-   never arrives without a reboot is a violation.
+   again after every collection that freed some, for a random 0.3..3 s (one injection in
+   `--long-every`: 6..8 s, long enough for a task to fail 5 times in a row and the supervisor
+   to reboot the board). The application's allocations, wherever they come (the MQTT read, the
+   outbox append, the frame, a log line), meet MemoryError whenever a collection cannot find
+   them room;
+3. the board lets go by itself (board time). A board that exited with status 3 (the
+   supervisor's reboot) is powered on again with the same flash directory, as its reset would;
+   any other exit is a crash (a violation: a real board would sit dead until its hardware
+   watchdog reset it), and it is powered on again too;
+4. the bench waits (30 s at most) for the action's event at the gateway. An action that a
+   reboot or crash cut off before it was stored (its event has not come 8 s after the power-on:
+   the hold and the card end with the process, and a press kept in RAM after a MemoryError dies
+   with it, as alarm_button.py says) is made again, as the person would on seeing the light:
+   counted in `actions_repeated`. One that never arrives is a violation.
 
 An injection counts as an injected failure when at least one MemoryError appeared in the
-board's log after it or the board rebooted; cycles run until `--injections` of them have (at
-most 4 x as many cycles).
+board's log after it, or the board rebooted or crashed (a MemoryError whose own log line did not
+fit); cycles run until `--injections` of them have (at most 4 x as many cycles).
 
 At the end the hog is released and the outbox drains (the heap log says `outbox 0`); then:
 - `acked_events_lost`: events the unit took (acknowledged as stored: emit returned) that never
-  reached the gateway: the prefilled ones (their seqs), one boot event per power-on, every
-  action's event. Must be 0;
+  reached the gateway: the prefilled ones (their seqs) and one boot event per power-on. Must be 0;
 - `seq_reused`: a sequence number seen on two different events (other type or body), or a boot
   event whose seq is not above every seq the gateway had seen before that power-on. Must be 0;
-- `presses_stored` / `presses`: actions whose event reached the gateway. Must be all.
-Also printed: injections made, injected failures, MemoryErrors in the log (lines naming it),
-reboots, frames, seconds. Exit 1 on any violation. Last line: one JSON object.
+- `presses_stored` of `presses`: actions whose event reached the gateway. Must be all;
+- `crashes`: exits other than the reboot's status 3 (`crash_examples`: the last error line of
+  each). Must be 0.
+Also printed: injections made, injected failures, MemoryErrors in the log (one line per failure
+the firmware logged: the supervisor's, the check-in point's), reboots, frames, seconds. Exit 1
+on any violation. Last line: one JSON object.
 """
 
 import json
@@ -211,15 +215,16 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             report("%s: control request failed (%s)" % (role, str(exc).splitlines()[0][:120]))
             return False
 
-    def wait_stored(action, timeout_s, reboots0=None):
-        """True once the action's event is at the gateway; False after timeout_s, or (reboots0
-        given) once a reboot since then has had REBOOT_SETTLE_S to resend what it had stored."""
+    def wait_stored(action, timeout_s, starts0=None):
+        """True once the action's event is at the gateway; False after timeout_s, or (starts0:
+        power-ons so far) once a power-on since then (reboot or crash) has had REBOOT_SETTLE_S to
+        resend what it had stored."""
         def done():
             if not unit.check_alive():
                 return False
             if stored(action):
                 return True
-            if reboots0 is not None and unit.reboots > reboots0 and \
+            if starts0 is not None and len(unit.boot_marks) > starts0 and \
                     time.monotonic() - unit.powered_at > REBOOT_SETTLE_S:
                 raise _CutOff()
             return False
@@ -242,7 +247,7 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             actions.append(action)
             fig["presses"] += 1
             unit.log_since_last()
-            reboots0, crashes0 = unit.reboots, len(unit.crashes)
+            reboots0, crashes0, starts0 = unit.reboots, len(unit.crashes), len(unit.boot_marks)
             hold_ms = 0
             made = act(action)
             if made:
@@ -257,8 +262,8 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
                 except HostBoardError as exc:
                     report("%s cycle %d: no injection (%s)" % (role, cycle, str(exc).splitlines()[0][:120]))
                     hold_ms = 0
-            ok = made and wait_stored(action, hold_ms / 1000 + ACTION_TIMEOUT_S, reboots0)
-            if not ok and (unit.reboots > reboots0 or len(unit.crashes) > crashes0 or not made):
+            ok = made and wait_stored(action, hold_ms / 1000 + ACTION_TIMEOUT_S, starts0)
+            if not ok and (len(unit.boot_marks) > starts0 or not made):
                 # a reboot cut the action off before it was stored: made again, as a person would
                 fig["actions_repeated"] += 1
                 time.sleep(max(0, busy_until[0] - time.monotonic()))
@@ -275,6 +280,7 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             report("%s cycle %d: hog %d ms, %d MemoryErrors logged, reboots %d, crashes %d, %s" % (
                 role, cycle, hold_ms, errors, unit.reboots, len(unit.crashes), "stored" if ok else "NOT STORED"))
         # the end: nothing held, the outbox drains
+        time.sleep(max(0, hog_until - time.monotonic()))
         try:
             unit.hb.request("hog", bytes=0)
         except HostBoardError:
