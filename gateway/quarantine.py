@@ -48,6 +48,9 @@ resent once the device is let back.
 """
 
 import logging
+import select
+import socket
+import struct
 import threading
 import time
 
@@ -56,6 +59,52 @@ log = logging.getLogger("fengqiao.quarantine")
 DEFAULTS = {"flood_msgs_per_s": 400, "cooldown_s": 300.0, "max_cooldown_s": 86400.0, "check_interval_s": 1.0}
 REPEAT_WINDOW_S = 86400.0
 KINDS = ("device_quarantined", "device_released")
+RELOAD_QUIET_S = 0.25
+RELOAD_WAIT_S = 1.0
+
+
+def _connect_packet(username, password, keepalive_s=60):
+    """MQTT 3.1.1 CONNECT, clean session, empty client id (the broker uses the username)."""
+    def field(b):
+        return struct.pack("!H", len(b)) + b
+    body = field(b"MQTT") + bytes([4, 0xC2]) + struct.pack("!H", keepalive_s) + field(b"") \
+        + field(username.encode()) + field(password.encode())
+    n, length = len(body), bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes([0x10]) + bytes(length) + body
+
+
+def take_over(port, credentials, timeout_s=2.0):
+    """Drop the connections of these logins at once: connect as each of them (the client id is the
+    username, so the broker closes the old connection first; no reload, no password re-check of
+    anyone else). {device_id: (username, password)} -> ({device_id: open socket}, {device_id:
+    monotonic time of its CONNACK}). Close the sockets once the reload refuses the logins."""
+    socks, done = {}, {}
+    for device_id, (user, password) in credentials.items():
+        try:
+            sk = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+            sk.sendall(_connect_packet(user, password))
+            sk.setblocking(False)
+            socks[device_id] = sk
+        except OSError as exc:
+            log.warning("quarantine: could not take over a connection", extra={"fields": {
+                "device": "%08x" % device_id, "error": str(exc)}})
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(socks)
+    while waiting and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(waiting.values()), [], [], max(0.0, deadline - time.monotonic()))
+        for sk in ready:
+            device_id = next(d for d, s_ in waiting.items() if s_ is sk)
+            del waiting[device_id]
+            try:
+                if sk.recv(4)[:1] == b"\x20":   # CONNACK: the old connection is closed by now
+                    done[device_id] = time.monotonic()
+            except OSError:
+                pass
+    return socks, done
 
 
 class QuarantineConfigError(ValueError):
@@ -133,6 +182,10 @@ class Quarantine:
         self._at_broker = set()
         self.quarantined_at = {}  # device_id -> monotonic time the broker cut it off (bench)
         self.detected_at = {}     # device_id -> monotonic time the flood guard named it (bench)
+        self.refused_at = {}      # device_id -> monotonic time the reload refusing its login ended
+        self._reloads = []        # [(device ids, their takeover sockets)] waiting for the reload
+        self._reload_wake = threading.Event()
+        self._reloader = None
 
     # -- the service's MQTT thread --------------------------------------------------------------
 
@@ -152,7 +205,9 @@ class Quarantine:
             self._at_broker.add(device_id)
         self.check_interval_s = check_interval_s
         self._thread = threading.Thread(target=self._loop, name="fengqiao-quarantine", daemon=True)
+        self._reloader = threading.Thread(target=self._reload_loop, name="fengqiao-quarantine-reload", daemon=True)
         self._thread.start()
+        self._reloader.start()
         return self
 
     def stop(self):
@@ -160,6 +215,49 @@ class Quarantine:
         self._wake.set()
         if self._thread:
             self._thread.join(10)
+        self._reload_wake.set()
+        if self._reloader:
+            self._reloader.join(40)
+
+    def _request_reload(self, device_ids=(), socks=()):
+        with self._lock:
+            self._reloads.append((list(device_ids), list(socks)))
+        self._reload_wake.set()
+
+    def _reload_loop(self):
+        """The only caller of broker.reload() here: one reload for whatever was written while the
+        previous one ran (a SIGHUP sent during a reload is lost), never in front of a cut-off."""
+        while True:
+            self._reload_wake.wait(1.0)
+            self._reload_wake.clear()
+            # Their connections are already dropped (take_over); the reload, which freezes the
+            # broker (and the next take-overs) for 0.3-0.8 s under a flood, waits until the
+            # requests stop for RELOAD_QUIET_S, at most RELOAD_WAIT_S.
+            first, n = time.monotonic(), -1
+            while not self._stop.is_set() and time.monotonic() - first < RELOAD_WAIT_S:
+                with self._lock:
+                    if len(self._reloads) == n:
+                        break
+                    n = len(self._reloads)
+                self._stop.wait(RELOAD_QUIET_S)
+            with self._lock:
+                batch, self._reloads = self._reloads, []
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self.broker.reload()
+            except Exception:   # BrokerError (not confirmed) or an OS error: counted, next one retries
+                self.ctx.metrics.inc("fengqiao_handler_errors_total", {"handler": "quarantine_reload"})
+                log.exception("quarantine: broker reload failed")
+            done = time.monotonic()
+            for device_ids, socks in batch:
+                for device_id in device_ids:
+                    self.refused_at[device_id] = done
+                    self.quarantined_at.setdefault(device_id, done)
+                for sk in socks:
+                    sk.close()
 
     def _loop(self):
         next_check = 0.0
@@ -190,6 +288,21 @@ class Quarantine:
                 n = len(self._requests)
             time.sleep(self.gather_s)
 
+    def _take_over(self, infos):
+        port = getattr(self.broker, "port", None)
+        if not port:        # no plain listener on 127.0.0.1: the reload alone cuts them off
+            return {}, {}
+        creds = {}
+        for device_id in infos:
+            dev = self.ctx.registry.device(device_id)
+            if dev is None or dev.status != "active" or device_id in self._at_broker:
+                continue
+            try:
+                creds[device_id] = self.broker.device_credentials(device_id, self.ctx.registry.device_key(device_id, dev.key_id))
+            except Exception:   # a key the registry cannot give: the reload alone cuts it off
+                log.exception("quarantine: no key to take over %08x" % device_id)
+        return take_over(port, creds) if creds else ({}, {})
+
     def _cooldown(self, device_id, now):
         offences, last = self._last.get(device_id, (0, 0.0))
         offence = offences + 1 if now - last < REPEAT_WINDOW_S else 1
@@ -207,18 +320,25 @@ class Quarantine:
             infos[device_id] = {"reason": "flood", "msgs_per_s": rate, "at": now, "until": now + cooldown,
                                 "offence": offence}
             rates[device_id] = rate
-        self.broker.hold_devices(infos)     # one file write and one SIGHUP for all of them
+        # Their connections are dropped now, by taking them over (ms); the reload, which stalls the
+        # broker for everyone, then refuses them back (one for all: 0.3-0.6 s under a flood).
+        socks, dropped = self._take_over(infos)
+        try:
+            self.broker.hold_devices(infos, reload=False)   # one file write for all of them ...
+        finally:
+            self._request_reload(infos, socks.values())     # ... and one reload (its own thread)
         cut = time.monotonic()
         self._at_broker.update(set(self.broker.held()) & set(infos))   # not a revoked one (skipped)
         for device_id, rate, seen in requests:
             if device_id not in infos:
                 continue
             info = infos.pop(device_id)
-            self.quarantined_at[device_id] = cut
+            if device_id in dropped:
+                self.quarantined_at[device_id] = dropped[device_id]
             self.detected_at[device_id] = seen
             self._last[device_id] = (info["offence"], now)
             self.ctx.metrics.inc("fengqiao_quarantines_total")
-            self.ctx.metrics.observe("fengqiao_quarantine_seconds", cut - seen)
+            self.ctx.metrics.observe("fengqiao_quarantine_seconds", dropped.get(device_id, cut) - seen)
             body = {"reason": "flood", "msgs_per_s": rate, "limit_per_s": self.limit_per_s, "at": round(now, 3),
                     "until": round(info["until"], 3), "cooldown_s": round(info["until"] - now, 1),
                     "offence": info["offence"]}
@@ -232,7 +352,8 @@ class Quarantine:
         held = self.broker.held()
         due = [d for d, info in held.items() if float(info.get("until", 0)) <= now]
         if due:
-            self.broker.release_devices(due)
+            self.broker.release_devices(due, reload=False)
+            self._request_reload()
         for device_id in due:
             self._released(device_id, "cooldown")
         # Released from a shell: gone from held.json after we saw it there. Not what the MQTT
@@ -246,6 +367,7 @@ class Quarantine:
     def _released(self, device_id, by):
         self.service.release(device_id)
         self.quarantined_at.pop(device_id, None)
+        self.refused_at.pop(device_id, None)
         dev = self.ctx.registry.device(device_id)
         self.ctx.emit("device_released", {"by": by}, device_id=device_id, place_id=dev.place_id if dev else None)
         log.info("device released from quarantine", extra={"fields": {"device": "%08x" % device_id, "by": by}})

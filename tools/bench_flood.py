@@ -171,7 +171,7 @@ def run(args):
             # per flooder: named by the gateway's flood guard, cut off at the broker (reload
             # confirmed), and its connection gone (mosquitto_pub exited)
             run_["flooders_s"] = [{"device": "%08x" % d, "detected": rel(q.detected_at, d), "cut_off": rel(q.quarantined_at, d),
-                                   "disconnected": rel(exited, d)} for d in ids]
+                                   "refused": rel(q.refused_at, d), "disconnected": rel(exited, d)} for d in ids]
             slow = [(round(s0 - t0, 3), None if a is None else round(a * 1000, 1)) for s0, a in trace
                     if a is None or a > 0.1]
             run_["during_slow_acks"] = slow[:20]
