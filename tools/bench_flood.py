@@ -149,6 +149,11 @@ def run(args):
             for d in ids:
                 t.app.service.release(d)
                 q.quarantined_at.pop(d, None)
+            # until the quarantine's own round has seen them released (else a new hold of one of
+            # them, made before that round, was taken for an operator's release and undone)
+            deadline = time.monotonic() + 5
+            while set(ids) & q._at_broker and time.monotonic() < deadline:
+                time.sleep(0.05)
             t0 = time.monotonic()
             fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d)) for d in ids]
             exited = {}
