@@ -14,9 +14,10 @@ power cuts, the county down for 2 minutes, 20 Wi-Fi flap cycles, longer bursts. 
 directory is a 64 MB tmpfs (tools/testing/smalldisk.py) when that can be mounted (root), so the
 disk-full scenario fills a real file system; without root that scenario skips and says why.
 
-The boards run at 64 KB over TLS, where a check-in point has 2-3 KB free after boot (64-bit Unix
-port): MemoryErrors happen here (counted in each summary as board_memory_errors), and a board
-whose supervisor reboots it (5 in a row, exit 3) is powered on again by the township, as a real
+The boards run at 64 KB, over plain MQTT by default and over TLS with FQ_FAULTS_TLS=1 or make
+soak (see TLS below). Over TLS a check-in point has 2-3 KB free after boot (64-bit Unix port):
+MemoryErrors happen (counted in each summary as board_memory_errors), and a board whose
+supervisor reboots it (5 in a row, exit 3) is powered on again by the township, as a real
 board's reset comes back by itself (board_reboots). The invariant holds through both: a
 MemoryError is a fault like a power cut (firmware/LINK.md).
 """
@@ -32,6 +33,11 @@ from tools.testing.smalldisk import SmallDisk, SmallDiskUnavailable
 from tools.testing.township import FaultTownship
 
 SOAK = os.environ.get("FQ_SOAK", "") not in ("", "0")
+# The boards talk plain MQTT through the proxy by default: at 64 KB over TLS a check-in point on
+# the 64-bit Unix port has 2-3 KB free after boot, and its MemoryErrors then wedged the control
+# channel in about 1 run in 3 -- the heap margin issue 11 is about, not what this suite checks.
+# FQ_FAULTS_TLS=1 (and make soak) runs it over TLS, MemoryErrors and reboots counted.
+TLS = os.environ.get("FQ_FAULTS_TLS", "1" if SOAK else "") not in ("", "0")
 # (make test, make soak)
 COUNTS = {
     "burst": (4, 30),           # taps per board in a burst
@@ -62,7 +68,7 @@ def township(tmp_path_factory, request):
         reason = str(exc)
     else:
         reason = None
-    t = FaultTownship(str(work), boards=2)
+    t = FaultTownship(str(work), boards=2, tls=TLS)
     t.disk, t.disk_unavailable = disk, reason
     try:
         t.start()

@@ -29,7 +29,7 @@ import threading
 import time
 
 from tools.testing.procs import wait_for
-from tools.testing.township import BOARD_ARGS, FaultTownship, _toml
+from tools.testing.township import FaultTownship, _toml
 
 HELP = "press -> stored LED / county envelope / neighbours' sirens, p50/p99, idle and under background load"
 
@@ -132,16 +132,7 @@ class BenchTownship(FaultTownship):
             json.dump({"%08x" % d: k.hex() for d, k in list(self.keys.items()) + list(self.sim_keys.items())}, f)
 
     def _start_button(self, device_id):
-        from tools.hostboard import HostBoard, board_heap, provision_dir
-
-        with open(self.broker.ca_path) as f:
-            ca = f.read()
-        flash = os.path.join(self.work, "button-%08x" % device_id)
-        provision_dir(flash, {"device_id": device_id, "key": self.keys[device_id], "role": "alarm",
-                              "broker_host": "127.0.0.1", "broker_port": self.broker.tls_port, "tls": True,
-                              "ca_pem": ca})
-        self.boards[device_id] = HostBoard(flash, heap=board_heap(), args=BOARD_ARGS).start()
-        wait_for(lambda: self.device_rows(device_id, "boot"), 60, "button %08x's boot frame at the gateway" % device_id)
+        self.boot_board(device_id, "button", {"role": "alarm", "broker_port": self.broker.tls_port})
 
     def _on_envelope(self, line):
         self.last_arrival_wall = time.time()

@@ -134,8 +134,10 @@ class Burst:
 
 
 class FaultTownship:
-    def __init__(self, work, boards=2, data_dir=None, checkin_repeat_s=2):
+    def __init__(self, work, boards=2, data_dir=None, checkin_repeat_s=2, tls=True):
         self.work = os.path.abspath(str(work))
+        # The boards' MQTT over TLS (the broker's TLS port behind the proxy) or plain TCP.
+        self.tls = tls
         # How long a unit remembers a card (firmware/checkin_point.py, default 600 s). Short here:
         # every tap is a new card, and a unit remembering dozens of them within 600 s is not
         # what a patrol does (a few members per round).
@@ -188,7 +190,7 @@ class FaultTownship:
             f.write(_toml(raw))
         self._register_devices()
         self.broker.start()
-        self.proxy = FlakyProxy("127.0.0.1", tls_port).start()
+        self.proxy = FlakyProxy("127.0.0.1", tls_port if self.tls else port).start()
         self.start_gateway()
         self._write_verify_inputs()
         for device_id in self.keys:
@@ -221,17 +223,25 @@ class FaultTownship:
             f.write(SigningKey.load_or_create(key_path).public_pem())
 
     def _start_board(self, device_id):
+        return self.boot_board(device_id, "board", {
+            "role": "checkin", "broker_port": self.proxy.port, "checkpoint_id": 100 + (device_id & 0xFF),
+            "settings": {"checkin_repeat_s": self.checkin_repeat_s}}, tls=self.tls)
+
+    def boot_board(self, device_id, name, cfg, tls=True):
+        """Provision a host board (its identity: this township's key for device_id, TLS with the
+        broker's CA unless not tls, plus `cfg`: role, broker_port, ...) in work/<name>-<id>, start
+        it and wait for its boot frame at the gateway; the HostBoard, also in self.boards."""
         from tools.hostboard import HostBoard, board_heap, provision_dir
 
-        with open(self.broker.ca_path) as f:
-            ca = f.read()
-        flash = os.path.join(self.work, "board-%08x" % device_id)
-        provision_dir(flash, {"device_id": device_id, "key": self.keys[device_id], "role": "checkin",
-                              "broker_host": "127.0.0.1", "broker_port": self.proxy.port, "tls": True,
-                              "ca_pem": ca, "checkpoint_id": 100 + (device_id & 0xFF),
-                              "settings": {"checkin_repeat_s": self.checkin_repeat_s}})
+        flash = os.path.join(self.work, "%s-%08x" % (name, device_id))
+        identity = {"device_id": device_id, "key": self.keys[device_id], "broker_host": "127.0.0.1", "tls": tls}
+        if tls:
+            with open(self.broker.ca_path) as f:
+                identity["ca_pem"] = f.read()
+        identity.update(cfg)
+        provision_dir(flash, identity)
         hb = self.boards[device_id] = HostBoard(flash, heap=board_heap(), args=BOARD_ARGS).start()
-        wait_for(lambda: self.device_rows(device_id, "boot"), 60, "board %08x's boot frame at the gateway" % device_id)
+        wait_for(lambda: self.device_rows(device_id, "boot"), 60, "%s %08x's boot frame at the gateway" % (name, device_id))
         return hb
 
     def close(self):
@@ -346,11 +356,14 @@ class FaultTownship:
         A card the unit does not take (no amber flash within timeout_s: it was busy, or refused
         it, e.g. a MemoryError in the firmware) is what a patrol member sees as "no beep": it is
         noted in `not_taken` and the next card is tried, as a person would; after `tries` such
-        cards in a row the unit is taken to be dead (WaitTimeout)."""
+        cards in a row the unit is taken to be dead (WaitTimeout). A unit that rebooted itself
+        meanwhile is powered on again and counts as a new unit: its misses before the reboot do
+        not count against it (at most `tries` reboots per tap)."""
         from tools.hostboard import HostBoardError
 
         hb = self.boards[device_id]
-        for attempt in range(tries):
+        misses = reboots = 0
+        while True:
             uid = None
             try:
                 wait_for(lambda: hb.led() != AMBER, timeout_s, "board %08x's previous amber flash to end" % device_id)
@@ -361,19 +374,46 @@ class FaultTownship:
                 wait_for(lambda: any(v == AMBER for _t, v in hb.led_history(since=since)), timeout_s,
                          "board %08x to show card %s stored (amber flash)" % (device_id, uid))
             except (WaitTimeout, HostBoardError) as exc:
-                if isinstance(exc, HostBoardError):
-                    if not hb.alive and not self.revive_rebooted(device_id):
-                        raise             # the power is off (a power-cut test): not a retry
-                    # a control reply lost inside the board (e.g. a MemoryError in its poll):
-                    # this tap's outcome is unknown, so it is not counted as shown
-                    self.control_errors[device_id] += 1
                 if uid is not None:
                     self.not_taken[device_id].append(uid)
-                if attempt == tries - 1:
+                if isinstance(exc, HostBoardError):
+                    if not hb.alive:
+                        if not self.revive_rebooted(device_id):
+                            raise         # the power is off (a power-cut test): not a retry
+                        reboots += 1
+                        if reboots > tries:
+                            raise
+                        misses = 0        # a unit just booted: a fresh start for the patrol member
+                        continue
+                    # a control reply lost inside the board (e.g. a MemoryError in its poll):
+                    # this tap's outcome is unknown, so it is not counted as shown; the next card
+                    # waits until the unit answers again (or reboots), as a person waits for a
+                    # unit that shows nothing, instead of three misses within milliseconds
+                    self.control_errors[device_id] += 1
+                    try:
+                        wait_for(lambda: self._answers(device_id), 30,
+                                 "board %08x to answer its control channel again" % device_id)
+                    except WaitTimeout:
+                        raise exc
+                misses += 1
+                if misses == tries:
                     raise
                 continue
             self.shown[device_id].append(uid)
             return uid
+
+    def _answers(self, device_id):
+        """True once the board answers a ping; a board that rebooted itself is powered on first."""
+        from tools.hostboard import HostBoardError
+
+        hb = self.boards[device_id]
+        if not hb.alive and not self.revive_rebooted(device_id):
+            raise HostBoardError("board %08x is off (its power was cut)" % device_id)
+        try:
+            hb.ping()
+        except HostBoardError:
+            return False
+        return True
 
     def board_log_count(self, text):
         """How many lines of all board logs contain `text` (e.g. "MemoryError")."""
