@@ -409,8 +409,8 @@ class Demo:
             cases, offline = state = self.duty_state()
             if state != last or time.monotonic() - last_at >= every_s:
                 last, last_at = state, time.monotonic()
-                self.n.title("duty view  %s  (checked every %g s; Ctrl-C ends the demo)"
-                             % (time.strftime("%H:%M:%S"), check_s))
+                self.n.title("duty view  %s  (checked every %g s, printed when it changes and at least every %g s; "
+                             "Ctrl-C ends the demo)" % (time.strftime("%H:%M:%S"), check_s, every_s))
                 self.n.say("%d devices: %d online, %d offline | %d open case(s)"
                            % (len(self.boards), len(self.boards) - len(offline), len(offline), len(cases)))
                 for case_id, place, status, escalated in cases:
