@@ -115,3 +115,13 @@ def test_start_work_and_stop_two_host_boards(fq, tmp_path):
     wait_for(lambda: not _alive(daemons["cp"]["board_pid"]) and not _alive(daemons["cp"]["pid"]), 10, "cp to stop")
     assert "no host board running" in fq("hostboard", "list").stdout
     assert os.path.exists(os.path.join(btn["flash"], "data", "identity.cfg"))  # the flash is kept
+
+
+def test_fengqiao_help_says_how_to_start_a_host_board():
+    """A technician without hardware finds the host board from `fengqiao --help` alone (issue 16)."""
+    proc = subprocess.run([FENGQIAO, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "fengqiao hostboard start --role alarm" in text
+    assert "hostboard start --role alarm|checkin (prints its pty); press | hold | tap | status | stop" in text
+    assert "(run `fengqiao" not in text  # every command says what it does
