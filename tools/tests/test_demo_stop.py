@@ -98,3 +98,60 @@ def test_kill_9_of_the_supervisor_still_cleans_up(demo):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     _assert_clean(workdir)
+
+
+@pytest.mark.timeout(90)
+def test_sigpipe_to_the_worker_stops_every_child(demo):
+    """SIGPIPE (what a write to a pipe without a reader raises in a process that does not ignore
+    it) stops the demo like the other signals, with status 141."""
+    proc, workdir = demo
+    _read_until(proc, "duty view")
+    (worker,) = children_of(proc.pid)
+    os.kill(worker, signal.SIGPIPE)
+    proc.stdout.read()
+    assert proc.wait(60) == 128 + signal.SIGPIPE, proc.err()
+    assert _leftovers(workdir) == []
+
+
+def _shell(tmp_path, pipeline):
+    """`fengqiao demo --no-story --boards 2 --workdir W | <pipeline>` in bash (pipefail), in a session
+    of its own as a terminal's foreground job would be; returns (process, workdir)."""
+    workdir = tmp_path / "demo"
+    demo_cmd = "%s -m tools.cli demo --no-story --boards 2 --workdir %s" % (sys.executable, workdir)
+    proc = subprocess.Popen(["bash", "-c", "set -o pipefail; %s | %s" % (demo_cmd, pipeline)], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return proc, workdir
+
+
+@pytest.mark.timeout(120)
+def test_demo_piped_into_head_that_exits_early(tmp_path):
+    """`fengqiao demo | head -n 5`: head exits in the middle of the set-up (after the line saying the
+    gateway runs: the county broker and the gateway with its broker are up); the demo's next write
+    fails, and it stops what it had started, with status 141."""
+    proc, workdir = _shell(tmp_path, "head -n 5 > /dev/null")
+    try:
+        _out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 128 + signal.SIGPIPE, err.decode(errors="replace")
+        assert (workdir / "county-broker").is_dir() and (workdir / "gateway" / "broker").is_dir()  # were started
+        _assert_clean(workdir)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_with_the_output_through_tee(tmp_path):
+    """The issue's case: `make demo | tee demo.log`, then Ctrl-C (SIGINT to the whole foreground
+    job: shell, demo and tee at once). tee is gone before the demo has said it is stopping; every
+    child is stopped all the same."""
+    log = tmp_path / "demo.log"
+    proc, workdir = _shell(tmp_path, "tee %s > /dev/null" % log)
+    try:
+        wait_for(lambda: "duty view" in (log.read_text(errors="replace") if log.exists() else ""), 60,
+                 "the duty view in %s" % log)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+        _assert_clean(workdir)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
