@@ -110,10 +110,25 @@ def test_every_command_shown_is_run_or_says_why_not():
         runnable[path] = sum(1 for b in blocks if b["lang"] == "sh")
     assert not problems, "\n".join(problems)
     assert runnable["README.md"] >= 5 and runnable["firmware/boards/HOSTBOARD.md"] >= 1
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    outside = re.findall(r"\]\((\.\./[^)]*|/[^)]*)\)|`(\.\./[^`]+)`", readme)
-    assert not outside, "README points outside the repository: %s" % outside
+
+
+def test_doc_links_stay_in_the_repository():
+    """Every relative link and `../path` of the repository's Markdown files names a file that is in
+    the clone (nothing the user needs lives outside it); web addresses are left alone."""
+    files = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    bad = []
+    for path in (f for f in files if not f.startswith("vendor/")):
+        with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as f:
+            text = f.read()
+        links = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"`(\.\./[^`\s]+)`", text)
+        for link in links:
+            if re.match(r"[a-z][a-z0-9+.-]*:", link) or link.startswith("#"):
+                continue
+            target = os.path.normpath(os.path.join(os.path.dirname(path), link.split("#")[0]))
+            if link.startswith("/") or target.startswith("..") or not os.path.exists(os.path.join(REPO_ROOT, target)):
+                bad.append("%s: %s" % (path, link))
+    assert not bad, "links to nothing in the repository:\n" + "\n".join(bad)
 
 
 def _stop_everything(scratch, session_pid):
