@@ -28,6 +28,8 @@ import logging
 
 log = logging.getLogger("fengqiao.console")
 
+TEAM_PREFIX = "team:"    # a dispatch form's `to` naming a team, not a person
+
 DEFAULTS = {"host": "127.0.0.1", "port": 8470, "tls_cert": None, "tls_key": None, "session_ttl_s": 12 * 3600}
 
 
@@ -57,7 +59,20 @@ class Console:
         if name == "ack":
             self.cases.acknowledge(case_id, actor, form.get("note", ""))
         elif name == "dispatch":
-            self.cases.dispatch(case_id, actor, form.get("to", ""), form.get("note", ""))
+            to, note = form.get("to", ""), form.get("note", "")
+            if to.startswith(TEAM_PREFIX):
+                # a whole team: one signed dispatch step per member, each naming the team (the
+                # case service dispatches to persons; the board then shows the last member)
+                team = next((t for t in self.views.teams() if t["id"] == to[len(TEAM_PREFIX):]), None)
+                if team is None or not team["members"]:
+                    from gateway.cases.service import CaseStateError
+
+                    raise CaseStateError("no team %r with members in the village file" % to[len(TEAM_PREFIX):])
+                note = "%s: %s" % (team["name"], note) if note else team["name"]
+                for person in team["members"]:
+                    self.cases.dispatch(case_id, actor, person, note)
+            else:
+                self.cases.dispatch(case_id, actor, to, note)
         elif name == "note":
             self.cases.note(case_id, actor, form.get("note", ""))
         elif name == "close":

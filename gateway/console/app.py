@@ -219,7 +219,9 @@ def build_app(console):
         except CaseNotFound:
             return render(request, "error.html", session, status=404, message="no case %d" % case_id)
         people = await run_in_threadpool(console.views.people)
-        return render(request, "case.html", session, case=case, people=people, head=console.hub.seen, page="case")
+        teams = await run_in_threadpool(console.views.teams)
+        return render(request, "case.html", session, case=case, people=people, teams=teams, head=console.hub.seen,
+                      page="case")
 
     def action(name):
         @guarded("act")

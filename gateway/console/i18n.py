@@ -49,6 +49,7 @@ _T = {
     "disabled": ("已停用", "disabled"), "group": ("联防组", "Group"), "first_responder": ("首位响应人", "First responder"),
     "inputs": ("报警输入", "Inputs"), "pending_effects": ("等待网关发送的动作", "Actions waiting for the gateway"),
     "lang_other": ("English", "中文"),
+    "to_person": ("人员", "A person"), "to_team": ("整个队伍", "A whole team"),
     "emergency": ("紧急求助", "emergency"), "fire": ("火警", "fire"), "medical": ("急救", "medical"),
     "intrusion": ("入室", "intrusion"),
 }

@@ -104,6 +104,15 @@ class Views:
         return [{"id": pid, "name": p["name"], "role": p["role"], "team": p["team"]}
                 for pid, p in sorted(d.people.items())]
 
+    def teams(self):
+        """The village file's teams with their members' ids (a dispatch may go to a whole team)."""
+        d = self.directory()
+        if not d:
+            return []
+        return [{"id": tid, "name": t["name"] or tid,
+                 "members": [pid for pid, p in sorted(d.people.items()) if p["team"] == tid]}
+                for tid, t in sorted(d.teams.items())]
+
     def devices(self, village=None, grid=None, state=None, role=None):
         d = self.directory()
         sup = self.supervisor

@@ -22,7 +22,7 @@ import urllib.parse
 
 import pytest
 
-from gateway.console.live import relevant
+from gateway.console.live import relevant, summary
 from gateway.console.testing import PASSWORD, Township
 from tools.hostboard import HostBoard, board_heap, provision_dir
 from tools.simulate import led_state
@@ -428,3 +428,129 @@ def test_admin_manages_users_and_officers_cannot(township):
     assert Http(township).login("leaver")[0] == 401
     token = admin.csrf("/users")
     assert admin.request("POST", "/case/1/ack", {"csrf": token})[0] == 403      # an admin manages, does not act
+
+
+# -- every route, every role; no key anywhere; dispatch -------------------------------------------------------
+
+PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/lang"), ("GET", "/metrics")}
+RIGHT = {("POST", "/logout"): "read", ("GET", "/"): "read", ("GET", "/board/rows"): "read", ("GET", "/events"): "read",
+         ("GET", "/case/{case_id:int}"): "read", ("GET", "/devices"): "read", ("GET", "/devices/rows"): "read",
+         ("GET", "/patrol"): "read", ("GET", "/reports/patrol.{fmt:str}"): "read", ("GET", "/history"): "read",
+         ("GET", "/users"): "manage", ("POST", "/users/{username}/disable"): "manage",
+         **{("POST", "/case/{case_id:int}/%s" % a): "act" for a in ("ack", "dispatch", "note", "close")}}
+FRAGMENTS = {"/board/rows", "/events", "/devices/rows"}         # 401 without a session, not the login page
+ROLE_RIGHTS = {"guest": {"read"}, "zhou": {"read", "act"}, "admin": {"read", "manage"}}
+
+
+def _status_only(h, method, path, form=None):
+    """Status of one request, without reading a body that never ends (the live stream)."""
+    conn = http.client.HTTPConnection(h.host, h.port, timeout=10)
+    headers = {"Cookie": "; ".join("%s=%s" % kv for kv in h.cookies.items())}
+    body = None
+    if form is not None:
+        body = urllib.parse.urlencode(form)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    conn.request(method, path, body=body, headers=headers)
+    r = conn.getresponse()
+    status, location = r.status, r.getheader("location") or ""
+    conn.close()
+    return status, location
+
+
+def test_every_route_enforces_its_role_on_the_server(township):
+    from starlette.routing import Route
+
+    t = township
+    assert t.console.server.host == "127.0.0.1"                   # the default bind
+    case = case_with(t, 0x104) or new_case(t, 0x104)
+    routes = {(m, r.path) for r in t.console.server.app.routes if isinstance(r, Route) for m in r.methods - {"HEAD"}}
+    assert routes == PUBLIC | set(RIGHT), "a route without a stated right: %s" % (routes ^ (PUBLIC | set(RIGHT)))
+
+    def concrete(path):
+        return (path.replace("{case_id:int}", str(case["case_id"])).replace("{username}", "nobody-here")
+                .replace("{fmt:str}", "csv") + ("?date=%s" % datetime.date.today() if "{fmt" in path else ""))
+
+    anon = Http(t)
+    for (method, path), right in RIGHT.items():
+        status, location = _status_only(anon, method, concrete(path), {} if method == "POST" else None)
+        if path in FRAGMENTS:
+            assert status == 401, (method, path, status)
+        else:
+            assert status == 303 and location.startswith("/login"), (method, path, status, location)
+    before = len(t.cases.get(case["case_id"])["steps"])
+    for user, rights in ROLE_RIGHTS.items():
+        h = Http(t)
+        assert h.login(user)[0] == 303
+        token = h.csrf("/")
+        for (method, path), right in RIGHT.items():
+            if right in rights and method == "POST":
+                continue                  # allowed actions are tested on their own (and logout would end the session)
+            form = {"csrf": token, "note": "role %s" % user, "to": "p-wu-fang", "outcome": "test"}
+            status, _ = _status_only(h, method, concrete(path), form if method == "POST" else None)
+            if right in rights:
+                assert status == 200, (user, method, path, status)
+            else:
+                assert status == 403, (user, method, path, status)
+    assert len(t.cases.get(case["case_id"])["steps"]) == before, "a refused request changed the case"
+
+
+def test_no_page_or_stream_shows_a_key(township):
+    import base64
+
+    t = township
+    secrets_ = set()
+    for key in t.keys.values():
+        secrets_ |= {key.hex(), key.hex().upper(), base64.b64encode(key).decode(), base64.urlsafe_b64encode(key).decode()}
+    key_files = []
+    for root, _, files in os.walk(t.app.data_dir):        # the master key, the upstream signing key (PEM)
+        for name in files:
+            if "key" in name and not name.endswith((".pub", ".chain")):
+                key_files.append(name)
+                with open(os.path.join(root, name), "rb") as f:
+                    text = f.read().decode("ascii", "replace")
+                secrets_ |= {tok for tok in re.split(r"[\s-]+", text) if len(tok) >= 24 and "BEGIN" not in tok}
+    assert {"master.key", "upstream_signing_key.pem"} <= set(key_files), key_files
+    case = case_with(t, 0x104) or new_case(t, 0x104)
+    h = Http(t)
+    h.login("admin")
+    bodies = [h.request("GET", p)[2] for p in ("/", "/board/rows", "/case/%d" % case["case_id"], "/devices",
+                                               "/devices/rows", "/patrol", "/history", "/users", "/metrics")]
+    o = Http(t)
+    o.login("zhou")
+    bodies.append(o.request("GET", "/case/%d" % case["case_id"])[2])
+    bodies.append(json.dumps([summary(e) for e in t.console.hub.recent(5000)]))   # what the stream sends
+    for body in bodies:
+        leaked = [s for s in secrets_ if s in body]
+        assert not leaked, "a key in a console page"
+    assert not hasattr(t.console.views, "registry"), "the console holds the device list, not the registry"
+
+
+def test_dispatch_to_a_person_and_a_team_and_a_double_submit(township, context):
+    t = township
+    case = case_with(t, 0x104) or new_case(t, 0x104)
+    page = login(context, t, path="/case/%d" % case["case_id"])
+    page.select_option("#dispatch-form select[name=to]", "p-wu-fang")
+    page.fill("#dispatch-form input[name=note]", "west lane is closer")
+    page.click("#dispatch-form button[type=submit]")
+    playwright_api.expect(page.locator("#flash")).to_have_class(re.compile("ok"))
+    playwright_api.expect(page.locator("#timeline")).to_contain_text("→ Wu Fang")
+    page.select_option("#dispatch-form select[name=to]", "team:team-dongshan")
+    page.click("#dispatch-form button[type=submit]")
+    playwright_api.expect(page.locator("#flash")).to_have_class(re.compile("ok"))
+    playwright_api.expect(page.locator("#timeline")).to_contain_text("→ Zhao Lei")
+    got = t.cases.get(case["case_id"])
+    to = [s["detail"].get("to") for s in got["steps"] if s["step"] == "dispatched" and s["actor"] == "p-zhou-min"]
+    assert to[-4:] == ["p-wu-fang", "p-huang-bo", "p-wang-qiang", "p-zhao-lei"]
+    page.goto(t.url + "/")
+    playwright_api.expect(page.locator('#board-rows tr[data-case="%d"] .turn' % case["case_id"])).to_contain_text("Zhao Lei")
+
+    # the same acknowledgement sent twice (a double click that got through): one wins, the second says why
+    h = Http(t)
+    h.login("zhou")
+    token = h.csrf("/case/%d" % case["case_id"])
+    if t.cases.get(case["case_id"])["status"] == "open":
+        assert h.request("POST", "/case/%d/ack" % case["case_id"], {"csrf": token})[0] == 303
+    assert h.request("POST", "/case/%d/ack" % case["case_id"], {"csrf": token})[0] == 303
+    _, _, shown = h.request("GET", "/case/%d" % case["case_id"])
+    assert "already acknowledged" in shown
+    assert [s["step"] for s in t.cases.get(case["case_id"])["steps"]].count("acknowledged") == 1
