@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.console.accounts import (AccountError, Accounts, LockedOut, LoginFailed, MAX_FAILURES, csrf_ok)
+from gateway.console.accounts import (AccountError, Accounts, LockedOut, LoginFailed, MAX_FAILURES,
+                                      MAX_SOURCE_FAILURES, csrf_ok)
 from gateway.village.db import open_db
 from tools.testing.procs import REPO_ROOT
 
@@ -63,6 +64,20 @@ def test_five_failures_lock_the_account_with_a_doubling_backoff(accounts):
     assert accounts.login("zhou", "correct horse", "10.0.0.5").username == "zhou"
 
 
+def test_one_source_guessing_many_accounts_is_locked_and_logged(accounts, caplog):
+    accounts.add_user("wu", "another pw", "viewer")
+    with caplog.at_level("WARNING", logger="fengqiao.console"):
+        for i in range(MAX_SOURCE_FAILURES):                      # 4 names x 5 guesses from one address
+            with pytest.raises((LoginFailed, LockedOut)):
+                accounts.login("guess%d" % (i % 4), "wrong", "10.0.0.9")
+    assert any(r.getMessage() == "console login locked" and getattr(r, "fields", {}).get("key") == "source:10.0.0.9"
+               for r in caplog.records)
+    with pytest.raises(LockedOut) as locked:
+        accounts.login("wu", "another pw", "10.0.0.9")           # a real account, from that address
+    assert locked.value.key == "source:10.0.0.9"
+    assert accounts.login("wu", "another pw", "10.0.0.10").username == "wu"   # another address gets in
+
+
 def test_bad_input_is_refused(accounts):
     with pytest.raises(AccountError):
         accounts.add_user("zhou", "another pw", "officer")
@@ -90,3 +105,14 @@ def test_cli_user_add_list_disable(tmp_path):
     assert fq("disable", "wu")[0] == 0
     code, out = fq("list")
     assert "wu" in out and "disabled" in out and "a secret pw" not in out
+    pw.write_text("a new secret\n")
+    assert fq("passwd", "wu", "--password-file", str(pw))[0] == 0
+    assert fq("enable", "wu")[0] == 0
+    conn = open_db(db)
+    try:
+        a = Accounts(conn, ManualClock(1_800_000_000.0))
+        with pytest.raises(LoginFailed):
+            a.login("wu", "a secret pw")
+        assert a.login("wu", "a new secret").role == "viewer"
+    finally:
+        conn.close()

@@ -354,16 +354,17 @@ def test_devices_page_follows_tamper_and_offline_without_a_reload(township, cont
     playwright_api.expect(page.locator("#device-rows")).to_contain_text("Offline")
 
 
-def test_pages_fit_a_360_px_phone(township, browser):
+@pytest.mark.parametrize("width", [360, 1366])
+def test_pages_fit_a_360_px_phone_and_a_1366_px_desk(township, browser, width):
     t = township
-    case = t.cases.list_cases(status=None, limit=1)[0]
-    ctx = browser.new_context(viewport={"width": 360, "height": 740})
+    case = case_with(t, 0x104) or new_case(t, 0x104)
+    ctx = browser.new_context(viewport={"width": width, "height": 740})
     try:
         page = login(ctx, t)
         for path in ("/", "/case/%d" % case["case_id"], "/devices", "/patrol", "/history"):
             page.goto(t.url + path)
-            width = page.evaluate("() => document.documentElement.scrollWidth")
-            assert width <= 360, "%s is %d px wide on a 360 px phone" % (path, width)
+            got = page.evaluate("() => document.documentElement.scrollWidth")
+            assert got <= width, "%s is %d px wide on a %d px screen" % (path, got, width)
     finally:
         ctx.close()
 
@@ -484,13 +485,17 @@ def test_every_route_enforces_its_role_on_the_server(township):
         token = h.csrf("/")
         for (method, path), right in RIGHT.items():
             if right in rights and method == "POST":
-                continue                  # allowed actions are tested on their own (and logout would end the session)
+                # allowed, but not without the session's CSRF token (with it: tested on their own)
+                status, _ = _status_only(h, method, concrete(path), {"note": "no token", "to": "p-wu-fang"})
+                assert status == 403, (user, method, path, status)
+                continue
             form = {"csrf": token, "note": "role %s" % user, "to": "p-wu-fang", "outcome": "test"}
             status, _ = _status_only(h, method, concrete(path), form if method == "POST" else None)
             if right in rights:
                 assert status == 200, (user, method, path, status)
             else:
                 assert status == 403, (user, method, path, status)
+        assert h.request("GET", "/")[0] == 200, "a POST without a token ended the session (logout)"
     assert len(t.cases.get(case["case_id"])["steps"]) == before, "a refused request changed the case"
 
 
