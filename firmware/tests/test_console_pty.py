@@ -211,6 +211,34 @@ def test_console_on_a_running_role_refuses_reprovision(tmp_path, role):
     assert read_device_id(flash) == 0x1234
 
 
+@pytest.mark.timeout(90)
+def test_selftest_on_a_running_alarm_button_leaves_its_heap_as_it_was(tmp_path):
+    """An alarm button has no card reader: its self-test reports the reader absent without
+    probing. (It used to build the host board's simulated reader and its driver for good: ~4 KB of
+    a running 64 KB heap, and the next console request met MemoryError; issue 11.) The live heap
+    after the session is within 1 KB of the heap before it."""
+    from tools.hostboard import provision_dir
+    from tools.testing.procs import free_port
+
+    flash = tmp_path / "flash"
+    provision_dir(flash, dict(CFG, role="alarm", broker_port=free_port()))
+    with NullModem() as nm:
+        hb = HostBoard(flash, console=nm.board_fd, heap="64k")
+        hb.start()
+        try:
+            with SerialConsole(nm.port) as con:
+                con.identify()  # the console's own first-use allocations, before the figure
+                before = hb.request("mem", collect=True)["alloc"]
+                for _ in range(3):
+                    res = con.selftest()
+                    assert res["reader"] == "absent" and "reader_version" not in res and res["pass"] is True
+                after = hb.request("mem", collect=True)["alloc"]
+            assert after - before < 1024, (before, after)
+            assert "MemoryError" not in hb.log_tail(1 << 20), hb.log_tail(2000)
+        finally:
+            hb.stop()
+
+
 def read_device_id(flash):
     with open(os.path.join(str(flash), "data", "identity.cfg"), "rb") as f:
         return json.loads(f.read().split(b"\n")[0])["device_id"]
