@@ -87,26 +87,50 @@ class Supervisor:
             fails += 1
             self.restarts[name] += 1
             if fails >= self.max_fails:
-                gc.collect()
-                self.log("supervisor: %s %s" % (name, "failing: reboot"))
-                self.board.reboot()  # does not return on a board; a test's board may
+                self._boot(name)
                 fails = 0
             if name in self.seen:
                 self.seen[name] = time.ticks_ms()
             await asyncio.sleep_ms(self.restart_delay_ms)
 
+    def _boot(self, name):
+        # The reboot a task failing in a row (or the watch itself) ends in. The log line may
+        # meet MemoryError too: it is skipped, never the reboot.
+        gc.collect()
+        try:
+            self.log("supervisor: %s %s" % (name, "failing: reboot"))
+        except MemoryError:
+            pass
+        self.board.reboot()  # does not return on a board; a test's board may
+
     async def watch(self):
-        """The watchdog task: feed only while every task checked in recently."""
+        """The watchdog task: feed only while every task checked in recently. It is the main
+        task (asyncio.run ends with it), so nothing may escape it: a MemoryError here is
+        collected and the check runs again 500 ms later; `max_fails` in a row reboot the board,
+        as for any task (the check allocates nothing itself: keys are iterated, not items())."""
+        fails = 0
         while True:
-            now = time.ticks_ms()
-            stalled = None
-            for name, t in self.seen.items():
-                if time.ticks_diff(now, t) > self.stall_ms:
-                    stalled = name
-            if stalled is None:
-                if self._w is not None:
-                    self._w.feed()
-            elif stalled != self._q:
-                self.log("supervisor: %s %s" % (stalled, "stalled"))
-            self._q = stalled
+            try:
+                self._check()
+                fails = 0
+            except MemoryError:
+                fails += 1
+                if fails >= self.max_fails:
+                    self._boot("watch")
+                    fails = 0
+                gc.collect()
             await asyncio.sleep_ms(500)
+
+    def _check(self):
+        now = time.ticks_ms()
+        stalled = None
+        seen = self.seen
+        for name in seen:  # (items() would make a view and a tuple per task in the heap)
+            if time.ticks_diff(now, seen[name]) > self.stall_ms:
+                stalled = name
+        if stalled is None:
+            if self._w is not None:
+                self._w.feed()
+        elif stalled != self._q:
+            self.log("supervisor: %s %s" % (stalled, "stalled"))
+        self._q = stalled

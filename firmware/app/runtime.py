@@ -234,7 +234,19 @@ def main(argv=None):
     if type(cfg) is not dict:
         log("main: %s; console only" % cfg.args[1])
         console_only(board, "unprovisioned" if cfg.args[0] == "not_provisioned" else "error")
+    opts = options(argv)  # a bad option is the caller's mistake: it ends here, no reboot
     gc.collect()
     import asyncio
 
-    asyncio.run(start(board, cfg, options(argv)).watch())
+    try:
+        asyncio.run(start(board, cfg, opts).watch())
+    except Exception as e:  # noqa: BLE001 - a unit must never stop at a prompt (issue 11)
+        # Whatever ends the event loop (a MemoryError while the unit is built, a bug) ends in a
+        # reset, as the watchdog would, never in a unit that looks on but is dead: the outbox
+        # and the sequence counter are on flash and resend after the reboot.
+        gc.collect()
+        try:
+            log("main: %s %r" % ("stopped: reboot", e))
+        except MemoryError:
+            pass
+        board.reboot()

@@ -250,3 +250,32 @@ def test_history_rings_keep_the_last_64_led_and_256_buzzer_changes(tmp_path):
         assert len(buzzer) == 256 and [v for _t, v in buzzer] == [1 - (i & 1) for i in range(44, 300)]
         assert b.request("buzzer", since=0)["count"] == 300 and b.buzzer() == 0
         assert all(isinstance(t, int) and t >= 0 for t, _v in buzzer)
+
+
+@pytest.mark.timeout(120)
+def test_a_unit_that_runs_out_of_heap_while_it_is_built_reboots_instead_of_stopping(tmp_path):
+    """Whatever ends the event loop ends in a reset (exit status 3 on the host board, the flash
+    kept), never in a unit stopped at a prompt (issue 11): heaps too small to build the check-in
+    unit after its identity loaded. The smallest size that gets that far depends on the
+    firmware's size, so a range is tried; at least one must reach the unit's start-up."""
+    from tools.hostboard import HostBoardError
+    from tools.testing.procs import free_port
+
+    outcomes = {}
+    for kb in (36, 38, 40, 42, 44):
+        flash = tmp_path / str(kb)
+        provision_dir(flash, {"device_id": 0x1234, "key": bytes(32), "key_id": 1, "role": "checkin",
+                              "broker_host": "127.0.0.1", "broker_port": free_port()})
+        b = HostBoard(flash, heap="%dk" % kb)
+        try:
+            b.start()
+            outcomes[kb] = "up"
+        except HostBoardError:
+            log = b.log_tail(4000)
+            outcomes[kb] = (b.proc.poll(), "main: stopped: reboot" in log, "role up" in log)
+        finally:
+            b.stop()
+    built = [kb for kb, o in outcomes.items() if o != "up" and o[1]]
+    assert built, outcomes
+    for kb in built:
+        assert outcomes[kb][0] == 3, outcomes  # the reset, as after a power cut

@@ -634,6 +634,69 @@ def test_supervisor_restarts_a_task_that_runs_out_of_memory_then_reboots_after_f
     check(any("greedy MemoryError" in m for m in logs), "logged: %r" % logs[:3])
 
 
+def test_supervisor_watch_survives_memory_errors_and_reboots_after_max_fails_in_a_row():
+    """The watch is the main task: a MemoryError in its check used to end asyncio.run (exit 1,
+    a dead unit, no reboot). Now it is collected and checked again; max_fails in a row reboot.
+    The reboot's own log line meeting MemoryError does not stop the reboot."""
+    import asyncio
+    from supervisor import Supervisor
+
+    class B:
+        reboots = 0
+
+        def watchdog(self, ms):
+            return None
+
+        def reboot(self):
+            B.reboots += 1
+
+    def log(m):
+        if "reboot" in m:
+            raise MemoryError  # no heap for the reboot's log line
+        logs.append(m)
+
+    logs = []
+    fail = [2]  # the next checks that fail
+
+    class S(Supervisor):
+        def _check(self):
+            if fail[0] > 0:
+                fail[0] -= 1
+                raise MemoryError
+            Supervisor._check(self)
+
+    sup = S(B(), log, max_fails=3)
+
+    async def scenario():
+        w = asyncio.create_task(sup.watch())
+        await asyncio.sleep_ms(1600)  # two failed checks, then good ones
+        eq(B.reboots, 0, "two MemoryErrors in a row: no reboot")
+        fail[0] = 3
+        await asyncio.sleep_ms(1600)
+        eq(B.reboots, 1, "three in a row: a reboot (its log line failed too)")
+        check(not w.done(), "the watch task is still running")
+        w.cancel()
+
+    asyncio.run(scenario())
+
+    # A task failing max_fails in a row reboots even when the reboot's log line fails.
+    sup = Supervisor(B(), log, restart_delay_ms=1, max_fails=2)
+    B.reboots = 0
+
+    async def oom():
+        raise MemoryError
+
+    async def scenario2():
+        sup.spawn("oom", oom)
+        for _ in range(200):
+            await asyncio.sleep_ms(5)
+            if B.reboots:
+                break
+
+    asyncio.run(scenario2())
+    check(B.reboots >= 1, "rebooted although the log line met MemoryError")
+
+
 def test_supervisor_reboot_on_the_host_board_leaves_the_event_loop_with_status_3():
     import asyncio
     from supervisor import Supervisor
