@@ -769,6 +769,60 @@ def run_modules(args, port, roles, report):
     return 0
 
 
+def console_beside_role(role, workdir, heap_kb=BUDGET_HEAP_KB, port=None):
+    """The console next to a running role (issue 11's flaky test, firmware/tests/test_console_pty.py
+    calls this): a provisioned unit runs its role (main.py, broker unreachable) in a `heap_kb`
+    heap while a tool on the other end of a pty asks identify, read_config, a write_config that
+    must be refused (already_provisioned) and a factory_reset without confirmation (refused),
+    then identify again. Raises ScenarioFailed on any wrong answer or a MemoryError in the log;
+    returns the seconds it took."""
+    from tools.hostboard import HostBoard, NullModem, provision_dir
+    from tools.serialconsole import DeviceError, SerialConsole
+    from tools.testing.procs import free_port
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    flash = os.path.join(workdir, "flash")
+    cfg = {"device_id": 0x1234, "key_id": 2, "key": "5a" * 32, "role": role, "checkpoint_id": 9,
+           "broker_host": "127.0.0.1", "broker_port": free_port(), "wifi_ssid": "village", "wifi_password": "s3cret"}
+    fp = provision_dir(flash, cfg)
+    t0 = time.monotonic()
+    with NullModem() as nm:
+        if port is None:
+            hb = HostBoard(flash, console=nm.board_fd, heap="%dk" % heap_kb)
+        else:
+            hb = _board_class()(port, flash, heap="%dk" % heap_kb, console=nm.board_fd)
+        hb.start()
+        try:
+            with SerialConsole(nm.port) as con:
+                info = con.identify()
+                if (info["provisioned"], info["device_id"], info["role"]) != (True, 0x1234, role):
+                    raise ScenarioFailed("identify: %r" % info)
+                got = con.read_config()["key_fingerprint"]
+                if got != fp:
+                    raise ScenarioFailed("read_config: key fingerprint %s, want %s" % (got, fp))
+                for call, code in ((lambda: con.write_config(dict(cfg, device_id=0x4321)), "already_provisioned"),
+                                   (lambda: con.factory_reset("not-this-unit"), "confirm_required")):
+                    try:
+                        call()
+                    except DeviceError as exc:
+                        if exc.code != code:
+                            raise ScenarioFailed("refused with %s, want %s: %s" % (exc.code, code, exc))
+                    else:
+                        raise ScenarioFailed("not refused (want %s)" % code)
+                if con.identify()["pending_reboot"] is not False:
+                    raise ScenarioFailed("identify: pending_reboot after refused requests")
+            if not hb.alive:
+                raise ScenarioFailed("board died: %s" % hb.log_tail(1000))
+            log = hb.log_tail(1 << 20)
+            if "MemoryError" in log:
+                raise ScenarioFailed("MemoryError on the board: %s" % _memory_error_where(log))
+        except (DeviceError, OSError) as exc:
+            raise ScenarioFailed("%s: %s (log tail: %s)" % (type(exc).__name__, exc, hb.log_tail(600)))
+        finally:
+            hb.stop()
+    return round(time.monotonic() - t0, 1)
+
+
 BURN = "while True:\n    pass\n"
 
 
@@ -795,8 +849,9 @@ def run_repeat(args, port, roles, heaps, report):
     busy = start_busy(args.busy)
     t0 = time.monotonic()
     stopped_by_time = False
-    report("%d runs per role at %d KB, %d console sessions each, %d busy processes, on %s"
-           % (args.repeat, kb, args.console, args.busy, port.describe()))
+    report("%d runs per role at %d KB, %s, %d busy processes, on %s"
+           % (args.repeat, kb, "the console test (console_beside_role)" if args.console_test
+              else "%d console sessions each" % args.console, args.busy, port.describe()))
     interrupted = False
     try:
         for i in range(args.repeat):
@@ -807,8 +862,12 @@ def run_repeat(args, port, roles, heaps, report):
                 st = stats[role]
                 st["runs"] += 1
                 try:
-                    fig = run_scenario(role, kb, os.path.join(workdir, role), args.events, tls=args.tls,
-                                       console=args.console, port=port)
+                    if args.console_test:
+                        secs = console_beside_role(role, os.path.join(workdir, role), kb, port)
+                        fig = {"seconds": secs}
+                    else:
+                        fig = run_scenario(role, kb, os.path.join(workdir, role), args.events, tls=args.tls,
+                                           console=args.console, port=port)
                 except ScenarioFailed as exc:
                     st["failed"] += 1
                     st["streak"] = 0
@@ -820,6 +879,10 @@ def run_repeat(args, port, roles, heaps, report):
                 st["streak"] += 1
                 st["best_streak"] = max(st["best_streak"], st["streak"])
                 st["seconds"].append(fig["seconds"])
+                if args.console_test:
+                    report("%s run %d: passed in %.1f s; %d of %d passed" % (role, st["runs"], fig["seconds"],
+                                                                            st["passed"], st["runs"]))
+                    continue
                 report("%s run %d: passed in %.1f s (live peak %d B, alloc peak %d B, console sessions %d, "
                        "retries %d); %d of %d passed" % (role, st["runs"], fig["seconds"], fig["live_peak"],
                                                          fig["alloc_peak"], fig["console_sessions"],
@@ -832,7 +895,8 @@ def run_repeat(args, port, roles, heaps, report):
     finally:
         stop_busy(busy)
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {"repeat": args.repeat, "heap_kb": kb, "busy": args.busy, "events": args.events,
+    result = {"repeat": args.repeat, "heap_kb": kb, "busy": args.busy, "console_test": args.console_test,
+              "events": None if args.console_test else args.events,
               "console_sessions": args.console, "port": port.describe(),
               "minutes": round((time.monotonic() - t0) / 60, 1), "stopped_by_time_limit": stopped_by_time,
               "interrupted": interrupted}
@@ -890,6 +954,9 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=0, metavar="N",
                         help="run the scenario (with its console sessions) N times per role at one heap "
                         "(the smallest --heap-kb, default 64) and count the passes (issue 11: 200 in a row)")
+    parser.add_argument("--console-test", action="store_true",
+                        help="with --repeat: each run is the console test beside a running role (identify, "
+                        "read_config, refused write_config and factory_reset; no broker) instead of the scenario")
     parser.add_argument("--busy", type=int, default=0, metavar="K",
                         help="with --repeat: K CPU-burning processes meanwhile (2: both cores of a 2-core machine)")
     parser.add_argument("--max-minutes", type=float, default=0, metavar="M",
@@ -926,8 +993,8 @@ def run(args):
         raise CliError("%s has no TLS module (the 32-bit build has none): run without --tls" % port.binary)
     if args.repeat:
         return run_repeat(args, port, roles, heaps, report)
-    if args.busy or args.max_minutes:
-        raise CliError("--busy and --max-minutes go with --repeat N")
+    if args.busy or args.max_minutes or args.console_test:
+        raise CliError("--busy, --max-minutes and --console-test go with --repeat N")
     workdir = tempfile.mkdtemp(prefix="fq-bench-fw-")
     result = {"events": args.events, "goal_kb": 64, "stretch_goal_kb": 48, "transport": "tls" if args.tls else "tcp",
               "port": port.describe(), "micropython": port.binary, "word_bits": port.word_bits,

@@ -183,32 +183,16 @@ def test_console_on_a_running_role_refuses_reprovision(tmp_path, role):
     (the goal; both roles pass `fengqiao bench firmware` at 64 KB). The console imports its
     request handling and the identity for each request and drops them after the reply
     (console/__init__.py), so this is where that transient heap is exercised beside a running
-    role; by then the free heap is in pieces of at most ~1 KB."""
-    from tools.hostboard import provision_dir
-    from tools.testing.procs import free_port
+    role; by then the free heap is in pieces of at most ~1 KB. The scenario is the bench's
+    (tools.bench_firmware.console_beside_role), so that `fengqiao bench firmware --repeat 200
+    --console-test --busy 2` runs exactly this test 200 times per role on a loaded machine."""
+    from tools.bench_firmware import ScenarioFailed, console_beside_role
 
-    flash = tmp_path / "flash"
-    fp = provision_dir(flash, dict(CFG, role=role, broker_port=free_port()))
-    with NullModem() as nm:
-        hb = HostBoard(flash, console=nm.board_fd, heap="64k")
-        hb.start()
-        try:
-            with SerialConsole(nm.port) as con:
-                info = con.identify()
-                assert (info["provisioned"], info["device_id"], info["role"]) == (True, 0x1234, role)
-                assert con.read_config()["key_fingerprint"] == fp
-                with pytest.raises(DeviceError) as exc:
-                    con.write_config(dict(CFG, device_id=0x4321))
-                assert exc.value.code == "already_provisioned"
-                with pytest.raises(DeviceError) as exc:
-                    con.factory_reset("not-this-unit")
-                assert exc.value.code == "confirm_required"
-                assert con.identify()["pending_reboot"] is False
-            assert hb.alive
-            assert "MemoryError" not in hb.log_tail(1 << 20), hb.log_tail(2000)
-        finally:
-            hb.stop()
-    assert read_device_id(flash) == 0x1234
+    try:
+        console_beside_role(role, str(tmp_path / "unit"), 64)
+    except ScenarioFailed as exc:
+        pytest.fail(str(exc))
+    assert read_device_id(tmp_path / "unit" / "flash") == 0x1234
 
 
 @pytest.mark.timeout(90)
