@@ -4,7 +4,7 @@
         --> body --> role (SPEC section 3) --> sequence (new / duplicate / replay) --> clock skew
         --> NewDeviceEvent for the store
 
-`process_batch(items, keys, place_of, seqs, find_stored, now, role_of=None)` runs a whole batch and returns one `Outcome`
+`process_batch(items, keys, place_of, seqs, find_stored, now, role_of=None, every=None)` runs a whole batch and returns one `Outcome`
 per item, in order; the caller appends the `new` events in one transaction, and only after the
 commit sends acks (device `ack` frames and MQTT PUBACKs). Nothing here does I/O except through
 the two functions it is given (`keys.device_key` for key lookup, `find_stored` for the duplicate
@@ -193,10 +193,12 @@ def classify_seq(window, device_id, key_id, seq, is_stored):
     return NEW
 
 
-def process_batch(items, key_lookup, place_of, seqs, find_stored, now, role_of=None):
+def process_batch(items, key_lookup, place_of, seqs, find_stored, now, role_of=None, every=None, every_n=64):
     """Verify a batch. `find_stored(device_id, key_id, seq)` -> bool (already in the store);
     `role_of(device_id)` -> the registry role (default: from the registry whose `device_key` is
-    `key_lookup`; none -> roles not checked).
+    `key_lookup`; none -> roles not checked); `every()`, if given, is called after each `every_n`
+    frames (the service sends the downlinks other threads queued meanwhile: a siren does not wait
+    for the whole batch's verification).
 
     Updates `seqs.windows` for the accepted frames (the caller reloads them from the store if the
     commit then fails)."""
@@ -209,7 +211,9 @@ def process_batch(items, key_lookup, place_of, seqs, find_stored, now, role_of=N
     def is_stored(d, k, s):
         return (d, k, s) in pending or find_stored(d, k, s)
 
-    for inc in items:
+    for i, inc in enumerate(items):
+        if every is not None and i and not i % every_n:
+            every()
         try:
             f = verify_one(inc, key_lookup)
             if role_of is not None:
