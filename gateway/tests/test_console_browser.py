@@ -559,3 +559,30 @@ def test_dispatch_to_a_person_and_a_team_and_a_double_submit(township, context):
     _, _, shown = h.request("GET", "/case/%d" % case["case_id"])
     assert "already acknowledged" in shown
     assert [s["step"] for s in t.cases.get(case["case_id"])["steps"]].count("acknowledged") == 1
+
+
+def test_a_double_click_on_acknowledge_sends_it_once(township, context):
+    t = township
+    for c in t.cases.list_cases(status="open"):       # an east-lane case still open would absorb the alarm
+        if c["group_id"] == "jd-east":
+            t.cases.close(c["case_id"], "p-zhou-min", "closed before the next test")
+    case = new_case(t, 0x103)
+    page = login(context, t, path="/case/%d" % case["case_id"])
+    # the page's own guard: once a form is submitted its buttons are disabled (held here by a
+    # listener that stops the submission after the page's, so the second click can be tried)
+    page.evaluate("document.getElementById('ack-form').addEventListener('submit', function (e) {"
+                  " e.preventDefault(); window.__submits = (window.__submits || 0) + 1; })")
+    page.click("#ack")
+    assert page.evaluate("document.getElementById('ack').disabled")
+    page.evaluate("document.getElementById('ack').click()")
+    assert page.evaluate("window.__submits") == 1
+    page.reload()
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and r.url.endswith("/ack") else None)
+    page.dblclick("#ack")
+    playwright_api.expect(page.locator("#flash")).to_have_class(re.compile("ok"))
+    assert page.locator("#ack").count() == 0                       # the page now shows the case acknowledged
+    assert len(posts) == 1, "the second click reached the server: %s" % posts
+    steps = [s["step"] for s in t.cases.get(case["case_id"])["steps"]]
+    assert steps.count("acknowledged") == 1
+    t.cases.close(case["case_id"], "p-zhou-min", "test done")
