@@ -9,8 +9,9 @@ broker under a gateway that is still shutting down):
   - Ctrl-C, SIGTERM, SIGHUP (terminal closed): the worker gets the signal and stops its children
     in its own `finally`; this process only waits for it.
   - the worker's stdout breaks (`make demo | tee` and tee exits, or `| head`): the worker stops
-    as for a signal (tools/demo.py Narrator), and Python's SIGPIPE is ignored here, so this
-    process never dies of it (this process writes nothing to stdout).
+    as for a signal (tools/demo.py Narrator). This process writes nothing to stdout; a SIGPIPE
+    that reaches it (its stderr broken, or `kill -PIPE`) is forwarded to the worker like the
+    signals above, so this process never dies of it and the demo still stops everything.
   - the worker is killed with SIGKILL, or dies of a bug before its `finally`: this process is the
     worker's *child subreaper* (prctl PR_SET_CHILD_SUBREAPER), so the worker's orphaned children
     (brokers, host boards) become our children, and we stop them (SIGTERM, then SIGKILL).
@@ -134,8 +135,8 @@ def supervise(argv, env=None, grace_s=5.0):
             pass
 
     # Forwarded (a terminal's Ctrl-C reaches the worker too: it acts on the first one only).
-    previous = {signal.SIGPIPE: signal.signal(signal.SIGPIPE, signal.SIG_IGN)}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         previous[sig] = signal.signal(sig, forward)
     try:
         while True:
