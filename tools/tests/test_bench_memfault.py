@@ -19,10 +19,9 @@ def test_memoryerror_reboot_keeps_the_outbox_and_the_sequence_counter(tmp_path):
     gives up on a task (5 MemoryErrors in a row) and the board exits 3; powered on again it still
     has every event and hands out seqs above all of them; acked, it drains.
 
-    Known gap (firmware/supervisor.py, reported to the lead): a MemoryError in the supervisor's
-    own "failing: reboot" log line or in its watch() loop ends the process (exit 1) instead of the
-    reboot. Such a crash is a power cut to the unit (the state must survive it as well, and is
-    checked the same way); the hog is tried again, up to 4 times, until a reboot happens."""
+    A MemoryError in the supervisor's own "failing: reboot" line or in its watch loop once ended
+    the process (exit 1) instead of the reboot; both reboot now (firmware/supervisor.py). The hog
+    is still tried up to 4 times: the task that fails first decides whether the reboot comes."""
     unit = mf._Unit("checkin", str(tmp_path), Port(), 10, auto_ack=False)
     try:
         unit.power_on()
@@ -41,7 +40,8 @@ def test_memoryerror_reboot_keeps_the_outbox_and_the_sequence_counter(tmp_path):
             if unit.reboots:
                 break
         log = unit.hb.log_tail(1 << 20)
-        assert unit.reboots == 1 and "failing: reboot" in log, (unit.crashes, log[-3000:])
+        # (the reboot's own log line may have met the hog too: it is skipped, never the reboot)
+        assert (unit.reboots, unit.crashes) == (1, []), (unit.crashes, log[-3000:])
         ups = re.findall(r"role up, device \w+, outbox (\d+) waiting", log)
         assert ups[-1] == str(10 + unit.hb.starts), ups  # the 10 queued + one boot event per power-on
         unit.gw.auto_ack = True
@@ -55,8 +55,6 @@ def test_memoryerror_reboot_keeps_the_outbox_and_the_sequence_counter(tmp_path):
         unit.close()
 
 
-@pytest.mark.skip(reason="not yet passing (failed in its last run, 22 s): kept out of make test until fixed; "
-                  "fengqiao bench memfault gives the figures")
 @pytest.mark.timeout(90)
 def test_injections_during_sends_lose_nothing(tmp_path):
     """A few of the bench's cycles (a card, then the hog at a random instant): every check-in
@@ -64,5 +62,4 @@ def test_injections_during_sends_lose_nothing(tmp_path):
     fig = mf.run_role("checkin", 3, str(tmp_path / "checkin"), random.Random(7), prefill=10, long_every=0,
                       report=lambda msg: None, max_cycles=6)
     assert fig["injections"] >= 3 and fig["injected_failures"] >= 1, fig
-    # (crashes, the supervisor's known gap above, are the bench's figure: not asserted here)
-    assert [v for v in mf.violations(fig) if "crashes" not in v] == [], fig
+    assert mf.violations(fig) == [], fig
