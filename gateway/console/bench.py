@@ -254,6 +254,11 @@ def run(args):
                 gateway_rate_change_median_pct=round(100.0 * (statistics.median(r for r, _ in with_) -
                                                               statistics.median(r for r, _ in without))
                                                      / statistics.median(r for r, _ in without), 1),
+                # each pair ran back to back (without, then with): the change within each pair, and
+                # its median, is the least affected by the machine's load drifting over the bench
+                gateway_rate_change_paired_pct=[round(100.0 * (w[0] - o[0]) / o[0], 1) for o, w in zip(without, with_)],
+                gateway_rate_change_paired_median_pct=round(statistics.median(
+                    100.0 * (w[0] - o[0]) / o[0] for o, w in zip(without, with_)), 1),
                 cpu_us_per_event_without=round(min(u for _, u in without)),
                 cpu_us_per_event_with_sessions=round(min(u for _, u in with_)),
                 streams_open=opened,
