@@ -178,6 +178,13 @@ class _Client(mqtt.Client):
         # in TLS when configured), before it sets it non-blocking and sends CONNECT.
         return _ReadAhead(super()._create_socket(), *self.read_filter)
 
+    def loop(self, timeout=1.0):
+        # paho's loop() first creates a socket pair to wake its own select(), and from then on
+        # every packet queued (each ack, each PUBACK) also writes a byte to it: two extra system
+        # calls per uplink, and once the pair is full, two BlockingIOErrors. The MQTT thread is
+        # the only caller and has its own wake socket (GatewayService._wake): no pair here.
+        return self._loop(timeout)
+
 
 class GatewayContext:
     """What handlers and timers get: the clock, the store, the registry, and ways to act."""

@@ -33,6 +33,8 @@ def test_alarm_stored_then_acked_with_gateway_time(running_gateway, project_brok
     before = int(time.time())
     dev.send(1, t=before)
     wait_for(lambda: 1 in dev.acked(), 10, "ack of seq 1")
+    # no paho wake pair: it cost two system calls per uplink (service._Client.loop)
+    assert app.service._client._sockpairW is None
     ack = dev.downlinks[0]
     assert ack.body[:2] == [1, 0] and abs(ack.body[2] - before) <= 5
     (ev,) = app.store.events_after(0)
@@ -199,3 +201,4 @@ def test_gateway_over_tls(running_gateway, project_broker, clients):
         dev.send(seq, wait=False)
     wait_for(lambda: len(dev.acked()) == 200, 20, "200 acks through a TLS gateway connection")
     assert app.store.count() == 200
+    assert app.service._client._sockpairW is None
