@@ -87,7 +87,7 @@ def build_app(console):
 
         flash = flashes.pop(session.token, None) if session else None
         page = env.get_template(name).render(
-            t=tt, lang=lang, session=session, flash=flash, path=request.url.path,
+            t=tt, lv=lambda name: i18n.level(lang, name), lang=lang, session=session, flash=flash, path=request.url.path,
             query=request.url.query, hhmm=lambda v: local_hhmm(v, off) if v else "",
             when=lambda v: fmt_time(v, off) if v else "", outcomes=OUTCOMES, secure=console.tls, **ctx)
         return HTMLResponse(page, status_code=status, headers=HEADERS)

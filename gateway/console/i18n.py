@@ -55,6 +55,15 @@ _T = {
 }
 
 
+# The five standard level names (gateway/village/config.py defaults, sample_village.toml); a
+# village's own names are shown as the village file spells them.
+_LEVELS = {"blue": "蓝色", "yellow": "黄色", "orange": "橙色", "red": "红色", "critical": "特急"}
+
+
+def level(lang, name):
+    return _LEVELS.get(name, name) if lang != "en" else name
+
+
 def t(lang, key, *args):
     pair = _T.get(key)
     if pair is None:

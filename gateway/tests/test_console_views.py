@@ -174,3 +174,9 @@ def test_patrol_today_progress_missed_and_flagged(env):
             date=date, rounds=out, summaries=[], village=None, areas=[], head=1)
     assert "missed" in page and "Flagged check-ins" in page and "too_fast" in page and "unknown_card" in page
     assert "3/4" in page and 'id="report-csv"' in page
+
+
+def test_standard_level_names_are_translated_and_a_villages_own_names_kept():
+    assert i18n.level("zh", "critical") == "特急" and i18n.level("zh", "red") == "红色"
+    assert i18n.level("en", "critical") == "critical"
+    assert i18n.level("zh", "Stufe X") == "Stufe X"  # a village file's own name, as it is spelled
