@@ -152,8 +152,8 @@ def run(args):
         result["goal_met"] = (len(ok) == len(rounds) and all(max(r["stored"], r["sirens"]) <= GOAL_S * 1000 for r in ok)
                               and acked == total)
         for k, v in result["press_ms"].items():
-            _say(args, "  press -> %-10s p50 %s ms  max %s ms  (%d presses, %d missed)"
-                 % (k, v.get("p50"), v.get("max"), v["n"], v["missed"]))
+            _say(args, "  press -> %-10s p50 %s ms  p99 %s ms  max %s ms  (%d presses, %d missed)"
+                 % (k, v.get("p50"), v.get("p99"), v.get("max"), v["n"], v["missed"]))
         _say(args, "  drain: %d of %d records acked in %.1f s (%.0f events/s, peak %d/s); county complete at %s s"
              % (acked, total, drain_s, result["events_per_s"], result["peak_events_per_s"], result["county_complete_s"]))
         _say(args, "  cpu (cores): gateway %.2f, broker %.2f, simulators %.2f" % (cpu["gateway"], cpu["broker"],
