@@ -135,15 +135,30 @@ class BrokerError(RuntimeError):
 
 
 # PBKDF2-SHA512 iterations of the password file ($7$ hashes; Mosquitto 2.0 reads the count from
-# each hash, mosquitto_passwd 2.0.11 always writes 101). Devices: 1,000, the minimum of NIST SP
-# 800-132 (10x Mosquitto's 101). Not OWASP's 210,000 for SHA-512: the broker checks the hash on
-# every CONNECT in its only thread, 108 ms each at 210,000 (measured 2026-12-06 on the 2-core
-# machine, CPython hashlib/OpenSSL), so 5,000 devices coming back after a power cut would hold the
-# broker, and everyone's alarms, for about 9 minutes; at 1,000 it is 0.5 ms each (2.5 s for 5,000).
-# Device passwords are 128-bit random values (SPEC section 2): no iteration count changes what
-# guessing one costs. The gateway and tool logins connect rarely and get OWASP's 210,000.
+# each hash, mosquitto_passwd 2.0.11 always writes 101). What a count costs here: Mosquitto checks
+# a hash on every CONNECT, and on every reload (SIGHUP: a device added, revoked, rotated,
+# quarantined or released) it re-checks the password of EVERY connected login, in its only thread,
+# so the whole broker (everyone's alarms) stands still for the sum. Measured 2026-12-07 on the
+# 2-core machine (Mosquitto 2.0.11, idle, reload until its main loop answers; /tmp script, figures
+# in the commit): gateway at 210,000 alone 124-127 ms per reload; 300 devices at 1,000 add 170 ms
+# (0.57 ms each); 2,000 devices at 1,000: 1.27-1.33 s per reload (at 101: 0.26-0.31 s). Under a
+# ten-device flood the gateway's 210,000 alone froze the broker 0.3-0.9 s per reload.
+# The counts follow NIST SP 800-63B 5.1.1.2 ("as large as verification server performance will
+# allow, typically at least 10,000"):
+# - devices: 1,000, the minimum of NIST SP 800-132 (10x Mosquitto's 101). Every connected device
+#   is re-hashed on every reload, so the count multiplies by the township's size: at 5,000
+#   devices ~3 s per reload at 1,000, ~30 s at 10,000. A power cut's reconnect of 5,000 devices
+#   costs 2.5 s at 1,000.
+# - the gateway and tool logins (a handful): 10,000, SP 800-63B's figure: 6-8 ms per reload.
+#   Not OWASP's 210,000 for SHA-512: that is 0.12 s per reload idle and 0.3-0.9 s under a flood
+#   (the reload that cuts flooders off), for nothing an attacker notices.
+# Why the counts are not the protection: every password here is a random secret (devices: 128
+# bits derived from the device key, SPEC section 2; gateway and tools: 192 bits, token_hex(24)).
+# Iterations slow down guessing a human-chosen password; guessing a 2^128 space is out of reach
+# at 1 iteration or 210,000. A hash count changed later is applied on the next write (the
+# gateway's and tools' hashes at gateway start / tool login, a device's when it is added again).
 DEVICE_HASH_ITERATIONS = 1000
-SERVICE_HASH_ITERATIONS = 210000
+SERVICE_HASH_ITERATIONS = 10000
 
 
 RELOAD_MARK = b"Reloading config."   # logged at `log_type information` when a SIGHUP is acted on
@@ -266,7 +281,8 @@ class ProjectBroker:
         with open(path) as f:
             password = f.read().strip()
         entries = self._read_passwd()
-        if not check_password(password, entries.get(user, "")):
+        old = entries.get(user, "")
+        if not check_password(password, old) or old.split("$")[2:3] != [str(SERVICE_HASH_ITERATIONS)]:
             entries[user] = hash_password(password, iterations=SERVICE_HASH_ITERATIONS)
             self._write_passwd(entries)
             self._write_acl()
@@ -324,7 +340,7 @@ class ProjectBroker:
         if moved:
             _write_atomic(self.held_path, json.dumps(held, sort_keys=True) + "\n")
         old = entries.get(GATEWAY_USER, "")
-        # the gateway secret never changes: keep its (expensive) hash once it has the current count
+        # the gateway secret never changes: keep its hash once it has the current count
         if old.split("$")[2:3] != [str(SERVICE_HASH_ITERATIONS)]:
             entries[GATEWAY_USER] = hash_password(self.gateway_credentials[1], iterations=SERVICE_HASH_ITERATIONS)
         _write_atomic(self.passwd_path, "".join("%s:%s\n" % kv for kv in sorted(entries.items())))
@@ -513,8 +529,8 @@ class ProjectBroker:
 
         Mosquitto clears its reload flag only after the reload, so a SIGHUP that arrives while
         it reloads is lost -- and a reload takes a while: it re-checks every connected client's
-        password (the gateway's at 210,000 PBKDF2 iterations). Two quick `add_device` calls
-        then left the second device refused until some later reload (seen: a village of host
+        password (0.57 ms per device at 1,000 PBKDF2 iterations, see DEVICE_HASH_ITERATIONS).
+        Two quick `add_device` calls then left the second device refused until some later reload (seen: a village of host
         boards where only the first could log in). So the signal is confirmed: a "Reloading
         config." line logged after the files were written proves a reload that reads them; without
         one the signal is sent again. Without a log to read (a broker not started by us), one

@@ -188,6 +188,18 @@ def test_service_logins_use_the_high_iteration_count(project_broker):
         entries = dict(line.strip().split(":", 1) for line in f if line.strip())
     for user in ("gateway", "tool-bench"):
         assert entries[user].split("$")[2] == str(gb.SERVICE_HASH_ITERATIONS)
+    # hashes of an older count (210,000 before 2026-12-07) are replaced on the next write / login
+    user, password = project_broker.tool_credentials("bench")
+    entries[user] = gb.hash_password(password, iterations=210000)
+    entries["gateway"] = gb.hash_password(project_broker.gateway_credentials[1], iterations=210000)
+    with open(project_broker.passwd_path, "w") as f:
+        f.write("".join("%s:%s\n" % kv for kv in entries.items()))
+    assert project_broker.tool_credentials("bench") == (user, password)
+    with open(project_broker.passwd_path) as f:
+        entries = dict(line.strip().split(":", 1) for line in f if line.strip())
+    for user in ("gateway", "tool-bench"):
+        assert entries[user].split("$")[2] == str(gb.SERVICE_HASH_ITERATIONS)
+    assert gb.SERVICE_HASH_ITERATIONS >= 10000 and gb.DEVICE_HASH_ITERATIONS >= 1000
     with pytest.raises(gb.BrokerError):
         project_broker.tool_credentials("Bad Name")
     assert project_broker.devices() == []
