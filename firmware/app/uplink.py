@@ -20,7 +20,15 @@ Failures it survives:
   in `rejected` by name and logged; nothing else happens. A downlink seq not above the highest
   accepted since boot is a Replay (SPEC section 4);
 - a stored record that cannot be turned into a frame (should not happen: validated on emit):
-  dropped from the outbox and logged, never retried forever.
+  dropped from the outbox and logged, never retried forever;
+- a key rotation (console `rekey`, identity/write.py) with records still waiting: the identity
+  keeps the old key (`prev_key`, `prev_key_id`) and `prev_below`, the first number of the new
+  key; a record numbered below it is signed with the old key id, as it was numbered (SPEC
+  section 4: never resent under another key id; the gateway keeps old key ids valid until the
+  device is revoked), and an ack for it, made with the old key id, is accepted. Under the old
+  key only such acks are accepted (anything else: UnknownKey). The old key is held only while
+  a record numbered under it waits when the uplink starts (the next boot after they are acked
+  drops it).
 
 Outbox record (the outbox's opaque data): msg_type u8, time u32 (0 = unknown), boot mark u32
 (first seq of the boot), ticks_ms u32 at the event, then the CBOR body.
@@ -47,6 +55,7 @@ from seqcounter import SeqCounter
 _REC_LEN = const(13)  # ">BIII"
 _ACK_TIMEOUT_MS = const(30000)
 _ACK_TIMEOUT_MAX_MS = const(600000)
+_E_KEY = const(45)  # protocol/errors.py catalogue line: UnknownKey "frame made with key id %d, not %d"
 
 
 class Uplink:
@@ -58,6 +67,14 @@ class Uplink:
         self._q = SeqCounter(data_dir, cfg["key_id"])
         self.boot = self._q.peek()
         self.outbox = Outbox(data_dir, max_entries=max_entries, max_bytes=max_bytes)
+        # After a rekey: (old key id, first seq of the new key, old (uplink, downlink) keys) while a
+        # record numbered under the old key waits; else None.
+        self._pk = None
+        p = cfg.get("prev_key")
+        if p and 0 < self.outbox.first() < cfg["prev_below"]:
+            import binascii
+
+            self._pk = (cfg["prev_key_id"], cfg["prev_below"], frame.derive_keys(binascii.unhexlify(p)))
         self.link = None
         self.listeners = []
         self.hi = 0
@@ -133,8 +150,14 @@ class Uplink:
                 msg_type, t, mark, tk = struct.unpack(">BIII", rec)
                 if t == 0 and mark == self.boot:
                     t = self.clock.at_ticks(tk)
-                data = frame.sign(self._mac[0], link.topic, struct.pack(
-                    ">BBIBII", 1, msg_type, cfg["device_id"], cfg["key_id"], seq, t) + rec[_REC_LEN:])
+                k = self._mac[0]
+                kid = cfg["key_id"]
+                p = self._pk
+                if p and seq < p[1]:  # numbered under the old key: sent under it
+                    kid = p[0]
+                    k = p[2][0]
+                data = frame.sign(k, link.topic, struct.pack(
+                    ">BBIBII", 1, msg_type, cfg["device_id"], kid, seq, t) + rec[_REC_LEN:])
             except (ValueError, KeyError, FrameError) as e:
                 self.log("uplink: %s %r" % ("dropped", (seq, e)))
                 ob.remove(seq)
@@ -150,8 +173,17 @@ class Uplink:
     # -- downlinks ----------------------------------------------------------------------------
     def on_message(self, topic, payload):
         try:
+            k = self._mac[1]
+            kid = self.cfg["key_id"]
+            p = self._pk
+            if p and len(payload) > 6 and payload[6] == p[0]:  # header byte 6: the key id
+                k = p[2][1]
+                kid = p[0]
             # SPEC section 2 step 2: our own device id and key id, checked before the MAC
-            f = frame.decode(self._mac[1], topic, payload, True, self.cfg["key_id"], self.cfg["device_id"])
+            f = frame.decode(k, topic, payload, True, kid, self.cfg["device_id"])
+            if kid != self.cfg["key_id"] and (f.msg_type != frame.DOWN_ACK or f.body[0] >= p[1]):
+                # the old key acks the records numbered under it, and says nothing else
+                raise frame.err(_E_KEY, (kid, self.cfg["key_id"]))
             if f.seq <= self.hi:
                 raise Replay("seq", f.seq, self.hi)
         except FrameError as e:

@@ -363,6 +363,84 @@ def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
     eq(after, 0, "nothing resent once every record has its own ack")
 
 
+def sent_frames(up, n):
+    """The first n frames the sender task publishes (raw), through a capturing link."""
+    import asyncio
+
+    got = []
+
+    class Capture:
+        up = True
+        sessions = 1
+        topic = frame.uplink_topic(DEV)
+
+        async def publish(self, data):
+            got.append(data)
+
+    up.link = Capture()
+
+    async def scenario():
+        t = asyncio.create_task(up.run())
+        for _ in range(300):
+            await asyncio.sleep_ms(10)
+            if len(got) >= n:
+                break
+        t.cancel()
+
+    asyncio.run(scenario())
+    up.link = None
+    return got[:n]
+
+
+def test_uplink_after_a_rekey_sends_and_acks_old_records_under_the_old_key():
+    """A rekey (identity.write.rekey, as the console's `rekey` runs it) with two records waiting:
+    they go out signed with the old key id and are acked under it; a new event is numbered above
+    them under the new key; under the old key nothing but acks for the old records is taken."""
+    import binascii
+
+    from identity import load
+    from identity.write import rekey, save
+
+    new_key = bytes(range(100, 132))
+    save(D, {"device_id": DEV, "key_id": 1, "key": KEY, "role": "alarm", "broker_host": "gw", "broker_port": 1883})
+    up = Uplink(load(D), D + "/data", Clock())
+    old = [up.emit(frame.UP_ALARM, [0], PRIO_ALARM), up.emit(frame.UP_CHECKIN, [5, b"\x01\x02\x03\x04"], PRIO_NORMAL)]
+    eq(up._pk, None, "no old key before a rekey")
+    up = None
+    rekey(D, {"device_id": DEV, "key_id": 2, "key": binascii.hexlify(new_key).decode()})
+    c = load(D)
+    eq((c["key_id"], c["prev_key_id"]), (2, 1), "rekeyed")
+    up = Uplink(c, D + "/data", Clock())
+    check(up._pk is not None, "the old key held while its records wait")
+    seq = up.emit(frame.UP_ALARM, [0], PRIO_ALARM)
+    check(seq >= c["prev_below"] > max(old), "the new key numbers above the old records: %d" % seq)
+    frames = sent_frames(up, 3)
+    eq(len(frames), 3, "all three sent")
+    k_old = frame.derive_keys(KEY)
+    k_new = frame.derive_keys(new_key)
+    topic = frame.uplink_topic(DEV)
+    f = [frame.decode(k_old[0], topic, frames[0], False, 1, DEV), frame.decode(k_old[0], topic, frames[1], False, 1, DEV),
+         frame.decode(k_new[0], topic, frames[2], False, 2, DEV)]
+    eq([(x.key_id, x.seq) for x in f], [(1, old[0]), (1, old[1]), (2, seq)], "old records under key id 1, new under 2")
+    dt = frame.downlink_topic(DEV)
+
+    def down(keys, key_id, dseq, t, body):
+        return dt, frame.encode(keys[1], dt, t, DEV, key_id, dseq, NOW, body)
+
+    up.on_message(*down(k_old, 1, 1, frame.DOWN_ACK, [old[0], 0, NOW]))   # the gateway acks under the old key id
+    eq(list(up.outbox.seqs()), [old[1], seq], "old record acked under the old key")
+    up.on_message(*down(k_old, 1, 2, frame.DOWN_ACK, [seq, 0, NOW]))       # the old key acking a new record
+    up.on_message(*down(k_old, 1, 3, frame.DOWN_SIREN, [True, 1, 10]))    # or saying anything else
+    eq(up.rejected.get("UnknownKey"), 2, "refused under the old key: %r" % up.rejected)
+    up.on_message(*down(k_new, 2, 4, frame.DOWN_ACK, [old[1], 0, NOW]))   # a new-key ack for an old record: harmless
+    up.on_message(*down(k_new, 2, 5, frame.DOWN_ACK, [seq, 0, NOW]))
+    eq(list(up.outbox.seqs()), [], "all acked")
+    up.on_message(*down(k_old, 1, 6, frame.DOWN_ACK, [old[0], 0, NOW]))
+    eq(up.rejected.get("Replay", 0), 0, "no Replay counted: %r" % up.rejected)
+    # nothing numbered under the old key waits: the next boot does not hold it
+    eq(Uplink(load(D), D + "/data", Clock())._pk, None, "old key dropped")
+
+
 # -- alarm button: state machine -> LED -----------------------------------------------------
 def _alarm_role():
     from alarm_button import AlarmButton
