@@ -4,7 +4,9 @@
     fengqiao device show ID                  [--config F]     place, key id, board, fingerprint, history
     fengqiao device revoke ID                [--config F]     refused by the broker within seconds, no restart
     fengqiao device replace OLD --port P     [--config F]     the board on P takes OLD's place; OLD revoked
-    fengqiao device rotate-key ID --port P   [--config F]     a new key (new key id) on the board and the gateway
+    fengqiao device rotate-key ID --port P   [--config F]     a new key (new key id) on the board and the gateway;
+                                                              the board keeps its outbox and resets (console rekey;
+                                                              with --no-reboot: erased and rewritten, outbox lost)
     fengqiao device check --port P                            field check, PASS/FAIL lines (no gateway needed)
     fengqiao device import-enrolment FILE    [--config F]     a technician's enrolment bundle (gateway/bundle.py)
     fengqiao device technician add NAME --pubkey FILE | list | remove NAME      who may sign bundles
@@ -86,7 +88,8 @@ def _board_arguments(p):
                                                      "village file does not give it)")
     p.add_argument("--labels", help="directory for the new label (PNG/SVG)")
     p.add_argument("--timeout-s", type=float, default=5.0)
-    p.add_argument("--no-reboot", action="store_true")
+    p.add_argument("--no-reboot", action="store_true", help="leave the board running (rotate-key: erase and rewrite "
+                   "its identity instead of the one-step rekey, which resets it; its outbox is lost)")
 
 
 def run(args):
@@ -254,9 +257,12 @@ def _board_session(args, gw, row, kind, device_id=None, key_id=1, replaces=None,
         if not info.get("provisioned"):
             progress("self-test")
             deploy.require_selftest(con, row["role"])
+        # A rotation on a board that may reset uses the console's one-step `rekey` (its outbox kept, the
+        # board resets onto the new key); with --no-reboot the old identity is erased and the new one written.
+        rekey = kind == "rotate" and not args.no_reboot
         e = deploy.key_board(con, info, gw, row, settings, progress, kind=kind, device_id=device_id, key_id=key_id,
-                             replaces=replaces)
-        if not args.no_reboot:
+                             replaces=replaces, rekey=rekey)
+        if not args.no_reboot and not rekey:   # a rekey has reset the board already
             con.reboot()
         return {"device_id": e.device_id, "fingerprint": e.fingerprint, "hwid": info["hwid"], "place": e.place_id}
     except deploy.BoardFailed as exc:

@@ -197,3 +197,53 @@ def test_import_enrolment_cli_and_release_dispatch(rig, tmp_path, capsys):
         assert "`fengqiao device release` is not available in this build" in err
     else:
         assert "is not quarantined" in err
+
+
+@pytest.mark.timeout(180)
+def test_rotate_key_on_a_running_board_keeps_its_outbox_and_the_gateway_acks_it(tmp_path, capsys):
+    """`fengqiao device rotate-key ID --port P` (no --no-reboot) on a deployed, running board whose
+    events wait unacked (no gateway yet): the console's one-step rekey keeps the outbox, the board
+    resets onto key id 2; then the gateway starts: the waiting events arrive under key id 1 (as
+    they were numbered), a new one under key id 2, and every one is acked (the outbox empties)."""
+    from gateway.cli import GatewayApp
+    from gateway.config import load_config
+    from tools.testing.deploy_rig import PowerOn, outbox_seqs
+
+    rig = DeployRig(tmp_path, boards=1).start()
+    hb = rig.boards[0]
+    # 128 KB, as test_deploy_resume's rotation: the console beside a running role with its TLS
+    # session up runs out of a 64 KB heap (a firmware memory matter, not this test's)
+    hb.stop()
+    hb.heap = "128k"
+    hb.start()
+    power = PowerOn(hb)
+    app = None
+    try:
+        conf = ["--config", rig.config_path]
+        rig.plug(0)
+        assert main(rig.deploy_args(rig.write_plan(rig.rows[:1]), "--timeout-s", "2")) == 0   # reset: its role runs
+        dev = identity(hb)["device_id"]
+        wait_for(lambda: power.resets == 1 and os.path.exists(os.path.join(hb.flash_dir, "data", "outbox.log"))
+                 and outbox_seqs(hb.flash_dir), 20, "the board's boot event waiting in its outbox")
+        waiting = outbox_seqs(hb.flash_dir)
+        capsys.readouterr()
+        assert main(["device", "rotate-key", "%08x" % dev, "--port", rig.modems[0].port, "--timeout-s", "2"] + conf) == 0
+        assert "now uses key id 2" in capsys.readouterr().out
+        rotated = identity(hb)
+        assert (rotated["key_id"], rotated["prev_key_id"]) == (2, 1) and rotated["prev_below"] > max(waiting)
+        assert power.resets == 2 and set(waiting) <= set(outbox_seqs(hb.flash_dir))   # reset once, outbox kept
+        app = GatewayApp(load_config(rig.config_path))
+        app.start()
+
+        def events():
+            return {(e.key_id, e.seq) for e in app.store.events_after(0, 1000) if e.device_id == dev}
+
+        wait_for(lambda: {(1, s) for s in waiting} <= events() and any(k == 2 for k, _ in events())
+                 and not outbox_seqs(hb.flash_dir), 60, "old events under key id 1, the new boot under 2, all acked")
+        assert all(s < rotated["prev_below"] for k, s in events() if k == 1)
+        assert all(s >= rotated["prev_below"] for k, s in events() if k == 2)
+    finally:
+        if app is not None:
+            app.stop()
+        power.close()
+        rig.close()
