@@ -129,3 +129,142 @@ def test_metrics_gauges(tmp_path):
     assert "fengqiao_case_effects_pending 0" in metrics.render()
     plugin.stop()
     store.close()
+
+
+def _plugin_with_counters(path, clock, store):
+    """A plugin whose services count the events offered to them (live handler or catch-up)."""
+    plugin = CasesPlugin(path, clock, store)
+    offered = []
+    for svc in (plugin.cases, plugin.patrol):
+        real = svc.on_event
+        svc.on_event = lambda ev, real=real: (offered.append(ev.event_id), real(ev))[1]
+    return plugin, offered
+
+
+def heartbeats(n, first_device=0x9000):
+    return [device_event(first_device + i // 50, i % 50 + 1, "heartbeat", [3700, i % 50, 49 - i % 50, None, 10203], 0)
+            for i in range(n)]
+
+
+class HandingContext(StubContext):
+    """Like the service: the gateway events the plugin emits are handed to the handler too."""
+
+    def __init__(self, clock, store):
+        super().__init__(clock, store=store)
+        self.handed = []
+
+    def emit(self, kind, body, device_id=None, place_id=None, actor="system"):
+        ev = super().emit(kind, body, device_id, place_id, actor)
+        self.handed.append(ev)
+        return ev
+
+    def hand_over(self, plugin):
+        while self.handed:
+            plugin.on_event(self.handed.pop(0), self)
+
+
+def test_a_tick_after_handled_events_reads_nothing_back(tmp_path):
+    """Issue 14: the timer used to read, decode and re-offer every event the live handler had just
+    handled (250k in a storm). Now a tick after N handled events reads no row and calls no service,
+    whatever N, and the cursor still moves over them."""
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    plugin, offered = _plugin_with_counters(path, clock, store)
+    ctx = HandingContext(clock, store)
+    for n in (10, 3000):
+        stored = store.append_device_events(heartbeats(n, 0x9000 + n))
+        stored += [store.append_gateway_event("note", {"n": n})]        # the handler sees gateway events too
+        for ev in stored:
+            plugin.on_event(ev, ctx)
+        ctx.hand_over(plugin)
+        del offered[:]
+        plugin.on_tick(ctx)
+        assert plugin.rows_read == 0 and offered == []
+        assert plugin.cases.cursor("events") == stored[-1].event_id
+    ctx.hand_over(plugin)                   # what the tick emitted (patrol alerts), handed over as the service does
+    plugin.on_tick(ctx)
+    plugin.on_tick(ctx)                     # idle: nothing new, nothing read
+    assert plugin.rows_read == 0 and offered == [] and plugin.cases.cursor("events") == store.head()[0]
+    plugin.stop()
+    store.close()
+
+
+def test_the_tick_offers_only_what_the_handler_missed(tmp_path):
+    """Gaps in what the handler handled -- an event it failed on, one still queued behind a later
+    gateway event -- are read and offered by the tick, nothing else."""
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    plugin, offered = _plugin_with_counters(path, clock, store)
+    ctx = HandingContext(clock, store)
+    stored = store.append_device_events(heartbeats(100) + [device_event(0x102, 1, "alarm", [2], clock.now())]
+                                        + heartbeats(100, 0x9100))
+    alarm = stored[100]
+    real = plugin.cases.on_alarm
+
+    def failing(ev):
+        raise RuntimeError("database is locked")
+    plugin.cases.on_alarm = failing
+    for ev in stored:
+        try:
+            plugin.on_event(ev, ctx)
+        except RuntimeError:
+            pass
+    plugin.cases.on_alarm = real
+    assert plugin.cases.list_cases() == []
+    late = stored[150]                                   # not yet handled when the tick runs
+    del offered[:]
+    plugin._handled.discard(late.event_id)
+    plugin.on_tick(ctx)
+    assert offered == [alarm.event_id, late.event_id] and plugin.rows_read == 2
+    (case,) = plugin.cases.list_cases()
+    assert case["device_id"] == 0x102 and ctx.acks[0][:3] == (0x102, 1, 1)
+    assert plugin.cases.cursor("events") == stored[-1].event_id
+    plugin.on_event(late, ctx)                           # ... then the handler gets to it: already below the cursor
+    ctx.hand_over(plugin)
+    plugin.on_tick(ctx)
+    assert plugin.rows_read == 2 and len(plugin.cases.list_cases()) == 1
+    assert plugin.cases.cursor("events") == store.head()[0]
+    plugin.stop()
+    store.close()
+
+
+def test_restart_handles_what_was_committed_but_not_handled(tmp_path):
+    """The guarantee the catch-up exists for: the cursor never passes an event the handler did not
+    finish, so after a crash (handled but not yet ticked, or committed but never handed over) a
+    restarted plugin handles every such event once."""
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    plugin, _ = _plugin_with_counters(path, clock, store)
+    ctx = HandingContext(clock, store)
+    first = store.append_device_events(heartbeats(50) + [device_event(0x102, 1, "alarm", [2], clock.now())])
+    for ev in first:
+        plugin.on_event(ev, ctx)
+    plugin.on_tick(ctx)
+    assert plugin.cases.cursor("events") == first[-1].event_id
+    handled = store.append_device_events([device_event(0x101, 1, "alarm", [1], clock.now())] + heartbeats(20, 0x9100))
+    for ev in handled:
+        plugin.on_event(ev, ctx)                         # handled, then the process dies before its tick
+    ctx.hand_over(plugin)                                # (and what the tick emitted)
+    store.append_device_events([device_event(0x301, 1, "checkin", [101, bytes.fromhex("04a1b2c3")], clock.now())]
+                               + heartbeats(20, 0x9200))     # committed, never handed to the handler
+    plugin.stop()                                        # (no tick: the cursor is where the last tick left it)
+    assert CasesPlugin(path, clock, store).cases.cursor("events") == first[-1].event_id
+    again, offered = _plugin_with_counters(path, clock, store)
+    ctx = HandingContext(clock, store)
+    head = store.head()[0]
+    again.on_tick(ctx)
+    assert len(offered) == 42 and again.cases.cursor("events") == head
+    assert again.rows_read == head - first[-1].event_id          # every event after the cursor, once
+    assert len(again.cases.list_cases()) == 1            # 0x101 joined the open case of its group, not a second case
+    assert len(again.patrol.checkins_between(0, 2e9)) == 1
+    ctx.hand_over(again)
+    again.on_tick(ctx)
+    assert again.rows_read == head - first[-1].event_id and again.cases.cursor("events") == store.head()[0]
+    again.stop()
+    store.close()
