@@ -141,6 +141,14 @@ def run(args):
         cases = CaseService(open_db(os.path.join(t.app.data_dir, "gateway.db")), SystemClock())
         victim = t.sim_button(0x102)
         neighbours = [t.sim_button(d) for d in (0x101, 0x103, 0x104)]
+        # Warm-up, not counted: right after the start (measured: 0.3 s after the buttons connected;
+        # fine after 2 s) the first alarm's sirens reached only one of the three neighbours, and
+        # that alarm waited 10 s in the first "before" phase. Figures start from a township whose
+        # alarm sounds every neighbour.
+        for _ in range(5):
+            if _phase(t, cases, victim, neighbours, 0.01, [0])["siren"]["n"]:
+                break
+        result["warm_up_alarms"] = _ + 1
         for n in floods:
             rss = [0]
             run_ = {"flooders": n, "before": _phase(t, cases, victim, neighbours, min(5.0, args.seconds), rss)}
