@@ -507,7 +507,11 @@ def field_check(port, timeout_s=5.0, say=print):
              "%s mV" % res.get("battery_mv"))
         line("case", not res.get("tamper_open"), "open" if res.get("tamper_open") else "closed")
         line("Wi-Fi signal", None, "not reported by the console (firmware needs a console `net` command)")
-        cfg = con.read_config() if info.get("provisioned") else None
+        try:
+            cfg = con.read_config() if info.get("provisioned") else None
+        except ConsoleError as exc:   # e.g. no heap for it beside the running role: said, not a traceback
+            line("broker", False, "the board did not say its broker address (read_config: %s)" % exc)
+            cfg = False
         if cfg:
             host, port_n = cfg.get("broker_host"), cfg.get("broker_port")
             try:
@@ -515,7 +519,7 @@ def field_check(port, timeout_s=5.0, say=print):
                 line("broker", True, "%s:%s reachable from this laptop" % (host, port_n))
             except OSError as exc:
                 line("broker", False, "%s:%s not reachable from this laptop: %s" % (host, port_n, exc))
-        else:
+        elif cfg is None:
             line("broker", None, "the board has no identity yet")
         line("clock", None, "not reported by the console (firmware needs a console `clock` command)")
     finally:

@@ -98,6 +98,9 @@ def check_port(port):
                         "no_permission")
 
 
+HOSTBOARD_CABLE = b"tools.hostboard_cli\0_daemon\0"  # the command line of the process holding a host board's pty
+
+
 def _holders(port):
     """Names and pids of other processes that have `port` open (those this user may see)."""
     real = os.path.realpath(port)
@@ -108,6 +111,9 @@ def _holders(port):
         try:
             fds = os.listdir("/proc/%s/fd" % pid)
             if any(os.path.realpath("/proc/%s/fd/%s" % (pid, fd)) == real for fd in fds):
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if HOSTBOARD_CABLE in f.read():
+                        continue  # a host board's null modem (`fengqiao hostboard start`): the cable, not a program
                 with open("/proc/%s/comm" % pid) as f:
                     out.append("%s (pid %s)" % (f.read().strip(), pid))
         except OSError:

@@ -29,7 +29,7 @@ import pytest
 
 from tools.testing.procs import REPO_ROOT, free_port
 
-DOCS = ["README.md", "gateway/README.md", "firmware/boards/HOSTBOARD.md", "firmware/CONSOLE.md"]
+DOCS = ["README.md", "gateway/README.md", "firmware/boards/HOSTBOARD.md", "firmware/CONSOLE.md", "tools/DEPLOY.md"]
 LINKED = ["gateway", "firmware", "protocol", "tools"]
 COMMAND = re.compile(r"^\s*(\$ )?(fengqiao|make|python3?|micropython|mpremote|pytest|sudo|cp|mkdir|MICROPYPATH=)\b")
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)")
@@ -43,6 +43,9 @@ EXPECT = {
     "gateway/README.md": ["device 0000002a added", "device 0000002a revoked", "quick_check ok"],
     "firmware/boards/HOSTBOARD.md": ["console (pty)", "card 04a1b2c3d4e5f6 held to the reader",
                                      "flashed host board cp1", "host board cp1 stopped"],
+    "tools/DEPLOY.md": ["2 rows: 2 done, 0 failed, 0 to do", "sheet.html", "1 rows: 1 done, 0 failed",
+                        re.compile(r"00000102 alarm\s+hh-e02\s+registered"), re.compile(r"replaces 00000100 at hh-e01"),
+                        re.compile(r"^00000100 alarm\s+revoked", re.M), re.compile(r"^00000102 alarm\s+revoked", re.M)],
 }
 
 
