@@ -168,3 +168,42 @@ def test_the_same_board_twice_is_detected(rig, capsys):
                                                                               rig.rows[0]["place"]) in out, out
     assert read_identity(rig.boards[0].flash_dir) == first
     assert "1 rows: 0 done, 0 failed, 1 to do" in out   # the summary: row 1 of two.csv still to do
+
+
+@pytest.mark.timeout(60)
+def test_a_board_whose_flash_cannot_store_the_identity_is_named_and_left_unregistered(rig, capsys):
+    """A full or failing flash: the board's write of its identity fails (here its data/ is a file, so
+    nothing can be written under it: the board answers storage_error). The board is reported with
+    what to do, skipped, and nothing is registered nor let onto the broker; the enrolment is
+    cancelled, so a rerun after the fix keys it afresh."""
+    import shutil
+
+    from gateway.broker import ProjectBroker
+    from gateway.registry import Registry
+
+    hb = rig.boards[0]
+    hb.stop()
+    data = os.path.join(hb.flash_dir, "data")
+    shutil.rmtree(data, ignore_errors=True)
+    with open(data, "wb") as f:
+        f.write(b"not a directory")
+    hb.start()
+    plan = rig.write_plan(rig.rows[:1], "full.csv")
+    rig.plug(0)
+    assert main(rig.deploy_args(plan, "--no-reboot")) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: the board could not store its identity (flash full or failing" in out, out
+    assert "reflash it (`fengqiao flash`), then rerun" in out
+    reg = Registry(rig.db_path, rig.master_key)
+    try:
+        assert reg.devices() == []
+    finally:
+        reg.close()
+    assert ProjectBroker(rig.broker.workdir).devices() == []
+    hb.stop()   # the flash mended: the rerun deploys the board
+    os.remove(data)
+    hb.start()
+    rig.unplug(0)
+    rig.plug(0)
+    assert main(rig.deploy_args(plan, "--no-reboot")) == 0
+    assert "1 rows: 1 done" in capsys.readouterr().out
