@@ -12,22 +12,27 @@ What it registers:
 - the stage lookup, so a resent alarm frame is re-acknowledged with its case's current stage.
 
 Catch-up uses a cursor in `case_meta`: every event up to it has been handled, and every device
-event after it is offered to the services on the next tick (they ignore what they already
-recorded), so nothing committed is left without its case even if the process died right after the
-commit. A fresh database starts the cursor at the log's head.
+event after it is offered to the services by a tick unless the live handler gets to it first (the
+services ignore what they already recorded), so nothing committed is left without its case even
+if the process died right after the commit. A fresh database starts the cursor at the log's head.
 
-The tick does not re-read what the live handler already handled (issue 14: in a 250k-event storm
-the old catch-up read, decoded and re-offered every event a second time, ~9 us each, 6.2 s of CPU).
-The handler remembers the ids it has handled since the cursor (`_handled`, any source: event ids
-are dense, one per record); the tick moves the cursor over the run of consecutive handled ids with
-no row read, and reads only the ids in a gap -- events committed before this process's handler
-ran (the restart case), one whose handler call failed, or one still behind a later id in the
-handler's queue (a gateway event handed over from another thread) -- and offers those itself. A
-tick with nothing handled since the last one reads on from the cursor to the head, as before. The
-cursor is written after the events below it were handled, so a crash at any point leaves every
-unhandled event after it.
+The tick does not re-read what the live handler handles (issue 14: in a 250k-event storm the old
+catch-up read, decoded and re-offered every event a second time, 6.7 s of the gateway's CPU).
+The handler keeps a watermark, `_done`: the highest id with every id up to it handled (after the
+event's work is committed; any source -- event ids are dense, one per record); ids handled out of
+order wait in a heap until the run is contiguous. The tick writes the watermark as the cursor (no
+row read) and offers itself only:
+- events up to the log's head when this plugin started (committed before its handler ran: the
+  restart case), at once;
+- events whose handler call failed, at once (their ids are remembered);
+- any other event after the watermark once it is LEAVE_TO_HANDLER_S old (one row read per tick
+  to see the oldest): the handler is behind or never got it. Until the handler has handled
+  anything in this process (tests, a quiet start) that wait is not applied.
+The cursor is written only over handled events, so a crash at any point leaves every unhandled
+event after it.
 """
 
+import heapq
 import logging
 import os
 import threading
@@ -39,6 +44,7 @@ from gateway.village.db import open_db
 log = logging.getLogger("fengqiao.cases")
 
 _KINDS = ("alarm", "alarm_cancel", "checkin", "heartbeat")
+LEAVE_TO_HANDLER_S = 10.0      # a newer unhandled event is left to the live handler (see above)
 
 
 class CasesPlugin:
@@ -53,12 +59,15 @@ class CasesPlugin:
         self._stopped = False
         if store is not None and self.cases.cursor("events") == 0:
             self.cases.set_cursor("events", store.head()[0])
-        # ids handled by on_event (handler thread) since the cursor; the tick (timer thread) takes them
+        # the watermark (see the module text): on_event (handler thread) moves it, the tick (timer thread) reads it
         self._handled_lock = threading.Lock()
-        self._handled = set()
-        self._handled_min, self._handled_max = float("inf"), 0     # kept as ids arrive: the tick is O(1)
-        self._cursor = self.cases.cursor("events")
-        self.rows_read = 0          # events the catch-up read from the log (tests, profiling)
+        self._done = self.cases.cursor("events")
+        self._cursor = self._done                   # as last written
+        self._ahead = []                            # heap: ids handled above _done + 1
+        self._failed = set()                        # ids whose handler call raised: the tick retries them
+        self._start_head = store.head()[0] if store is not None else 0
+        self._handler_ran = False
+        self.rows_fetched = self.rows_offered = 0   # the catch-up's reads from the log, what it offered (tests)
 
     def install(self, service, tick_s=1.0):
         service.add_event_handler(self.on_event)
@@ -70,24 +79,35 @@ class CasesPlugin:
     def on_event(self, ev, ctx):
         if self._stopped:
             return
+        self._handler_ran = True
         if ev.source == "device" and ev.kind in _KINDS:
-            if ev.kind in ("alarm", "alarm_cancel"):
-                self.cases.on_event(ev)     # recorded (its own transaction) before we count it handled
-                self.cases.flush(ctx)
-            else:
-                self.patrol.on_event(ev)
-                self.patrol.flush(ctx)
+            try:
+                if ev.kind in ("alarm", "alarm_cancel"):
+                    self.cases.on_event(ev)     # recorded (its own transaction) before we count it handled
+                    self.cases.flush(ctx)
+                else:
+                    self.patrol.on_event(ev)
+                    self.patrol.flush(ctx)
+            except Exception:
+                with self._handled_lock:
+                    self._failed.add(ev.event_id)
+                raise
         self._mark_handled(ev.event_id)
 
     def _mark_handled(self, event_id):
-        # only after the event's work is committed: a failed handler call leaves a gap the tick fills
         with self._handled_lock:
-            if event_id > self._cursor:
-                self._handled.add(event_id)
-                if event_id > self._handled_max:
-                    self._handled_max = event_id
-                if event_id < self._handled_min:
-                    self._handled_min = event_id
+            if event_id <= self._done:
+                return
+            if event_id != self._done + 1:
+                heapq.heappush(self._ahead, event_id)
+                return
+            self._done = done = event_id
+            ahead = self._ahead
+            while ahead and ahead[0] <= done + 1:
+                x = heapq.heappop(ahead)
+                if x == done + 1:
+                    done = x
+            self._done = done
 
     def on_tick(self, ctx):
         if self._stopped:
@@ -99,72 +119,58 @@ class CasesPlugin:
         self.patrol.flush(ctx)
 
     def catch_up(self, batch=500):
-        """Offer the events after the cursor that the live handler has not handled; returns how many
-        were offered here. Cost: the ids handled since the last tick (set operations, no row read)
-        plus the events actually offered."""
+        """Offer what the live handler has not handled and will not soon (see the module text), then
+        write the watermark as the cursor; returns how many events were offered here."""
         if self.store is None:
             return 0
-        with self._handled_lock:
-            handled, low, top = self._handled, self._handled_min, self._handled_max
-            self._handled, self._handled_min, self._handled_max = set(), float("inf"), 0
-        cursor = self.cases.cursor("events")
-        n = 0
+        n, failed = 0, []
         try:
-            if handled:
-                if low <= cursor:
-                    handled = {i for i in handled if i > cursor}
-                while cursor < top:
-                    if len(handled) == top - cursor:        # dense ids: all of (cursor, top] were handled
-                        cursor = top
+            with self._handled_lock:
+                failed, self._failed = sorted(self._failed), set()
+            while failed:                               # failed handler calls: again now
+                self._offer(self.store.get(failed[0]))
+                n += 1
+                self._mark_handled(failed.pop(0))
+            while True:
+                with self._handled_lock:
+                    done, waiting = self._done, self._handler_ran
+                    gap = self._ahead[0] - done - 1 if self._ahead else batch
+                if self.store.head()[0] <= done:
+                    break
+                events = self.store.events_after(done, 1 if waiting else min(gap, batch))
+                self.rows_fetched += len(events)
+                if not events:
+                    break
+                young = self.cases.clock.now() - LEAVE_TO_HANDLER_S
+                if waiting and events[0].event_id > self._start_head and events[0].received_at > young:
+                    break                               # the handler's (it is behind by less than the wait)
+                if waiting and gap > 1:
+                    events = self.store.events_after(done, min(gap, batch))
+                    self.rows_fetched += len(events)
+                for ev in events:
+                    if waiting and ev.event_id > self._start_head and ev.received_at > young:
                         break
-                    if cursor + 1 in handled:
-                        handled.discard(cursor + 1)
-                        cursor += 1
-                        continue
-                    nxt = min(handled)                      # a gap (cursor, nxt): read and offer it
-                    events = self.store.events_after(cursor, min(batch, nxt - cursor - 1))
-                    for ev in events:
-                        self._offer(ev)
-                        n += 1
-                        cursor = ev.event_id
-                    if not events:                          # no such ids in the log: nothing to offer
-                        cursor = nxt - 1
-                    elif cursor >= nxt:                     # the log skipped ids: drop what is now below
-                        handled = {i for i in handled if i > cursor}
-                    self._set_cursor(cursor)
-            else:
-                while True:                                 # nothing handled since the last tick: read on to the head
-                    events = self.store.events_after(cursor, batch)
-                    if not events:
-                        break
-                    for ev in events:
-                        self._offer(ev)
-                        n += 1
-                    cursor = events[-1].event_id
-                    self._set_cursor(cursor)
+                    self._offer(ev)
+                    n += 1
+                    self._mark_handled(ev.event_id)
         except Exception:
-            with self._handled_lock:                        # keep what is still above the cursor for next time
-                for i in handled:
-                    if i > cursor:
-                        self._handled.add(i)
-                        self._handled_min, self._handled_max = min(self._handled_min, i), max(self._handled_max, i)
+            with self._handled_lock:
+                self._failed.update(failed)
             raise
         finally:
-            if cursor != self._cursor:
-                self._set_cursor(cursor)
+            with self._handled_lock:
+                done = self._done
+            if done != self._cursor:
+                self.cases.set_cursor("events", done)
+                self._cursor = done
         return n
 
     def _offer(self, ev):
-        self.rows_read += 1
+        self.rows_offered += 1
         if ev.source == "device" and ev.kind in ("alarm", "alarm_cancel"):
             self.cases.on_event(ev)
         elif ev.source == "device" and ev.kind in ("checkin", "heartbeat"):
             self.patrol.on_event(ev)
-
-    def _set_cursor(self, cursor):
-        self.cases.set_cursor("events", cursor)
-        with self._handled_lock:
-            self._cursor = cursor
 
     def stage_of(self, ev):
         if ev.kind != "alarm":

@@ -178,22 +178,34 @@ def test_a_tick_after_handled_events_reads_nothing_back(tmp_path):
         stored += [store.append_gateway_event("note", {"n": n})]        # the handler sees gateway events too
         for ev in stored:
             plugin.on_event(ev, ctx)
-        ctx.hand_over(plugin)
+        ctx.hand_over(plugin)               # what the last tick emitted (patrol alerts), as the service does
         del offered[:]
         plugin.on_tick(ctx)
-        assert plugin.rows_read == 0 and offered == []
+        assert plugin.rows_fetched == 0 and plugin.rows_offered == 0 and offered == []
         assert plugin.cases.cursor("events") == stored[-1].event_id
-    ctx.hand_over(plugin)                   # what the tick emitted (patrol alerts), handed over as the service does
+    # the handler behind: the tick looks at the oldest unhandled event only, and leaves it to the handler
+    stored = store.append_device_events(heartbeats(500, 0x9400))
+    ctx.hand_over(plugin)
     plugin.on_tick(ctx)
+    assert plugin.rows_fetched == 1 and plugin.rows_offered == 0 and offered == []
+    for ev in stored:
+        plugin.on_event(ev, ctx)
+    ctx.hand_over(plugin)
+    del offered[:]
+    plugin.on_tick(ctx)
+    ctx.hand_over(plugin)
     plugin.on_tick(ctx)                     # idle: nothing new, nothing read
-    assert plugin.rows_read == 0 and offered == [] and plugin.cases.cursor("events") == store.head()[0]
+    assert plugin.rows_fetched == 1 and plugin.rows_offered == 0 and offered == []
+    assert plugin.cases.cursor("events") == store.head()[0]
     plugin.stop()
     store.close()
 
 
 def test_the_tick_offers_only_what_the_handler_missed(tmp_path):
-    """Gaps in what the handler handled -- an event it failed on, one still queued behind a later
-    gateway event -- are read and offered by the tick, nothing else."""
+    """A handler call that failed is offered again by the next tick; an event the handler never got
+    once it is LEAVE_TO_HANDLER_S old; one it gets late is left to it. Nothing else is offered."""
+    from gateway.cases.hooks import LEAVE_TO_HANDLER_S
+
     clock = ManualClock(1_773_500_000.0)
     path = tmp_path / "g.db"
     sample_db(path).close()
@@ -202,31 +214,38 @@ def test_the_tick_offers_only_what_the_handler_missed(tmp_path):
     ctx = HandingContext(clock, store)
     stored = store.append_device_events(heartbeats(100) + [device_event(0x102, 1, "alarm", [2], clock.now())]
                                         + heartbeats(100, 0x9100))
-    alarm = stored[100]
+    alarm, late, lost = stored[100], stored[150], stored[180]
     real = plugin.cases.on_alarm
 
     def failing(ev):
         raise RuntimeError("database is locked")
     plugin.cases.on_alarm = failing
     for ev in stored:
+        if ev in (late, lost):
+            continue                                     # still queued / never handed over
         try:
             plugin.on_event(ev, ctx)
         except RuntimeError:
             pass
     plugin.cases.on_alarm = real
     assert plugin.cases.list_cases() == []
-    late = stored[150]                                   # not yet handled when the tick runs
     del offered[:]
-    plugin._handled.discard(late.event_id)
     plugin.on_tick(ctx)
-    assert offered == [alarm.event_id, late.event_id] and plugin.rows_read == 2
+    assert offered == [alarm.event_id] and plugin.rows_offered == 1
     (case,) = plugin.cases.list_cases()
     assert case["device_id"] == 0x102 and ctx.acks[0][:3] == (0x102, 1, 1)
-    assert plugin.cases.cursor("events") == stored[-1].event_id
-    plugin.on_event(late, ctx)                           # ... then the handler gets to it: already below the cursor
+    assert plugin.cases.cursor("events") == late.event_id - 1
+    plugin.on_event(late, ctx)                           # the handler gets to it
+    ctx.hand_over(plugin)
+    del offered[:]
+    plugin.on_tick(ctx)
+    assert plugin.rows_offered == 1 and plugin.cases.cursor("events") == lost.event_id - 1
+    clock.advance(LEAVE_TO_HANDLER_S + 1)
+    plugin.on_tick(ctx)                                  # the lost one is old now: the tick offers it
+    assert offered == [lost.event_id] and plugin.rows_offered == 2
     ctx.hand_over(plugin)
     plugin.on_tick(ctx)
-    assert plugin.rows_read == 2 and len(plugin.cases.list_cases()) == 1
+    assert plugin.rows_offered == 2 and len(plugin.cases.list_cases()) == 1
     assert plugin.cases.cursor("events") == store.head()[0]
     plugin.stop()
     store.close()
@@ -235,7 +254,8 @@ def test_the_tick_offers_only_what_the_handler_missed(tmp_path):
 def test_restart_handles_what_was_committed_but_not_handled(tmp_path):
     """The guarantee the catch-up exists for: the cursor never passes an event the handler did not
     finish, so after a crash (handled but not yet ticked, or committed but never handed over) a
-    restarted plugin handles every such event once."""
+    restarted plugin handles every such event once, on its first tick, even while its own handler
+    is already handling new events."""
     clock = ManualClock(1_773_500_000.0)
     path = tmp_path / "g.db"
     sample_db(path).close()
@@ -258,13 +278,16 @@ def test_restart_handles_what_was_committed_but_not_handled(tmp_path):
     again, offered = _plugin_with_counters(path, clock, store)
     ctx = HandingContext(clock, store)
     head = store.head()[0]
+    new = store.append_device_events(heartbeats(5, 0x9300))
+    for ev in new:
+        again.on_event(ev, ctx)                          # the new process's handler is already at work
     again.on_tick(ctx)
-    assert len(offered) == 42 and again.cases.cursor("events") == head
-    assert again.rows_read == head - first[-1].event_id          # every event after the cursor, once
+    assert len(offered) == 42 + 5 and again.cases.cursor("events") == new[-1].event_id
+    assert again.rows_offered == head - first[-1].event_id          # every event after the cursor, once
     assert len(again.cases.list_cases()) == 1            # 0x101 joined the open case of its group, not a second case
     assert len(again.patrol.checkins_between(0, 2e9)) == 1
     ctx.hand_over(again)
     again.on_tick(ctx)
-    assert again.rows_read == head - first[-1].event_id and again.cases.cursor("events") == store.head()[0]
+    assert again.rows_offered == head - first[-1].event_id and again.cases.cursor("events") == store.head()[0]
     again.stop()
     store.close()
