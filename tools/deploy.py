@@ -46,6 +46,7 @@ HELP = "deploy the boards of a plan file: identify, key, register, self-test, la
 
 FIRMWARE_VERSION = 10000  # firmware/app/runtime.py _FW (1.0.0): what this tool provisions
 DEFAULT_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+WIFI_MIN_DBM = -80  # `device check`: a weaker Wi-Fi signal fails (MQTT over TLS needs a usable link)
 
 
 # -- ports -----------------------------------------------------------------------------------------
@@ -494,7 +495,11 @@ def field_check(port, timeout_s=5.0, say=print):
         except ConsoleError as exc:
             line("self-test", False, str(exc))
             return 1
-        line("button", None, "not read by the console: press it and watch the LED")
+        if res.get("button") is None:
+            line("button", None, "not read by the console: press it and watch the LED")
+        else:
+            line("button", not res["button"], "pressed now: stuck, or let go and check again" if res["button"]
+                 else "up (not stuck); press it and watch the LED")
         line("LED", res.get("led") == "driven", "%s: it should have shown red, green, blue, white" % res.get("led"))
         line("buzzer", res.get("buzzer") == "driven", "%s: one beep" % res.get("buzzer"))
         if role == "checkin" or res.get("reader") not in ("absent", None):
@@ -506,7 +511,13 @@ def field_check(port, timeout_s=5.0, say=print):
         line("battery", None if res.get("battery_mv") is None else res["battery_mv"] >= 3400,
              "%s mV" % res.get("battery_mv"))
         line("case", not res.get("tamper_open"), "open" if res.get("tamper_open") else "closed")
-        line("Wi-Fi signal", None, "not reported by the console (firmware needs a console `net` command)")
+        rssi = res.get("rssi")
+        if rssi is None:
+            line("Wi-Fi signal", None, "not on Wi-Fi now (not connected, wired, or a host board)" if "rssi" in res
+                 else "not reported by the console (its selftest reply has no rssi yet)")
+        else:
+            line("Wi-Fi signal", rssi >= WIFI_MIN_DBM, "%d dBm%s" % (rssi, "" if rssi >= WIFI_MIN_DBM else
+                                                                    ": weak, move the board or the access point"))
         try:
             cfg = con.read_config() if info.get("provisioned") else None
         except ConsoleError as exc:   # e.g. no heap for it beside the running role: said, not a traceback
