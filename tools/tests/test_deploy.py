@@ -233,3 +233,35 @@ def test_field_check_reads_the_wifi_signal_and_button_aloud(monkeypatch, rssi, b
     assert any(line.startswith("button") and ("FAIL  pressed now" if button else "PASS  up (not stuck)") in line
                for line in said), said
     assert rc == (0 if rssi >= deploy.WIFI_MIN_DBM and not button else 1)
+
+
+@pytest.mark.timeout(90)
+def test_a_board_failing_its_self_test_is_skipped_and_the_next_board_takes_its_row(tmp_path, capsys):
+    """A check-in point whose card reader does not answer fails the self-test before anything is
+    keyed: reported, skipped, left without an identity and unregistered; the next board plugged in
+    deploys the same row."""
+    from gateway.registry import Registry
+
+    rig = DeployRig(tmp_path, boards=2, checkins=2).start()
+    try:
+        bad = rig.boards[0]
+        bad.stop()
+        bad.flags.append("--no-rfid")   # no reader fitted / a dead one
+        bad.start()
+        plan = rig.write_plan(rig.rows[:1])
+        assert rig.rows[0]["role"] == "checkin"
+        rig.plug(0)
+        rig.plug(1)
+        assert main(rig.deploy_args(plan, "--no-reboot")) == 1
+        out = capsys.readouterr().out
+        assert "board 1 of 1 — FAILED: self-test failed: LED driven, buzzer driven, reader absent (skipped)" in out, out
+        assert "1 rows: 1 done" in out, out
+        assert not os.path.exists(os.path.join(bad.flash_dir, "data", "identity.cfg"))
+        good = read_identity(rig.boards[1].flash_dir)
+        reg = Registry(rig.db_path, rig.master_key)
+        try:
+            assert [(d.device_id, d.place_id) for d in reg.devices()] == [(good["device_id"], rig.rows[0]["place"])]
+        finally:
+            reg.close()
+    finally:
+        rig.close()
