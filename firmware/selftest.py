@@ -51,6 +51,10 @@ def run(board, reader=True):
             out["card"] = "".join("%02x" % b for b in uid) if uid else None
         except ReaderError as e:
             out["reader"] = "error: %s" % (e.args[0] if e.args else "reader")
+    # For `fengqiao device check`: the button's level now (pressed: stuck, or held) and the Wi-Fi
+    # signal (None: not on Wi-Fi, or a host board).
+    out["button"] = bool(board.button())
+    out["rssi"] = board.rssi()
     out["battery_mv"] = board.battery_mv()
     out["tamper_open"] = bool(board.tamper())
     out["pass"] = out["led"] == "driven" and out["buzzer"] == "driven" and out["reader"] in ("ok", "absent")

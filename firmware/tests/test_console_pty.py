@@ -112,6 +112,7 @@ def test_selftest_drives_led_buzzer_and_reads_reader(board):
         res = con.selftest()
     assert res["pass"] is True and res["reader"] == "ok" and res["reader_version"] == "0x92"
     assert res["card"] == "04a1b2c3d4e5f6"
+    assert res["button"] is False and "rssi" in res and res["rssi"] is None  # a host board: no Wi-Fi
     colours = [v for _, v in board.led_history()]
     assert colours == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 0)]
     assert [v for _, v in board.buzzer_history()] == [1, 0]
@@ -126,6 +127,10 @@ def test_selftest_drives_led_buzzer_and_reads_reader(board):
     with SerialConsole(board.port) as con:
         res = con.selftest()
     assert res["reader"] == "ok" and board.state()["reader_reinits"] == 0  # self_check re-inits directly
+    board.press()
+    with SerialConsole(board.port) as con:
+        assert con.selftest()["button"] is True  # held now (stuck, for `device check`)
+    board.release()
 
 
 @pytest.mark.timeout(60)
