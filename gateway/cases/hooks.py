@@ -17,7 +17,7 @@ services ignore what they already recorded), so nothing committed is left withou
 if the process died right after the commit. A fresh database starts the cursor at the log's head.
 
 The tick does not re-read what the live handler handles (issue 14: in a 250k-event storm the old
-catch-up read, decoded and re-offered every event a second time, 6.7 s of the gateway's CPU).
+catch-up read, decoded and re-offered every event a second time: 3.2 s of CPU per storm).
 The handler keeps a watermark, `_done`: the highest id with every id up to it handled (after the
 event's work is committed; any source -- event ids are dense, one per record); ids handled out of
 order wait in a heap until the run is contiguous. The tick writes the watermark as the cursor (no
@@ -94,11 +94,12 @@ class CasesPlugin:
                 raise
         self._mark_handled(ev.event_id)
 
-    def _mark_handled(self, event_id):
+    def _mark_handled(self, event_id, through=False):
+        """`through`: the catch-up offered the log's next row after the watermark (no ids between)."""
         with self._handled_lock:
             if event_id <= self._done:
                 return
-            if event_id != self._done + 1:
+            if event_id != self._done + 1 and not through:
                 heapq.heappush(self._ahead, event_id)
                 return
             self._done = done = event_id
@@ -152,7 +153,7 @@ class CasesPlugin:
                         break
                     self._offer(ev)
                     n += 1
-                    self._mark_handled(ev.event_id)
+                    self._mark_handled(ev.event_id, through=True)   # a hole in the ids cannot stall us
         except Exception:
             with self._handled_lock:
                 self._failed.update(failed)
