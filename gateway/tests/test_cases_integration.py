@@ -223,3 +223,22 @@ def test_patrol_missed_checkpoint_live_and_offline_round_synced_later(village_fa
     with open(os.path.join(out, "patrol-2026-03-15.csv")) as f:
         rows = f.read().splitlines()
     assert rows[1].startswith("2026-03-15,vil-dongshan,route-night,team-dongshan,night-late,02:00,02:05:00,complete,4,4,")
+
+
+@pytest.mark.timeout(120)
+def test_the_timer_leaves_live_events_to_the_handler(village_factory):
+    """Issue 14, in the real service: once the live handler runs, the timer's catch-up offers none
+    of the events it handles (heartbeats from every device, an alarm and its case events written
+    by other threads), and its cursor still reaches the log's head."""
+    v = village_factory()
+    store, plugin = v.app.store, v.plugin
+    wait_for(lambda: plugin.cases.cursor("events") == store.head()[0], 10, "the catch-up at the head")
+    offered = plugin.rows_offered
+    for seq in range(1, 6):
+        for d, dev in v.devices.items():
+            dev.send(seq, frame.UP_HEARTBEAT, [3700, seq, 0, None, 10203], t=int(time.time()))
+    v.devices[0x102].send(6, frame.UP_ALARM, [3], t=int(time.time()))
+    wait_for(lambda: len(plugin.cases.list_cases()) == 1 and v.gateway_events("case_dispatched"), 10, "the case")
+    wait_for(lambda: plugin.cases.cursor("events") == store.head()[0], 10, "the cursor at the head")
+    assert plugin.rows_offered == offered
+    assert len([e for e in store.events_after(0, 100_000) if e.kind == "heartbeat"]) >= 5 * len(ALL)
