@@ -46,6 +46,7 @@ HELP = "deploy the boards of a plan file: identify, key, register, self-test, la
 
 FIRMWARE_VERSION = 10000  # firmware/app/runtime.py _FW (1.0.0): what this tool provisions
 DEFAULT_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+CLOCK_TOLERANCE_S = 120  # the gateway's default device clock tolerance (gateway/supervision.py)
 WIFI_MIN_DBM = -80  # `device check`: a weaker Wi-Fi signal fails (MQTT over TLS needs a usable link)
 
 
@@ -532,7 +533,16 @@ def field_check(port, timeout_s=5.0, say=print):
                 line("broker", False, "%s:%s not reachable from this laptop: %s" % (host, port_n, exc))
         elif cfg is None:
             line("broker", None, "the board has no identity yet")
-        line("clock", None, "not reported by the console (firmware needs a console `clock` command)")
+        t = info.get("time")
+        if t is None:
+            line("clock", None, "the board is not running its role (no clock to read)")
+        elif t == 0:
+            line("clock", False, "not set: the board has not heard from the gateway yet (it sets its clock "
+                 "from the first acknowledgement)")
+        else:
+            off = t - time.time()
+            line("clock", abs(off) <= CLOCK_TOLERANCE_S, "%+.0f s from this laptop's clock%s" % (
+                off, "" if abs(off) <= CLOCK_TOLERANCE_S else ": check this laptop's clock and the gateway's"))
     finally:
         con.close()
     failed = results.count(False)

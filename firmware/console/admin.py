@@ -154,6 +154,8 @@ def identify(con, req):
     if cfg is not None:
         out["device_id"] = cfg["device_id"]
         out["role"] = cfg["role"]
+    if con.clock is not None:  # a running unit: its time (Unix seconds; 0: not known yet)
+        out["time"] = con.clock.now()
     # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
     # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
     # bytecode version a .mpy for this MicroPython must have.

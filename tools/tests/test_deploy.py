@@ -212,7 +212,7 @@ def test_a_board_whose_flash_cannot_store_the_identity_is_named_and_left_unregis
 @pytest.mark.parametrize("rssi,button,verdict", [(-60, 0, "PASS  -60 dBm"), (-85, 1, "FAIL  -85 dBm: weak")])
 def test_field_check_reads_the_wifi_signal_and_button_aloud(monkeypatch, rssi, button, verdict):
     """`device check`'s Wi-Fi and button lines from a selftest reply's `rssi` and `button`, through a
-    stand-in console. (The firmware's selftest does not send them yet: on a board both are SKIP.)"""
+    stand-in console (the firmware's selftest sends both, firmware/tests/test_console_pty.py)."""
     from tools import deploy
 
     class Con:
@@ -265,3 +265,33 @@ def test_a_board_failing_its_self_test_is_skipped_and_the_next_board_takes_its_r
             reg.close()
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("t,verdict", [(None, "clock            SKIP  the board is not running its role"),
+                                       (0, "clock            FAIL  not set"),
+                                       (5, "clock            PASS  +"), (-600, "clock            FAIL  -60")])
+def test_field_check_reads_the_running_units_clock(monkeypatch, t, verdict):
+    """`device check`'s clock line from identify's `time` (a running unit's clock; 0: not set yet)."""
+    import time as _time
+
+    from tools import deploy
+
+    class Con:
+        def identify(self):
+            out = {"board": "esp32", "hwid": "e-1", "fw": deploy.FIRMWARE_VERSION, "provisioned": False}
+            if t is not None:
+                out["time"] = 0 if t == 0 else int(_time.time()) + t
+            return out
+
+        def selftest(self):
+            return {"led": "driven", "buzzer": "driven", "reader": "absent", "battery_mv": 4000,
+                    "tamper_open": False, "button": False, "rssi": -50}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(deploy, "open_console", lambda port, timeout_s: Con())
+    said = []
+    rc = deploy.field_check("/dev/ttyUSB0", say=said.append)
+    assert any(line.startswith(verdict) for line in said), said
+    assert rc == (1 if "FAIL" in verdict else 0)
