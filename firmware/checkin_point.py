@@ -11,6 +11,8 @@
 - The event carries the device time of the tap; if the clock is not known yet the outbox keeps
   the tap's ticks and the frame is stamped when the clock becomes known (app/uplink.py), so
   check-ins made offline are placed correctly later.
+- A tap whose event cannot be stored for want of heap (MemoryError) gets no beep; the card is
+  read again every 100 ms while it stays in the field, and stored once there is room.
 - A reader that locks up and cannot be re-initialised (drivers.mfrc522.ReaderError): LED "error"
   while it lasts, logged once per fault, retried every poll; no event is made from it.
 LED otherwise: "idle" (off) when the link is up or nothing is waiting, "failing" (red double
@@ -75,10 +77,11 @@ class CheckinPoint:
             self.buzzer.beep("error")
             return None
         # The event is on flash: say so before anything else allocates (issue 11: a MemoryError
-        # here cost the "stored" beep of a stored check-in).
-        self.buzzer.beep("stored")
-        self.led.flash("checkin_stored")
+        # here cost the "stored" beep of a stored check-in). From here on a MemoryError is caught:
+        # the caller tries a card again only when it was not stored.
         try:
+            self.buzzer.beep("stored")
+            self.led.flash("checkin_stored")
             seen[uid] = now
             if len(self.pending) < _MAX_SEEN:
                 self.pending[seq] = uid
@@ -123,8 +126,16 @@ class CheckinPoint:
             uid = bytes(uid)
             self.absent = 0
             if uid != self.present:
+                try:
+                    self.card(uid)
+                except MemoryError:
+                    # Not stored (no heap to store it now): the card is not taken as seen, so the
+                    # next read (100 ms) tries again while it is still in the field, and the
+                    # "stored" beep comes once it is on flash (issue 11: taps met by a MemoryError
+                    # were lost until the card was taken away and tapped again).
+                    gc.collect()
+                    return
                 self.present = uid
-                self.card(uid)
         elif self.present is not None:
             self.absent += 1
             if self.absent >= _GONE_POLLS:

@@ -879,6 +879,43 @@ def test_checkin_beeps_stored_even_when_memory_runs_out_right_after_the_store():
     check(any("MemoryError" in m for m in logs), "logged: %r" % logs)
 
 
+def test_checkin_tap_that_meets_memory_error_is_stored_while_the_card_stays_in_the_field():
+    """emit() fails with MemoryError (no heap to store the tap): no beep, and the card is not
+    taken as seen, so the next read stores it once there is room: one event, one beep."""
+    from checkin_point import CheckinPoint
+
+    class Reader:
+        uid = b"\x0a\x0b\x0c\x0d"
+
+        def read_uid(self):
+            return self.uid
+
+    board = FakeBoard()
+    board.rfid = lambda: Reader()
+    up = Uplink(cfg(), D, Clock())
+    up.link = FakeLink()
+    role = CheckinPoint(board, up, cfg()["settings"], 5, lambda m: None)
+    real = up.emit
+    fails = [2]
+
+    def emit(*a):
+        if fails[0]:
+            fails[0] -= 1
+            raise MemoryError
+        return real(*a)
+
+    up.emit = emit
+    before = len(up.outbox)
+    role._read()
+    role._read()
+    eq((len(up.outbox), role.buzzer.once), (before, None), "two failed stores: nothing stored, no beep")
+    role._read()
+    eq(len(up.outbox), before + 1, "stored at the next read, the card still in the field")
+    eq(role.buzzer.once[0], "stored", "the stored beep once it is on flash")
+    role._read()
+    eq(len(up.outbox), before + 1, "the same card in the field: one event")
+
+
 def test_alarm_press_that_meets_memory_error_is_kept_shown_failing_and_stored_later():
     board, up, role = _alarm_role()
     real = up.emit
