@@ -154,8 +154,6 @@ def identify(con, req):
     if cfg is not None:
         out["device_id"] = cfg["device_id"]
         out["role"] = cfg["role"]
-    if con.clock is not None:  # a running unit: its time (Unix seconds; 0: not known yet)
-        out["time"] = con.clock.now()
     # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
     # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
     # bytecode version a .mpy for this MicroPython must have.
@@ -177,32 +175,23 @@ def identify(con, req):
     return out
 
 
-def _fp(key):
-    # identity.fingerprint, here: a running unit answers read_config and a refused or repeated
-    # write_config without importing identity (~2.7 KB, its globals dict one piece of ~272 B: the
-    # MemoryError issue 11's test still met 1 run in ~50 beside a running check-in point).
-    import binascii
-    import hashlib
-
-    return binascii.hexlify(hashlib.sha256(bytes(key)).digest()[:8]).decode()
-
-
 def read_config(con, req):
-    cfg = _running(con)
-    if cfg is None:
-        import identity
+    import identity
 
-        cfg = identity.load(con.root)  # not_provisioned / corrupt_config go back as they are
+    cfg = _running(con)
+    # not_provisioned / corrupt_config go back as they are
+    cfg = identity.load(con.root) if cfg is None else cfg
     # Secrets never leave the unit, only their fingerprints: the key and the Wi-Fi password.
     # The identity is not copied (a running unit's is its live one): _put leaves them out.
-    over = {"key": _put, "prev_key": _put, "wifi_password": _put, "key_fingerprint": _fp(cfg["key"])}
+    over = {"key": _put, "prev_key": _put, "wifi_password": _put,
+            "key_fingerprint": identity.fingerprint(cfg["key"])}
     k = cfg.get("prev_key")  # after a rekey: the old key (hex), for records numbered under it
     if k:
         import binascii
 
-        over["prev_key_fingerprint"] = _fp(binascii.unhexlify(k))
+        over["prev_key_fingerprint"] = identity.fingerprint(binascii.unhexlify(k))
     pw = cfg.get("wifi_password", "")
-    over["wifi_password_fingerprint"] = _fp(pw.encode()) if pw else ""
+    over["wifi_password_fingerprint"] = identity.fingerprint(pw.encode()) if pw else ""
     return {"cfg": [_put, cfg, over]}
 
 
@@ -218,28 +207,21 @@ def _nonce(req):
 
 def _landed(con, n):
     # The stored identity, if it was written by a request carrying nonce n; else None.
-    if n is None:
-        return None
-    cfg = _running(con)
-    if cfg is None:
-        import identity
+    import identity
 
-        if not identity.is_provisioned(con.root):
-            return None
-        cfg = identity.load(con.root)
+    if n is None or not identity.is_provisioned(con.root):
+        return None
+    cfg = _running(con) or identity.load(con.root)
     return cfg if cfg.get("nonce") == n else None
 
 
 def write_config(con, req):
+    import identity
+
     n = _nonce(req)
     cfg = _landed(con, n)
     if cfg is not None:
-        return {"key_fingerprint": _fp(cfg["key"]), "repeat": True}
-    # A running unit is provisioned (it booted with an identity and nothing was erased since).
-    if _running(con) is not None:
-        raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
-    import identity
-
+        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
     if identity.is_provisioned(con.root):
         raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
     from identity.write import save
@@ -261,10 +243,12 @@ def rekey(con, req):
     # the outbox keeps its records, and the new key's sequence continues above every number the
     # old key handed out (identity.write.rekey). The unit resets after the reply: the running
     # role must not number another event under the old key.
+    import identity
+
     n = _nonce(req)
     cfg = _landed(con, n)
     if cfg is not None:
-        return {"key_fingerprint": _fp(cfg["key"]), "repeat": True}
+        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
     reboot = getattr(con.board, "reboot", None)
     if reboot is None:
         raise ConsoleError("bad_request", "this board cannot reboot itself: factory_reset and write_config")
