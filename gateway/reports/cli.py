@@ -77,7 +77,9 @@ def _patrol(db, clock, directory, args):
     svc = PatrolService(db, clock)
     rows, summaries = patrol_report(svc, directory, date, args.village, now=clock.now())
     if not rows:
-        raise CliError("no patrol rounds are scheduled on %s%s" % (date, " in " + args.village if args.village else ""))
+        # Nothing to report is not a failure (a day without rounds, or before today's first one).
+        print("no patrol rounds on %s%s: nothing to report" % (date, " in " + args.village if args.village else ""))
+        return 0
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "patrol-%s%s" % (date.isoformat(), "-" + args.village if args.village else ""))
     with open(stem + ".csv", "w", newline="", encoding="utf-8") as f:
