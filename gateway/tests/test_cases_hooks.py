@@ -141,6 +141,17 @@ def _plugin_with_counters(path, clock, store):
     return plugin, offered
 
 
+def _counted(tmp_path):
+    """A sample gateway's store with a counting plugin (_plugin_with_counters) and a handing
+    context: (clock, db path, store, plugin, offered ids, ctx). The test stops and closes them."""
+    clock = ManualClock(1_773_500_000.0)
+    path = tmp_path / "g.db"
+    sample_db(path).close()
+    store = EventStore(path, clock)
+    plugin, offered = _plugin_with_counters(path, clock, store)
+    return clock, path, store, plugin, offered, HandingContext(clock, store)
+
+
 def heartbeats(n, first_device=0x9000):
     return [device_event(first_device + i // 50, i % 50 + 1, "heartbeat", [3700, i % 50, 49 - i % 50, None, 10203], 0)
             for i in range(n)]
@@ -167,12 +178,7 @@ def test_a_tick_after_handled_events_reads_nothing_back(tmp_path):
     """Issue 14: the timer used to read, decode and re-offer every event the live handler had just
     handled (250k in a storm). Now a tick after N handled events reads no row and calls no service,
     whatever N, and the cursor still moves over them."""
-    clock = ManualClock(1_773_500_000.0)
-    path = tmp_path / "g.db"
-    sample_db(path).close()
-    store = EventStore(path, clock)
-    plugin, offered = _plugin_with_counters(path, clock, store)
-    ctx = HandingContext(clock, store)
+    clock, path, store, plugin, offered, ctx = _counted(tmp_path)
     for n in (10, 3000):
         stored = store.append_device_events(heartbeats(n, 0x9000 + n))
         stored += [store.append_gateway_event("note", {"n": n})]        # the handler sees gateway events too
@@ -206,12 +212,7 @@ def test_the_tick_offers_only_what_the_handler_missed(tmp_path):
     once it is LEAVE_TO_HANDLER_S old; one it gets late is left to it. Nothing else is offered."""
     from gateway.cases.hooks import LEAVE_TO_HANDLER_S
 
-    clock = ManualClock(1_773_500_000.0)
-    path = tmp_path / "g.db"
-    sample_db(path).close()
-    store = EventStore(path, clock)
-    plugin, offered = _plugin_with_counters(path, clock, store)
-    ctx = HandingContext(clock, store)
+    clock, path, store, plugin, offered, ctx = _counted(tmp_path)
     stored = store.append_device_events(heartbeats(100) + [device_event(0x102, 1, "alarm", [2], clock.now())]
                                         + heartbeats(100, 0x9100))
     alarm, late, lost = stored[100], stored[150], stored[180]
@@ -256,12 +257,7 @@ def test_restart_handles_what_was_committed_but_not_handled(tmp_path):
     finish, so after a crash (handled but not yet ticked, or committed but never handed over) a
     restarted plugin handles every such event once, on its first tick, even while its own handler
     is already handling new events."""
-    clock = ManualClock(1_773_500_000.0)
-    path = tmp_path / "g.db"
-    sample_db(path).close()
-    store = EventStore(path, clock)
-    plugin, _ = _plugin_with_counters(path, clock, store)
-    ctx = HandingContext(clock, store)
+    clock, path, store, plugin, _, ctx = _counted(tmp_path)
     first = store.append_device_events(heartbeats(50) + [device_event(0x102, 1, "alarm", [2], clock.now())])
     for ev in first:
         plugin.on_event(ev, ctx)

@@ -112,7 +112,8 @@ class Http:
         self.host, self.port = u.hostname, u.port
         self.cookies = {}
 
-    def request(self, method, path, form=None):
+    def send(self, method, path, form=None):
+        """The request sent with this client's cookies; (connection, response), the body unread."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         headers = {"Cookie": "; ".join("%s=%s" % kv for kv in self.cookies.items())}
         body = None
@@ -120,7 +121,10 @@ class Http:
             body = urllib.parse.urlencode(form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         conn.request(method, path, body=body, headers=headers)
-        r = conn.getresponse()
+        return conn, conn.getresponse()
+
+    def request(self, method, path, form=None):
+        conn, r = self.send(method, path, form)
         text = r.read().decode()
         for k, v in r.getheaders():
             if k.lower() == "set-cookie":
@@ -445,14 +449,7 @@ ROLE_RIGHTS = {"guest": {"read"}, "zhou": {"read", "act"}, "admin": {"read", "ma
 
 def _status_only(h, method, path, form=None):
     """Status of one request, without reading a body that never ends (the live stream)."""
-    conn = http.client.HTTPConnection(h.host, h.port, timeout=10)
-    headers = {"Cookie": "; ".join("%s=%s" % kv for kv in h.cookies.items())}
-    body = None
-    if form is not None:
-        body = urllib.parse.urlencode(form)
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    conn.request(method, path, body=body, headers=headers)
-    r = conn.getresponse()
+    conn, r = h.send(method, path, form)
     status, location = r.status, r.getheader("location") or ""
     conn.close()
     return status, location

@@ -196,30 +196,7 @@ def test_link_backoff_doubles_with_jitter_up_to_the_cap():
 # -- uplink ---------------------------------------------------------------------------------
 def sent_frame(up):
     """The first frame the sender task (up.run) publishes, through a link that captures it."""
-    import asyncio
-
-    got = []
-
-    class Capture:
-        up = True
-        sessions = 1
-        topic = frame.uplink_topic(DEV)
-
-        async def publish(self, data):
-            got.append(data)
-
-    up.link = Capture()
-
-    async def scenario():
-        t = asyncio.create_task(up.run())
-        for _ in range(200):
-            await asyncio.sleep_ms(10)
-            if got:
-                break
-        t.cancel()
-
-    asyncio.run(scenario())
-    up.link = None
+    got = sent_frames(up, 1)
     check(got, "a frame was published")
     return got[0]
 
