@@ -535,7 +535,8 @@ def field_check(port, timeout_s=5.0, say=print):
             line("broker", None, "the board has no identity yet")
         t = info.get("time")
         if t is None:
-            line("clock", None, "the board is not running its role (no clock to read)")
+            line("clock", None, "not reported by the board (identify carries no time: not running its role, "
+                 "or firmware without it)")
         elif t == 0:
             line("clock", False, "not set: the board has not heard from the gateway yet (it sets its clock "
                  "from the first acknowledgement)")

@@ -267,7 +267,7 @@ def test_a_board_failing_its_self_test_is_skipped_and_the_next_board_takes_its_r
         rig.close()
 
 
-@pytest.mark.parametrize("t,verdict", [(None, "clock            SKIP  the board is not running its role"),
+@pytest.mark.parametrize("t,verdict", [(None, "clock            SKIP  not reported by the board"),
                                        (0, "clock            FAIL  not set"),
                                        (5, "clock            PASS  +"), (-600, "clock            FAIL  -60")])
 def test_field_check_reads_the_running_units_clock(monkeypatch, t, verdict):
