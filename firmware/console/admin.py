@@ -206,33 +206,22 @@ def _nonce(req):
 
 
 def _landed(con, n):
-    # The stored identity, if it was written by a request carrying nonce n; else None. A running
-    # unit's is the one it booted with (no import: identity's globals dict is one ~272 B piece).
-    cfg = _running(con)
-    if n is None:
-        return None
-    if cfg is None:
-        import identity
+    # The stored identity, if it was written by a request carrying nonce n; else None.
+    import identity
 
-        if not identity.is_provisioned(con.root):
-            return None
-        cfg = identity.load(con.root)
+    if n is None or not identity.is_provisioned(con.root):
+        return None
+    cfg = _running(con) or identity.load(con.root)
     return cfg if cfg.get("nonce") == n else None
 
 
 def write_config(con, req):
+    import identity
+
     n = _nonce(req)
     cfg = _landed(con, n)
     if cfg is not None:
-        import identity
-
         return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
-    # A running unit booted with an identity: refused without importing identity (issue 11: the
-    # import met MemoryError, 272 B, beside a running check-in point about 1 run in 50).
-    if _running(con) is not None:
-        raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
-    import identity
-
     if identity.is_provisioned(con.root):
         raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
     from identity.write import save
