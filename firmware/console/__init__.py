@@ -15,8 +15,9 @@
 # comes first; rekey (a new key for the same device id) replaces it in one rename.
 #
 # Split for RAM: this module is what stays in the heap while a role runs: collecting bytes into
-# lines. A complete line is handed to console/admin.py (framing, every command), which imports
-# identity (and identity.write, selftest) as it needs them; after the reply all of these are
+# lines. A complete line is handed to console/admin.py (framing), which imports the module of its
+# command (console/query.py or console/change.py), and they import identity (and identity.write,
+# selftest) as they need them; after the reply all of these are
 # dropped from sys.modules again, so their objects are garbage. A request needs ~5-6 KB of heap
 # while it runs (mostly the two modules' objects) and nothing after it; the qstrs of their
 # names stay (qstrs are never freed), the same as when the modules were kept. By then a running
@@ -35,10 +36,11 @@ _MAX_LINE = const(4096)  # a config with a 2 KB CA certificate in JSON fits with
 
 def drop():
     """Forget the modules a request (or the boot) imported, so their objects can be collected."""
-    for m in "console.admin identity.write identity.file identity selftest".split():  # (a tuple: 128 B resident)
-        sys.modules.pop(m, None)
+    for m in "console.admin console.query console.change identity.write identity.file identity selftest".split():
+        sys.modules.pop(m, None)  # (a split string: a tuple would be 128 B resident)
     # `import console.admin` also bound it here (and identity.write in identity's globals).
-    globals().pop("admin", None)
+    for m in "admin query change".split():
+        globals().pop(m, None)
 
 
 class Console:

@@ -1,23 +1,21 @@
-# The console's request handling (CONSOLE.md): framing, request checks and every command.
-# Imported by console/__init__.py for one line at a time and dropped after the reply, with the
-# identity modules it imports, so a running role does not hold any of it (see there).
+# The console's request handling (CONSOLE.md): framing, request checks, the reply, and which
+# module answers the command: console/query.py (identify, read_config, selftest, reboot) or
+# console/change.py (write_config, rekey, factory_reset). Imported by console/__init__.py for one
+# line at a time and dropped after the reply, with the modules it imported, so a running role
+# does not hold any of it (see there).
 #
 # Errors carry (code, detail), the code from CONSOLE.md's list: ConsoleError here, and
 # identity's IdentityError (identity.load/save raise it with the console's codes already:
 # not_provisioned, corrupt_config, invalid_config), which passes through as it is.
 # Each command takes the Console (`con`) and the request, and returns the reply fields or raises.
-# Retries: the commands that only read are safe to repeat; the two that write an identity
-# (write_config, rekey) take a `nonce` that is stored with it, so a repeat of one that landed is
-# answered from what landed (`repeat: true`), never applied twice or refused.
 #
 # Heap: a request finds a running unit's heap in small pieces, so nothing here needs a large
-# piece: the request is parsed in place, the reply written a value at a time, and this module
-# keeps few globals (the table of its globals dict is one piece; the built-in modules are
-# imported where they are used). On a running unit (con.cfg: the identity it booted with, and
-# nothing written since) identify and read_config answer from that dict, without importing
-# identity or reading and parsing the file again: that was 3.2 KB of the ~5.3 KB a request
-# needed beside a running role (issue 11: MemoryError in identify at 64 KB). identity is
-# imported only by the commands that need it.
+# piece: the request is parsed in place, the reply written a value at a time, and these modules
+# keep few globals (the table of a module's globals dict is one piece; the built-in modules are
+# imported where they are used). A request imports only its own command's module: each function
+# a module holds is heap while it is imported (its code sits in flash, but not the objects
+# that describe it), and with every command in one module a refused write_config beside a
+# running check-in point (64 KB) met MemoryError in 1 of 5 runs on a busy machine (issue 11).
 
 
 class ConsoleError(Exception):
@@ -118,10 +116,16 @@ def handle(con, line):
             raise E("bad_request", "id must be an integer 0..2^31-1")
         cmd = req.get("cmd")
         # Looked up by name only once known: getattr() with a string interns it as a qstr for
-        # good, so made-up command names would leak heap.
-        if cmd not in ("identify", "read_config", "write_config", "rekey", "factory_reset", "selftest", "reboot"):
+        # good, so made-up command names would leak heap. Each request imports only the module
+        # of its own command (console/query.py: the ones that read; console/change.py: the ones
+        # that write an identity), so a request beside a running role needs less heap.
+        if cmd in ("identify", "read_config", "selftest", "reboot"):
+            from console import query as m
+        elif cmd in ("write_config", "rekey", "factory_reset"):
+            from console import change as m
+        else:
             raise E("unknown_cmd", "unknown command %r" % (cmd,))
-        out = globals()[cmd](con, req)
+        out = getattr(m, cmd)(con, req)
         reply = {"id": rid, "ok": True}
         if out:
             reply.update(out)
@@ -134,159 +138,3 @@ def handle(con, line):
                 con.log("console: internal error: %r" % e)
             reply = {"id": rid, "ok": False, "error": "internal", "detail": repr(e)[:80]}
     send(con, reply)
-
-
-# -- commands -------------------------------------------------------------------------------------
-def identify(con, req):
-    b = con.board
-    cfg = _running(con)
-    out = {"product": "fengqiao", "proto": 1, "board": b.name, "hwid": b.hardware_id(), "fw": con.fw,
-           "provisioned": True, "pending_reboot": con.changed}
-    if cfg is None:
-        import identity
-
-        out["provisioned"] = identity.is_provisioned(con.root)
-        if out["provisioned"]:
-            try:
-                cfg = identity.load(con.root)
-            except identity.IdentityError:
-                out["corrupt"] = True
-    if cfg is not None:
-        out["device_id"] = cfg["device_id"]
-        out["role"] = cfg["role"]
-    # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
-    # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
-    # bytecode version a .mpy for this MicroPython must have.
-    import sys
-
-    f = globals().get("__file__")  # none when frozen into the firmware
-    root = None
-    if f:
-        root = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
-        try:
-            with open(root + "/firmware.sha") as h:
-                out["fw_hash"] = h.read(64).strip()
-        except OSError:
-            pass
-    out["code"] = root
-    i = sys.implementation
-    out["upy"] = "%d.%d.%d" % i.version[:3]
-    out["mpy"] = getattr(i, "_mpy", None)
-    return out
-
-
-def read_config(con, req):
-    import identity
-
-    cfg = _running(con)
-    # not_provisioned / corrupt_config go back as they are
-    cfg = identity.load(con.root) if cfg is None else cfg
-    # Secrets never leave the unit, only their fingerprints: the key and the Wi-Fi password.
-    # The identity is not copied (a running unit's is its live one): _put leaves them out.
-    over = {"key": _put, "prev_key": _put, "wifi_password": _put,
-            "key_fingerprint": identity.fingerprint(cfg["key"])}
-    k = cfg.get("prev_key")  # after a rekey: the old key (hex), for records numbered under it
-    if k:
-        import binascii
-
-        over["prev_key_fingerprint"] = identity.fingerprint(binascii.unhexlify(k))
-    pw = cfg.get("wifi_password", "")
-    over["wifi_password_fingerprint"] = identity.fingerprint(pw.encode()) if pw else ""
-    return {"cfg": [_put, cfg, over]}
-
-
-def _nonce(req):
-    # A retry of a state-changing command carries the same nonce as the first copy: the identity
-    # written keeps it, so a copy whose reply was lost (cable pulled, power cut after the rename)
-    # is answered from what landed instead of being refused or applied twice.
-    n = req.get("nonce")
-    if n is not None and (type(n) is not str or not 0 < len(n) <= 32):
-        raise ConsoleError("bad_request", "nonce must be text of 1..32 characters")
-    return n
-
-
-def _landed(con, n):
-    # The stored identity, if it was written by a request carrying nonce n; else None.
-    import identity
-
-    if n is None or not identity.is_provisioned(con.root):
-        return None
-    cfg = _running(con) or identity.load(con.root)
-    return cfg if cfg.get("nonce") == n else None
-
-
-def write_config(con, req):
-    import identity
-
-    n = _nonce(req)
-    cfg = _landed(con, n)
-    if cfg is not None:
-        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
-    if identity.is_provisioned(con.root):
-        raise ConsoleError("already_provisioned", "this unit has an identity; factory_reset it first")
-    from identity.write import save
-
-    try:
-        # invalid_config goes back as it is. fresh: what a factory reset cut short left in data/
-        # (outbox, counters of the erased identity) goes before the new identity is written.
-        fp = save(con.root, req.get("cfg"), {"nonce": n} if n else None, True)
-    except OSError as e:
-        raise ConsoleError("storage_error", "flash write failed: %r" % e)
-    con.changed = True
-    return {"key_fingerprint": fp}
-
-
-def rekey(con, req):
-    # A new key (and key id) for the same device in one step (request fields device_id, key_id,
-    # key; the rest of the identity is kept): the identity is replaced by one rename (a cable
-    # pulled or a power cut at any point leaves the old identity or the new one), and data/ stays:
-    # the outbox keeps its records, and the new key's sequence continues above every number the
-    # old key handed out (identity.write.rekey). The unit resets after the reply: the running
-    # role must not number another event under the old key.
-    import identity
-
-    n = _nonce(req)
-    cfg = _landed(con, n)
-    if cfg is not None:
-        return {"key_fingerprint": identity.fingerprint(cfg["key"]), "repeat": True}
-    reboot = getattr(con.board, "reboot", None)
-    if reboot is None:
-        raise ConsoleError("bad_request", "this board cannot reboot itself: factory_reset and write_config")
-    from identity.write import rekey
-
-    try:
-        fp = rekey(con.root, req, n, _running(con))  # not_provisioned, invalid_config as they are
-    except OSError as e:
-        raise ConsoleError("storage_error", "flash write failed: %r" % e)
-    con.changed = True
-    send(con, {"id": req.get("id"), "ok": True, "key_fingerprint": fp, "rebooting": True})
-    reboot()
-
-
-def factory_reset(con, req):
-    if req.get("confirm") != con.board.hardware_id():
-        raise ConsoleError("confirm_required", "send confirm: <hardware id> (identify gives it) to erase this unit")
-    from identity.write import factory_reset
-
-    try:
-        factory_reset(con.root)
-    except OSError as e:
-        raise ConsoleError("storage_error", "erase failed: %r" % e)
-    con.changed = True
-    return {"erased": True}
-
-
-def selftest(con, req):
-    import selftest
-
-    cfg = _running(con)  # a running alarm button has no reader to probe (selftest.run)
-    return selftest.run(con.board, cfg is None or cfg["role"] != "alarm")
-
-
-def reboot(con, req):
-    reboot = getattr(con.board, "reboot", None)
-    if reboot is None:
-        raise ConsoleError("bad_request", "this board cannot reboot itself")
-    # Answer first: the reset takes the serial line with it.
-    send(con, {"id": req.get("id"), "ok": True, "rebooting": True})
-    reboot()

@@ -228,9 +228,9 @@ r = ask({"id": 16, "cmd": "identify"})[0]
 del board.hardware_id
 eq("handler_exception_internal", (r["id"], r["error"]), (16, "internal"))
 # Nothing a request imported stays: the identity and the request handling are dropped again.
-eq("request_modules_dropped", [m for m in ("identity", "identity.write", "console.admin", "selftest")
-                               if m in sys.modules], [])
-check("console_holds_no_admin", not hasattr(console, "admin"))
+eq("request_modules_dropped", [m for m in ("identity", "identity.write", "identity.file", "console.admin",
+                                          "console.query", "console.change", "selftest") if m in sys.modules], [])
+check("console_holds_no_admin", not [m for m in ("admin", "query", "change") if hasattr(console, m)])
 # Made-up command names are refused without being interned as qstrs (which are never freed).
 import gc
 

@@ -1,0 +1,83 @@
+# The console's commands that change nothing (CONSOLE.md): identify, read_config, selftest and
+# reboot. Imported by console/admin.py for a request naming one of them, dropped after the reply.
+#
+# On a running unit (con.cfg: the identity it booted with, and nothing written since) identify
+# and read_config answer from that dict, without importing identity or reading and parsing the
+# file again: that was 3.2 KB of the ~5.3 KB a request needed beside a running role (issue 11:
+# MemoryError in identify at 64 KB). identity is imported only by the commands that need it.
+# Safe to repeat: a tool's retry after a lost reply asks again.
+
+from console.admin import ConsoleError, _put, _running, send
+
+def identify(con, req):
+    b = con.board
+    cfg = _running(con)
+    out = {"product": "fengqiao", "proto": 1, "board": b.name, "hwid": b.hardware_id(), "fw": con.fw,
+           "provisioned": True, "pending_reboot": con.changed}
+    if cfg is None:
+        import identity
+
+        out["provisioned"] = identity.is_provisioned(con.root)
+        if out["provisioned"]:
+            try:
+                cfg = identity.load(con.root)
+            except identity.IdentityError:
+                out["corrupt"] = True
+    if cfg is not None:
+        out["device_id"] = cfg["device_id"]
+        out["role"] = cfg["role"]
+    # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
+    # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
+    # bytecode version a .mpy for this MicroPython must have.
+    import sys
+
+    f = globals().get("__file__")  # none when frozen into the firmware
+    root = None
+    if f:
+        root = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
+        try:
+            with open(root + "/firmware.sha") as h:
+                out["fw_hash"] = h.read(64).strip()
+        except OSError:
+            pass
+    out["code"] = root
+    i = sys.implementation
+    out["upy"] = "%d.%d.%d" % i.version[:3]
+    out["mpy"] = getattr(i, "_mpy", None)
+    return out
+
+
+def read_config(con, req):
+    import identity
+
+    cfg = _running(con)
+    # not_provisioned / corrupt_config go back as they are
+    cfg = identity.load(con.root) if cfg is None else cfg
+    # Secrets never leave the unit, only their fingerprints: the key and the Wi-Fi password.
+    # The identity is not copied (a running unit's is its live one): _put leaves them out.
+    over = {"key": _put, "prev_key": _put, "wifi_password": _put,
+            "key_fingerprint": identity.fingerprint(cfg["key"])}
+    k = cfg.get("prev_key")  # after a rekey: the old key (hex), for records numbered under it
+    if k:
+        import binascii
+
+        over["prev_key_fingerprint"] = identity.fingerprint(binascii.unhexlify(k))
+    pw = cfg.get("wifi_password", "")
+    over["wifi_password_fingerprint"] = identity.fingerprint(pw.encode()) if pw else ""
+    return {"cfg": [_put, cfg, over]}
+
+
+def selftest(con, req):
+    import selftest
+
+    cfg = _running(con)  # a running alarm button has no reader to probe (selftest.run)
+    return selftest.run(con.board, cfg is None or cfg["role"] != "alarm")
+
+
+def reboot(con, req):
+    reboot = getattr(con.board, "reboot", None)
+    if reboot is None:
+        raise ConsoleError("bad_request", "this board cannot reboot itself")
+    # Answer first: the reset takes the serial line with it.
+    send(con, {"id": req.get("id"), "ok": True, "rebooting": True})
+    reboot()
