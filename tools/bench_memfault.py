@@ -104,6 +104,10 @@ class _Unit:
 
     def power_on(self):
         self.boot_marks.append(len(self.gw.frames))
+        try:
+            self.log_mark = os.path.getsize(self.hb.log_path)  # where this power-on's log starts
+        except OSError:
+            self.log_mark = 0
         self.hb.start()
         self.powered_at = time.monotonic()
 
@@ -134,6 +138,25 @@ class _Unit:
             return ""
         self._log_pos += len(data)
         return data.decode(errors="replace")
+
+    def outbox_waiting(self):
+        """Events waiting by this power-on's last heap line (None before its first: the log file
+        is the same for every power-on, and an earlier one's last figure is not this one's)."""
+        try:
+            with open(self.hb.log_path, "rb") as f:
+                f.seek(self.log_mark)
+                return _last_outbox(f.read().decode(errors="replace"))
+        except OSError:
+            return None
+
+    def boots_stored(self):
+        """Power-ons that stored their boot event: each logs "role up" once it is in the outbox
+        (a power-on cut short before that, by the hog or a reboot, made none to lose)."""
+        try:
+            with open(self.hb.log_path, "rb") as f:
+                return f.read().count(b"role up, device")
+        except OSError:
+            return 0
 
     def frames(self, name=None):
         return self.gw.of(self.dev, name)
@@ -267,7 +290,14 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
                 # a reboot cut the action off before it was stored: made again, as a person would
                 fig["actions_repeated"] += 1
                 time.sleep(max(0, busy_until[0] - time.monotonic()))
-                ok = act(action) and wait_stored(action, ACTION_TIMEOUT_S)
+                # A tap or press the board was gone for (it exited while we asked) was never made:
+                # made again once it is up, as a person would (seen: the board's delayed reboot
+                # reset the control socket twice in a row, and the cycle counted a lost press).
+                for _ in range(3):
+                    made = act(action)
+                    if made:
+                        break
+                ok = made and wait_stored(action, ACTION_TIMEOUT_S)
             if not ok:
                 fig["actions_not_stored"] += 1
             lines = unit.log_since_last().splitlines()
@@ -286,7 +316,7 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
         except HostBoardError:
             pass
         try:
-            wait_for(lambda: unit.check_alive() and _last_outbox(unit.hb.log_tail(600)) == 0, 60,
+            wait_for(lambda: unit.check_alive() and unit.outbox_waiting() == 0, 60,
                      "the %s board's outbox to drain" % role)
             drained = True
         except WaitTimeout:
@@ -296,10 +326,10 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
         got = set(f.seq for f in frames)
         lost = [s for s in unit.prefilled if s not in got]
         boots = len(set(f.seq for f in unit.frames("boot")))
-        lost_boots = max(0, len(unit.boot_marks) - boots)
+        lost_boots = max(0, unit.boots_stored() - boots)
         fig["presses_stored"] = sum(1 for a in actions if stored(a))
         fig.update(reboots=unit.reboots, crashes=len(unit.crashes), crash_examples=unit.crashes[:5],
-                   power_ons=len(unit.boot_marks), boot_events=boots,
+                   power_ons=len(unit.boot_marks), boots_stored=unit.boots_stored(), boot_events=boots,
                    acked_events_lost=len(lost) + lost_boots,
                    lost_seqs=lost[:20], seq_reused=0, outbox_drained=drained, frames=len(frames),
                    distinct_seqs=len(got), cycles=cycle, seconds=round(time.monotonic() - t0, 1))
