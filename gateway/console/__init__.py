@@ -76,7 +76,11 @@ class Console:
         elif name == "note":
             self.cases.note(case_id, actor, form.get("note", ""))
         elif name == "close":
-            self.cases.close(case_id, actor, form.get("note", ""), form.get("outcome") or None)
+            from gateway.cases.service import OUTCOMES, CaseStateError
+
+            if form.get("outcome") not in OUTCOMES:   # the page's select is required; a bare POST is refused too
+                raise CaseStateError("closing a case needs an outcome: %s" % ", ".join(OUTCOMES))
+            self.cases.close(case_id, actor, form.get("note", ""), form.get("outcome"))
         if self._flush is not None:
             self._flush()
         self.metrics.inc("fengqiao_console_actions_total", {"action": name})

@@ -274,6 +274,8 @@ def build_app(console):
         from gateway.reports.build import patrol_report as build
 
         fmt = request.path_params["fmt"]
+        if fmt not in ("csv", "html"):
+            return PlainTextResponse("patrol.csv or patrol.html", status_code=404, headers=HEADERS)
         village = request.query_params.get("village") or None
         d = console.views.directory()
         if d is None:

@@ -52,6 +52,12 @@ _T = {
     "to_person": ("人员", "A person"), "to_team": ("整个队伍", "A whole team"),
     "emergency": ("紧急求助", "emergency"), "fire": ("火警", "fire"), "medical": ("急救", "medical"),
     "intrusion": ("入室", "intrusion"),
+    # why a check-in was flagged (gateway/patrol/service.py)
+    "flag_too_fast": ("移动过快", "too fast"), "flag_unknown_card": ("未登记的卡", "unknown card"),
+    "flag_unknown_checkpoint": ("未知巡更点", "unknown checkpoint"),
+    "flag_checkpoint_mismatch": ("巡更点与设备位置不符", "checkpoint does not match the device's place"),
+    "flag_clock_unknown": ("设备时间未知", "device clock unknown"), "flag_clock_ahead": ("设备时间超前", "device clock ahead"),
+    "flag_clock_disagrees": ("设备时间偏差过大", "device clock off"),
 }
 
 

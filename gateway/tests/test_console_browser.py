@@ -384,6 +384,7 @@ def test_patrol_today_and_its_report_links(township, context):
     assert r.text().splitlines()[0].startswith("date,village,route")
     r = page.request.get(t.url + page.locator("#report-html").get_attribute("href"))
     assert r.status == 200 and "Patrol report" in r.text()
+    assert page.request.get(t.url + "/reports/patrol.exe?date=%s" % datetime.date.today()).status == 404
     assert page.locator("section.round").count() + page.locator("main p").count() >= 1
 
 

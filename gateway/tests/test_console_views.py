@@ -85,6 +85,18 @@ def test_dispatch_to_a_whole_team_dispatches_each_member(env):
     assert env.views.board()[0]["assigned_to"] == "Wu Fang"
 
 
+def test_close_from_the_console_needs_an_outcome(env):
+    case_id = press(env, 0x101, EMERGENCY, env.clock.now())
+    console = types.SimpleNamespace(cases=env.cases, views=env.views, _flush=None,
+                                    metrics=types.SimpleNamespace(inc=lambda *a, **k: None))
+    for form in ({"note": "done"}, {"note": "done", "outcome": ""}, {"note": "done", "outcome": "maybe"}):
+        with pytest.raises(CaseStateError):
+            Console.act(console, "close", case_id, "p-zhou-min", form)    # a bare POST, not the page's form
+    assert env.cases.get(case_id)["status"] == "open"
+    Console.act(console, "close", case_id, "p-zhou-min", {"note": "done", "outcome": "test"})
+    assert env.cases.get(case_id)["steps"][-1]["detail"] == {"note": "done", "outcome": "test"}
+
+
 def _device(device_id, role="alarm_button", status="active", place=None):
     return Device(device_id, role, place, 1, status, None, "battery", 0.0)
 
@@ -172,7 +184,7 @@ def test_patrol_today_progress_missed_and_flagged(env):
             t=lambda k, *a: i18n.t("en", k, *a), lang="en", session=None, flash=None, path="/patrol", query="",
             hhmm=lambda v: rounds.local_hhmm(v, 8 * 3600), when=str, outcomes=OUTCOMES, secure=False, page="patrol",
             date=date, rounds=out, summaries=[], village=None, areas=[], head=1)
-    assert "missed" in page and "Flagged check-ins" in page and "too_fast" in page and "unknown_card" in page
+    assert "missed" in page and "Flagged check-ins" in page and "too fast" in page and "unknown card" in page
     assert "3/4" in page and 'id="report-csv"' in page
 
 
