@@ -195,3 +195,15 @@ def test_doc_runs_as_written(path, tmp_path):
     missing = [getattr(s, "pattern", s) for s in EXPECT.get(path, ())
                if (s.search(out) is None if hasattr(s, "search") else s not in out)]
     assert not missing, "%s ran, but its output lacks %s:\n%s" % (path, missing, out[-4000:])
+
+
+def test_console_doc_one_liner_computes_its_example_frame():
+    """firmware/CONSOLE.md shows its one shell command inline (`python3 -c ...`, to compute a frame
+    by hand), not in a ```sh block: it is run here, and must print the example session's first
+    request frame exactly."""
+    with open(os.path.join(REPO_ROOT, "firmware/CONSOLE.md"), encoding="utf-8") as f:
+        text = f.read()
+    (command,) = re.findall(r"`(python3 -c [^`]+)`", text)
+    frame = re.search(r"^\s+> (FQ1 \{\"id\": 1, \"cmd\": \"identify\"\} [0-9a-f]{8})$", text, re.M).group(1)
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == frame, (proc.stdout, proc.stderr)
