@@ -11,8 +11,11 @@ A session token is 32 random bytes sent once in an HttpOnly, SameSite=Strict coo
 SHA-256 is stored, so a copy of the database opens no session. Each session has its own CSRF
 token (checked on every POST) and an absolute expiry.
 
-Lockout: 5 failed logins for one account (or 20 from one source address: an office's PCs may
-share one) within LOCK_WINDOW_S lock that account (or source) for 30 s, doubling with each further failure up to 15 minutes. The
+Lockout: 5 failed logins for one account within LOCK_WINDOW_S lock that account for 30 s,
+doubling with each further failure up to 15 minutes. 5 failed logins from one source address (any
+accounts) make that address back off too, from 2 s, doubling likewise up to 15 minutes: short at
+first because a township office's PCs may share one address (a colleague's typos cost the others
+seconds, not the shift), as long as a guesser's after a dozen tries. The
 lockout is logged (`fengqiao.console` warning) and kept in `console_audit`. A locked account is
 refused even with the right password (that is the point: guessing gets no answers).
 
@@ -37,9 +40,10 @@ log = logging.getLogger("fengqiao.console")
 ROLES = ("viewer", "officer", "admin")
 RIGHTS = {"viewer": {"read"}, "officer": {"read", "act"}, "admin": {"read", "manage"}}
 MAX_FAILURES = 5            # per account
-MAX_SOURCE_FAILURES = 20    # per source address (a township office shares one address)
+MAX_SOURCE_FAILURES = 5     # per source address (any accounts)
 LOCK_WINDOW_S = 900
-LOCK_BASE_S = 30
+LOCK_BASE_S = 30            # an account's first lock
+SOURCE_LOCK_BASE_S = 2      # a source's first back-off: an office shares one address
 LOCK_MAX_S = 900
 SESSION_TTL_S = 12 * 3600     # one duty shift
 
@@ -184,10 +188,12 @@ class Accounts:
         """Seconds until `key` may try again (0 = not locked)."""
         rows = [t for (t,) in self.db.execute(
             "SELECT at FROM console_login_failures WHERE key = ? AND at > ? ORDER BY at", (key, now - LOCK_WINDOW_S))]
-        limit = MAX_SOURCE_FAILURES if key.startswith("source:") else MAX_FAILURES
+        source = key.startswith("source:")
+        limit = MAX_SOURCE_FAILURES if source else MAX_FAILURES
         if len(rows) < limit:
             return 0
-        lock_s = min(LOCK_MAX_S, LOCK_BASE_S * 2 ** min(10, len(rows) - limit))
+        base = SOURCE_LOCK_BASE_S if source else LOCK_BASE_S
+        lock_s = min(LOCK_MAX_S, base * 2 ** min(10, len(rows) - limit))
         return max(0, int(rows[-1] + lock_s - now + 0.999))
 
     def session(self, token):

@@ -64,18 +64,29 @@ def test_five_failures_lock_the_account_with_a_doubling_backoff(accounts):
     assert accounts.login("zhou", "correct horse", "10.0.0.5").username == "zhou"
 
 
-def test_one_source_guessing_many_accounts_is_locked_and_logged(accounts, caplog):
+def test_one_source_guessing_many_accounts_backs_off_and_is_logged(accounts, caplog):
     accounts.add_user("wu", "another pw", "viewer")
     with caplog.at_level("WARNING", logger="fengqiao.console"):
-        for i in range(MAX_SOURCE_FAILURES):                      # 4 names x 5 guesses from one address
-            with pytest.raises((LoginFailed, LockedOut)):
-                accounts.login("guess%d" % (i % 4), "wrong", "10.0.0.9")
+        for i in range(MAX_SOURCE_FAILURES):                      # 5 guesses over 3 names from one address
+            with pytest.raises(LoginFailed):
+                accounts.login("guess%d" % (i % 3), "wrong", "10.0.0.9")
     assert any(r.getMessage() == "console login locked" and getattr(r, "fields", {}).get("key") == "source:10.0.0.9"
                for r in caplog.records)
     with pytest.raises(LockedOut) as locked:
         accounts.login("wu", "another pw", "10.0.0.9")           # a real account, from that address
-    assert locked.value.key == "source:10.0.0.9"
+    assert locked.value.key == "source:10.0.0.9" and locked.value.retry_after_s == 2
     assert accounts.login("wu", "another pw", "10.0.0.10").username == "wu"   # another address gets in
+    waits = []
+    for i in range(6):                                           # each further guess doubles the wait
+        accounts.clock.set(accounts.clock.now() + (waits[-1] if waits else 2))
+        with pytest.raises(LoginFailed):
+            accounts.login("guess%d" % (i % 3), "wrong", "10.0.0.9")
+        with pytest.raises(LockedOut) as locked:
+            accounts.login("guess0", "wrong", "10.0.0.9")
+        waits.append(locked.value.retry_after_s)
+    assert waits == [4, 8, 16, 32, 64, 128]
+    accounts.clock.set(accounts.clock.now() + 128)
+    assert accounts.login("wu", "another pw", "10.0.0.9").username == "wu"   # the office gets back in
 
 
 def test_bad_input_is_refused(accounts):

@@ -298,7 +298,12 @@ def test_lockout_after_five_bad_passwords(township):
     actions = [a for (a,) in db.execute("SELECT action FROM console_audit WHERE username = 'locktest'")]
     db.close()
     assert "locked_out" in actions
-    assert Http(township).login("guest")[0] == 303          # others (same address) still get in
+    # the address backs off as well (5 failures from it), for 2 s at first: an office shares one
+    # address, so a colleague there is kept out for seconds, then gets in
+    first = Http(township).login("guest")[0]
+    assert first in (303, 429)
+    if first == 429:
+        wait_for(lambda: Http(township).login("guest")[0] == 303, 10, "the source's back-off to end")
     status, headers, text = Http(township).request("GET", "/metrics")   # the gateway's metrics, same web stack
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'fengqiao_console_logins_total{result="locked"}' in text and "fengqiao_events_total" in text
