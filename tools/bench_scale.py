@@ -26,7 +26,7 @@ from tools.bench_e2e import FIRST_SIM, BenchTownship, _say, stats_ms
 from tools.bench_flood import _rss_kb
 from tools.testing.procs import wait_for
 
-HELP = "N devices' 30 s heartbeats: offline detection time (goal <= 90 s), gateway CPU% and RSS"
+HELP = "N devices' 30 s heartbeats: offline detection time (goal <= 90 s), gateway CPU (percent of a core) and RSS"
 GOAL_OFFLINE_S = 90.0
 
 
