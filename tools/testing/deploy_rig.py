@@ -121,6 +121,19 @@ class PowerOn:
         self._thread.join(5)
 
 
+def other_firmware(code):
+    """A host board's code directory holding this tool's image under another firmware hash (what
+    a board flashed with an earlier release looks like to deploy); returns the directory."""
+    import shutil
+
+    from tools import flash
+
+    shutil.copytree(flash.build_image("host"), code)
+    with open(os.path.join(code, flash.FW_HASH_FILE), "w", encoding="ascii") as f:
+        f.write("0123456789abcdef\n")
+    return code
+
+
 def outbox_seqs(flash):
     """Seqs of the event records in a unit's outbox file (outbox.py record layout), in file order."""
     import struct
@@ -142,9 +155,13 @@ def outbox_seqs(flash):
 
 
 class DeployRig:
-    def __init__(self, work, boards=3, checkins=0):
+    def __init__(self, work, boards=3, checkins=0, other_firmware=False):
         self.work = str(work)
         self.n = boards
+        # other_firmware: every board's code is a directory holding an image with another hash,
+        # so that deploy flashes each one (hash read-back, reset) before keying it
+        self.other_firmware = other_firmware
+        self.powers = []
         self.rows = plan_rows(boards, checkins)
         self.ports_dir = os.path.join(self.work, "ports")
         self.broker = None
@@ -177,11 +194,19 @@ class DeployRig:
         for i in range(self.n):
             nm = NullModem()
             self.modems.append(nm)
-            hb = HostBoard(os.path.join(self.work, "board%02d" % i), heap=board_heap(), console=nm.board_fd,
-                           hwid="hb-%s-%02d" % (os.path.basename(self.work)[-6:], i), args=FAST)
+            name = os.path.join(self.work, "board%02d" % i)
+            if self.other_firmware:
+                code = other_firmware(name + "-code")
+                hb = HostBoard(name, console=nm.board_fd, hwid="hb-%s-%02d" % (os.path.basename(self.work)[-6:], i),
+                               args=FAST, image=code)
+            else:
+                hb = HostBoard(name, heap=board_heap(), console=nm.board_fd,
+                               hwid="hb-%s-%02d" % (os.path.basename(self.work)[-6:], i), args=FAST)
             self.boards.append(hb)
         for hb in self.boards:
             hb.start()
+            if self.other_firmware:
+                self.powers.append(PowerOn(hb))     # the flash ends in a reset
         return self
 
     def plug(self, i):
@@ -214,6 +239,8 @@ class DeployRig:
                 "--gateway-config", self.config_path, "--wait-s", "0"] + list(extra)
 
     def close(self):
+        for power in self.powers:
+            power.close()
         for hb in self.boards:
             try:
                 hb.stop()
@@ -232,6 +259,8 @@ HELP = "seconds per board of `fengqiao deploy` over N host boards on ptys (ident
 def add_arguments(p):
     p.add_argument("--boards", type=int, action="append", help="boards in one plan (repeatable; default 10 and 50)")
     p.add_argument("--labels", action="store_true", help="also draw the labels (PNG/SVG, A4 sheet) at the end")
+    p.add_argument("--flash", action="store_true", help="every board starts with other firmware (another hash), so "
+                                                        "deploy flashes it too (code directory, hash read-back, reset)")
     p.add_argument("--online", action="store_true", help="then start the gateway, boot every board and press every "
                                                          "alarm button: all must come online and be accepted")
 
@@ -250,7 +279,7 @@ def run(args):
     for n in args.boards or [10, 50]:
         with tempfile.TemporaryDirectory(prefix="fq-bench-deploy-") as work:
             t0 = time.monotonic()
-            rig = DeployRig(work, boards=n, checkins=n // 10).start()
+            rig = DeployRig(work, boards=n, checkins=n // 10, other_firmware=args.flash).start()
             started = time.monotonic() - t0
             try:
                 plan = rig.write_plan()
@@ -264,6 +293,7 @@ def run(args):
                 wall = time.monotonic() - t1
                 with open(plan + ".state.json", encoding="utf-8") as f:
                     rows = json.load(f)["rows"]
+                flashed = sum(1 for line in out.getvalue().splitlines() if "every file verified by hash read-back" in line)
                 online = check_online(rig) if args.online else None
             finally:
                 rig.close()
@@ -272,18 +302,21 @@ def run(args):
         r = {"boards": n, "done": done, "exit": rc, "per_board_s_mean": round(statistics.mean(secs), 2) if secs else None,
              "per_board_s_p50": secs[len(secs) // 2] if secs else None, "per_board_s_max": secs[-1] if secs else None,
              "run_wall_s": round(wall, 1), "run_wall_per_board_s": round(wall / n, 2),
-             "boards_start_s": round(started, 1), "labels": bool(args.labels), "online": online}
+             "boards_start_s": round(started, 1), "labels": bool(args.labels), "online": online,
+             "flashed": flashed}
         results[str(n)] = r
-        print("deploy %d boards: %d done, per board mean %.2f s, p50 %.2f s, max %.2f s; whole run %.1f s (%.2f s/board"
-              "%s); %d host boards started in %.1f s (not counted)"
-              % (n, done, r["per_board_s_mean"] or 0, r["per_board_s_p50"] or 0, r["per_board_s_max"] or 0, wall,
-                 wall / n, ", labels included" if args.labels else "", n, started))
+        print("deploy %d boards: %d done, %d flashed, per board mean %.2f s, p50 %.2f s, max %.2f s; whole run %.1f s "
+              "(%.2f s/board%s%s); %d host boards started in %.1f s (not counted)"
+              % (n, done, flashed, r["per_board_s_mean"] or 0, r["per_board_s_p50"] or 0, r["per_board_s_max"] or 0, wall,
+                 wall / n, ", flashing included" if args.flash else "", ", labels included" if args.labels else "",
+                 n, started))
         if online:
             print("  then: %d/%d boards online at the gateway in %.1f s; %d/%d alarms accepted in %.1f s"
                   % (online["online"], n, online["online_s"], online["alarms"], online["alarm_boards"], online["alarm_s"]))
     load = os.getloadavg()
     print("load average %.2f %.2f %.2f, %d CPUs; goal <= 20 s per board (flashing apart)" % (load + (os.cpu_count(),)))
-    print(json.dumps({"deploy": results, "loadavg": [round(x, 2) for x in load], "cpus": os.cpu_count()}))
+    print(json.dumps({"deploy": results, "flash": bool(args.flash), "loadavg": [round(x, 2) for x in load],
+                      "cpus": os.cpu_count()}))
     return 0
 
 

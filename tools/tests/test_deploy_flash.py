@@ -12,7 +12,7 @@ import pytest
 from tools import flash
 from tools.cli import main
 from tools.hostboard import HostBoard, NullModem
-from tools.testing.deploy_rig import DeployRig, PowerOn
+from tools.testing.deploy_rig import DeployRig, PowerOn, other_firmware
 
 
 @pytest.fixture
@@ -22,10 +22,7 @@ def bench(tmp_path):
     rig.start()
     # "other firmware": the image with another hash and a stale source twin (selftest.py beside
     # selftest.mpy: MicroPython would import the source first)
-    code = os.path.join(rig.work, "code")
-    shutil.copytree(flash.build_image("host"), code)
-    with open(os.path.join(code, flash.FW_HASH_FILE), "w", encoding="ascii") as f:
-        f.write("0123456789abcdef\n")
+    code = other_firmware(os.path.join(rig.work, "code"))
     shutil.copyfile(os.path.join(flash.FIRMWARE_DIR, "selftest.py"), os.path.join(code, "selftest.py"))
     modem = NullModem()
     hb = HostBoard(os.path.join(rig.work, "flashboard"), console=modem.board_fd, hwid="hb-flash", image=code)
@@ -79,3 +76,16 @@ def test_a_file_that_reads_back_wrong_is_named(tmp_path, monkeypatch):
     with pytest.raises(flash.FlashVerifyError, match="protocol/frame.mpy read back with SHA-256"):
         flash.flash_dir(image, str(tmp_path / "code"))
     assert flash.read_hash(str(tmp_path / "code")) is None   # no hash: the next deploy flashes it again
+
+
+@pytest.mark.timeout(180)
+def test_bench_deploy_with_flash_flashes_every_board_and_counts_it_per_board(capsys):
+    import json
+
+    assert main(["bench", "deploy", "--boards", "2", "--flash"]) == 0
+    out = capsys.readouterr().out
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["flash"] is True
+    two = r["deploy"]["2"]
+    assert two["done"] == 2 and two["flashed"] == 2, out
+    assert "flashing included" in out and 0 < two["per_board_s_max"] < 60, out
