@@ -23,6 +23,7 @@ import sys
 import cbor2
 
 GENERATED = "2026-11-22"  # change by hand when the vectors change on purpose
+REGISTRY_GENERATED = "2026-12-07"   # registry.txt (issue 13), added later
 VECTORS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
 
 # TEST KEYS ONLY: derived from public strings, never provisioned onto a real device.
@@ -234,6 +235,67 @@ def invalid_frames():
     return V
 
 
+# The gateway's registry for registry.txt: the rules of SPEC that depend on what the gateway holds
+# about a device, not on the frame alone (section 2 step 2: unknown / revoked device, key ids;
+# section 4: key rotation; section 3: roles). Keys are listed oldest first, as the registry issues
+# them (each rotation: the previous key id + 1); the last one is the current key id.
+KEY_A2 = hashlib.sha256(b"fengqiao test vector key A, rotated").digest()
+KEY_C = hashlib.sha256(b"fengqiao test vector key C").digest()
+KEY_C2 = hashlib.sha256(b"fengqiao test vector key C, rotated").digest()
+DEV_C = 0x0000BEEF
+REGISTRY = [
+    {"device_id": DEV_A, "role": "alarm_button", "status": "active", "keys": [[1, KEY_A.hex()], [2, KEY_A2.hex()]]},
+    {"device_id": DEV_B, "role": "checkpoint", "status": "active", "keys": [[0, KEY_B.hex()]]},
+    {"device_id": DEV_C, "role": "alarm_button", "status": "revoked", "keys": [[1, KEY_C.hex()], [2, KEY_C2.hex()]]},
+]
+# SPEC section 3 "Roles": what each role sends (a test checks gateway/pipeline.py ROLE_TYPES against it)
+ROLE_SENDS = {"alarm_button": ("boot", "heartbeat", "alarm", "alarm_cancel", "tamper", "battery_low"),
+              "checkpoint": ("boot", "heartbeat", "checkin", "tamper", "battery_low")}
+SAMPLE_BODIES = {"boot": [0, 10203], "heartbeat": [3712, 86400, 0, -67, 10203], "alarm": [0], "alarm_cancel": [5],
+                 "checkin": [3, b"\x04\x11\x22\x33"], "tamper": [True], "battery_low": [3300]}
+
+
+def registry_vectors():
+    """Uplinks judged against REGISTRY: the expected outcome is "ok" (stored) or the error name."""
+    V = []
+
+    def add(vid, expect, code, body, note, **kw):
+        v = frame_vector(vid, "ok" if expect == "RoleMismatch" else expect, code, body, note, **kw)
+        v["expect"] = expect   # a RoleMismatch frame is authentic: its header and body are given too
+        del v["receiver_id"]   # the receiver is the gateway holding REGISTRY, not one key
+        v["registry"] = REGISTRY
+        V.append(v)
+
+    alarm, cancel = CODES["alarm"], CODES["alarm_cancel"]
+    # SPEC section 4, key rotation: every key id of an active device stays valid for uplinks, each
+    # in its own number space (a frame still in an outbox, or queued at the broker, under the old one)
+    add("rotation-old-key-id", "ok", alarm, [0], "device 0000002a rotated from key id 1 to 2: an alarm still "
+        "signed with key id 1 (resent from its outbox) is stored", key_id=1, seq=250)
+    add("rotation-current-key-id", "ok", alarm, [0], "the same device under its current key id 2, a number "
+        "space of its own (seq 1 again is not a replay of key id 1's seq 1)", key_id=2, device_key=KEY_A2, seq=1)
+    add("rotation-old-key-id-new-key", "BadMac", alarm, [0], "key id 1 in the header but MAC made with key id 2's "
+        "key: key ids are not interchangeable", key_id=1, device_key=KEY_A2, seq=251)
+    add("rotation-key-id-never-issued", "UnknownKey", alarm, [0], "key id 3: the registry has issued only 1 and 2",
+        key_id=3, device_key=KEY_A2, seq=2)
+    # SPEC section 2 step 2: unknown and revoked devices (subclasses of UnknownKey), before the MAC
+    add("unregistered-device", "UnknownDevice", alarm, [0], "device 0badcafe is not in the registry",
+        device_id=0x0BADCAFE, key_id=1, seq=1)
+    add("revoked-device-current-key", "RevokedDevice", alarm, [0], "device 0000beef is revoked: its current key "
+        "id 2 no longer verifies", device_id=DEV_C, key_id=2, device_key=KEY_C2, seq=9)
+    add("revoked-device-old-key", "RevokedDevice", alarm, [0], "revocation ends every key id, the old one too",
+        device_id=DEV_C, key_id=1, device_key=KEY_C, seq=9)
+    # SPEC section 3 "Roles": every uplink type from each role
+    for dev, key, key_id, role in ((DEV_A, KEY_A2, 2, "alarm_button"), (DEV_B, KEY_B, 0, "checkpoint")):
+        for seq, name in enumerate(("boot", "heartbeat", "alarm", "alarm_cancel", "checkin", "tamper",
+                                    "battery_low"), 10):
+            ok = name in ROLE_SENDS[role]
+            add("role-%s-from-%s" % (name.replace("_", "-"), role.replace("_", "-")), "ok" if ok else "RoleMismatch", CODES[name],
+                SAMPLE_BODIES[name], "%s from a device whose role is %s: %s" % (
+                    name, role, "stored" if ok else "authentic but refused, not stored, not acknowledged"),
+                device_id=dev, key_id=key_id, device_key=key, seq=seq)
+    return V
+
+
 def cbor_vectors():
     """Body-level vectors: one CBOR item each, for cbor.loads and the strict scan."""
     ok = [0, 23, 24, 255, 256, 65535, 65536, 0xFFFFFFFF, 0x100000000, 2**64 - 1, -1, -24, -25, -256, -257,
@@ -323,6 +385,16 @@ FRAME_FIELDS = """# Fields: id; expect ("ok" or the exact protocol.errors name);
 #   key lookup that raises UnknownDevice for any other device id, UnknownKey for any other key
 #   id, and returns device_key otherwise.
 """
+REGISTRY_FIELDS = """# Fields: as in frames_valid.txt (all uplinks, receiver "gateway"), without receiver_id;
+#   device_key is the key the frame was signed with; and
+#   registry: the devices the gateway holds: device_id, role, status ("active" / "revoked") and keys
+#   ([key_id, hex key], oldest first; the last is the current one). expect: "ok" (stored), or the
+#   error name; type, device_id, seq, time and body are given for the authentic frames (expect "ok"
+#   or "RoleMismatch"). Rules that need the registry, not one key: unknown / revoked device and key ids
+#   (SPEC section 2 step 2), every key id valid after a rotation (section 4), roles (section 3).
+#   The gateway checks these (its registry and pipeline, gateway/tests/test_pipeline.py; the strict
+#   decoder with a lookup over `registry` in protocol/tests); a device codec has no registry.
+"""
 CBOR_FIELDS = """# Fields: id; cbor (hex of one body); expect ("ok" or the exact error name); note.
 #   An "ok" item must decode and re-encode to the same bytes.
 """
@@ -330,8 +402,8 @@ CBOR_FIELDS = """# Fields: id; cbor (hex of one body); expect ("ok" or the exact
 
 def render():
     """{file name: text} of every vector file."""
-    def text(what, fields, vectors):
-        lines = [HEADER.format(what=what, date=GENERATED, fields=fields).rstrip("\n")]
+    def text(what, fields, vectors, date=GENERATED):
+        lines = [HEADER.format(what=what, date=date, fields=fields).rstrip("\n")]
         lines += [json.dumps(v, sort_keys=True) for v in vectors]
         return "\n".join(lines) + "\n"
 
@@ -339,6 +411,8 @@ def render():
         "frames_valid.txt": text("valid frames of every type, both directions", FRAME_FIELDS, valid_frames()),
         "frames_invalid.txt": text("invalid frames, each with the exact error", FRAME_FIELDS, invalid_frames()),
         "cbor.txt": text("CBOR subset bodies, valid and invalid", CBOR_FIELDS, cbor_vectors()),
+        "registry.txt": text("uplinks judged against the gateway's registry", REGISTRY_FIELDS, registry_vectors(),
+                             REGISTRY_GENERATED),
     }
 
 

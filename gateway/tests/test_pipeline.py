@@ -205,3 +205,48 @@ def test_ack_body_encoding_matches_canonical_cbor(env):
     for acked in (1, 23, 24, 255, 256, 65535, 65536, 0xFFFFFFFF):
         topic, data = signer.ack(DEV, 1, 9, acked_seq=acked, stage=4, gateway_time=NOW)
         assert frame.decode(frame.derive_keys(KEY)[1], topic, data, downlink=True).body == [acked, 4, NOW]
+
+
+# -- protocol/vectors/registry.txt: the SPEC rules that depend on the registry -------------------
+
+from protocol.tests.vectors import registry_vectors  # noqa: E402
+
+REGISTRY_VECTORS = registry_vectors()
+
+
+@pytest.fixture(scope="module")
+def vector_registry(tmp_path_factory):
+    """The gateway's real registry holding registry.txt's devices (every vector has the same ones):
+    keys issued oldest first (add, then rotate_key), revoked ones revoked."""
+    tmp = tmp_path_factory.mktemp("vectors")
+    reg = Registry(tmp / "g.db", tmp / "master.key", ManualClock(NOW))
+    for d in REGISTRY_VECTORS[0]["registry"]:
+        (first, key), *later = d["keys"]
+        reg.add_device(d["device_id"], d["role"], None, key=bytes.fromhex(key), key_id=first)
+        for key_id, key in later:
+            assert reg.rotate_key(d["device_id"], bytes.fromhex(key)) == (key_id, bytes.fromhex(key))
+        if d["status"] == "revoked":
+            reg.revoke_device(d["device_id"])
+    yield reg
+    reg.close()
+
+
+@pytest.mark.parametrize("v", REGISTRY_VECTORS, ids=[v["id"] for v in REGISTRY_VECTORS])
+def test_registry_vector_through_the_real_registry_and_pipeline(v, vector_registry):
+    """Each vector of registry.txt: stored ("ok") or rejected with exactly its name, by the
+    registry's key lookup (unknown / revoked device, key ids after a rotation) and the pipeline's
+    role check, as the running gateway does it."""
+    assert all(w["registry"] == v["registry"] for w in REGISTRY_VECTORS)
+    (o,) = process_batch([Incoming(v["topic"], bytes.fromhex(v["frame"]))], vector_registry.device_key,
+                         lambda d: None, SeqState(), lambda *a: False, NOW)
+    assert ("ok" if o.status == NEW else o.reason) == v["expect"], (v["note"], o.detail)
+    if o.status == NEW:
+        assert (o.new.device_id, o.new.key_id, o.new.seq, o.new.frame.hex()) == (
+            v["device_id"], v["key_id"], v["seq"], v["frame"])
+
+
+def test_the_role_table_is_the_one_of_the_spec_and_the_vectors():
+    from gateway.pipeline import ROLE_TYPES
+    from protocol.gen_vectors import ROLE_SENDS
+
+    assert ROLE_TYPES == {role: frozenset(names) for role, names in ROLE_SENDS.items()}

@@ -6,12 +6,13 @@ import re
 import pytest
 
 from protocol import cbor, frame, gen_vectors, schema, strict
-from protocol.errors import FrameError, UnknownDevice, UnknownKey
-from protocol.tests.vectors import VECTORS_DIR, cbor_vectors, frame_vectors
+from protocol.errors import FrameError, RevokedDevice, UnknownDevice, UnknownKey
+from protocol.tests.vectors import VECTORS_DIR, cbor_vectors, frame_vectors, registry_vectors
 from tools.testing.micropython import run_micropython
 
 FRAMES = frame_vectors()
 CBOR = cbor_vectors()
+REGISTRY = registry_vectors()
 
 
 def _name(fn):
@@ -81,6 +82,45 @@ def test_frame_vector_strict_decoder(v):
         assert got_u in (("ok", "MalformedFrame") if v["id"] in ("bad-mac-truncated-1", "bad-mac-trailing-after-mac") else ("ok",))
     else:
         assert got_u == v["expect"]
+
+
+def registry_lookup(registry):
+    """The key lookup a gateway makes over registry.txt's `registry` (SPEC section 2 step 2)."""
+    devices = {d["device_id"]: d for d in registry}
+
+    def lookup(device_id, key_id):
+        d = devices.get(device_id)
+        if d is None:
+            raise UnknownDevice("device %08x is not registered" % device_id)
+        if d["status"] != "active":
+            raise RevokedDevice("device %08x is revoked" % device_id)
+        keys = dict((k, bytes.fromhex(h)) for k, h in d["keys"])
+        if key_id not in keys:
+            raise UnknownKey("device %08x has no key %d" % (device_id, key_id))
+        return keys[key_id]
+
+    return lookup
+
+
+@pytest.mark.parametrize("v", REGISTRY, ids=[v["id"] for v in REGISTRY])
+def test_registry_vector_strict_decoder(v):
+    """The strict decoder over a lookup of the vector's registry. Roles are the pipeline's check
+    (after the body), so a RoleMismatch vector decodes here; gateway/tests/test_pipeline.py runs
+    every one of these through the real registry and pipeline, roles included."""
+    data = bytes.fromhex(v["frame"])
+    got, f = _name(lambda: strict.decode_uplink(data, v["topic"], registry_lookup(v["registry"])))
+    assert got == ("ok" if v["expect"] == "RoleMismatch" else v["expect"]), v["note"]
+    if got == "ok":
+        assert (f.msg_type, f.device_id, f.key_id, f.seq) == (v["type"], v["device_id"], v["key_id"], v["seq"])
+
+
+def test_registry_vectors_cover_their_rules():
+    assert {v["expect"] for v in REGISTRY} == {"ok", "BadMac", "UnknownKey", "UnknownDevice", "RevokedDevice",
+                                              "RoleMismatch"}
+    # every uplink type from each role
+    roles = {(v["type"], next(d["role"] for d in v["registry"] if d["device_id"] == v.get("device_id", 0)))
+             for v in REGISTRY if v["id"].startswith("role-") and v["expect"] == "ok"}
+    assert {t for t, _ in roles} >= {c for c in range(1, 8) if c != 5} and (5, "checkpoint") in roles
 
 
 @pytest.mark.parametrize("v", CBOR, ids=[v["id"] for v in CBOR])

@@ -17,3 +17,7 @@ def frame_vectors():
 
 def cbor_vectors():
     return load("cbor.txt")
+
+
+def registry_vectors():
+    return load("registry.txt")
