@@ -15,9 +15,10 @@ FLOOD_PAYLOAD = "f" * 48     # about the size of a real frame; not a frame: it n
 
 
 class Flooder:
-    """mosquitto_pub --repeat at QoS 0, repeat-delay 0: as fast as the C client and loopback go."""
+    """mosquitto_pub --repeat at QoS 0 (or `qos`), repeat-delay 0: as fast as the C client and
+    loopback go. It exits after `count` messages, or when the broker drops its connection."""
 
-    def __init__(self, port, username, password, topic, count=100_000_000):
+    def __init__(self, port, username, password, topic, count=100_000_000, qos=0):
         exe = shutil.which("mosquitto_pub")
         if exe is None:
             raise FileNotFoundError("mosquitto_pub not found (apt-get install mosquitto-clients)")
@@ -28,7 +29,7 @@ class Flooder:
         with os.fdopen(fd, "w") as f:
             f.write("-h 127.0.0.1\n-p %d\n-u %s\n-P %s\n" % (port, username, password))
         env = dict(os.environ, XDG_CONFIG_HOME=self._dir.name)
-        self.proc = subprocess.Popen([exe, "-t", topic, "-q", "0", "-m", FLOOD_PAYLOAD, "--repeat", str(count),
+        self.proc = subprocess.Popen([exe, "-t", topic, "-q", str(qos), "-m", FLOOD_PAYLOAD, "--repeat", str(count),
                                       "--repeat-delay", "0", "--quiet"], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

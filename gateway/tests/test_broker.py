@@ -226,3 +226,109 @@ def test_hold_cuts_a_device_off_and_release_lets_it_back(project_broker, clients
     project_broker.hold_devices({A: {}})
     project_broker.revoke_device(A)
     assert project_broker.release_devices([A]) == [] and project_broker.devices() == ["0000002b"]
+
+
+def test_the_shipped_config_binds_client_ids_refuses_retain_and_bounds_queues(tmp_path):
+    """Issue 13, as Mosquitto reads it: every listener binds the client id to the username; no
+    retained messages; bounded queues and packets (the values the flood guard's allowance uses)."""
+    b = ProjectBroker(tmp_path / "b").setup()
+    lines = b.config_text().splitlines()
+    settings = [line for line in lines if line and not line.startswith("#")]
+    listeners = [i for i, line in enumerate(lines) if line.startswith("listener ")]
+    assert len(listeners) == 2
+    for i in listeners:
+        assert lines[i + 1] == "use_username_as_clientid true"
+    for want in ("retain_available false", "max_inflight_messages 1000", "max_queued_messages 10000",
+                 "max_queued_bytes %d" % (16 * 1024 * 1024), "max_packet_size 2048", "allow_anonymous false"):
+        assert want in settings, want
+    assert (b.inflight, b.queued) == (1000, 10000)
+
+
+def _stalled_gateway(broker):
+    """The gateway's login subscribed to every uplink, then never reading its socket (a gateway
+    stuck in a long commit, or gone without closing): what the broker keeps for it is bounded."""
+    import socket
+    import struct
+
+    def field(b):
+        return struct.pack("!H", len(b)) + b
+    user, password = broker.gateway_credentials
+    # clean session, empty client id (the broker uses the username), keepalive 600 s
+    body = field(b"MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 600) + field(b"") + field(user.encode()) \
+        + field(password.encode())
+    sk = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    try:
+        sk.sendall(bytes([0x10, len(body)]) + body)
+        assert sk.recv(4) == b"\x20\x02\x00\x00"
+        sub = struct.pack("!H", 1) + field(b"fq/v1/+/up") + b"\x01"
+        sk.sendall(bytes([0x82, len(sub)]) + sub)
+        assert sk.recv(5) == b"\x90\x03\x00\x01\x01"
+    except BaseException:
+        sk.close()
+        raise
+    return sk
+
+
+@pytest.mark.timeout(120)
+def test_broker_memory_stays_bounded_while_a_device_floods_a_stalled_gateway(project_broker):
+    """Issue 13: one device publishing QoS 0 at full loopback speed (mosquitto_pub) while the
+    gateway's login does not read. Measured 2026-12-07 (load average 5): 500,000 messages took
+    the broker to 10.7 MB with the shipped bounds, to 64 MB (growing with the count) without."""
+    import subprocess
+    import time
+
+    from tools.bench_flood import Flooder, _rss_kb
+
+    project_broker.add_device(A, KEY_A)
+    gw = _stalled_gateway(project_broker)
+    flood = Flooder(project_broker.port, *project_broker.device_credentials(A, KEY_A), "fq/v1/0000002a/up",
+                    count=500_000)
+    peak = 0
+    deadline = time.monotonic() + 60
+    try:
+        while flood.running():        # RSS sampled every 20 ms until the flooder has sent them all
+            peak = max(peak, _rss_kb(project_broker.pid))
+            assert time.monotonic() < deadline, "the flooder still running after 60 s"
+            try:
+                flood.proc.wait(0.02)
+            except subprocess.TimeoutExpired:
+                pass
+        assert flood.proc.returncode == 0, "the flooder did not send its 500,000 messages"
+        peak = max(peak, _rss_kb(project_broker.pid))
+    finally:
+        flood.stop()
+        gw.close()
+    assert 0 < peak < 32 * 1024, "broker peak RSS %d kB" % peak
+
+
+@pytest.mark.timeout(60)
+def test_the_broker_keeps_at_most_inflight_plus_queued_for_the_gateway_while_it_is_away(tmp_path, clients):
+    """What the flood guard's backlog allowance counts on (gateway/quarantine.py): a device's
+    QoS 1 flood while the gateway's persistent session is offline leaves at most
+    max_inflight_messages + max_queued_messages for it (small bounds here, same options)."""
+    from tools.bench_flood import Flooder
+
+    broker = ProjectBroker(tmp_path / "b", inflight=20, queued=200).start()
+    try:
+        broker.add_device(A, KEY_A)
+        gw = clients(broker.port, *broker.gateway_credentials, clean=False)
+        assert gw.connect() and gw.subscribe("fq/v1/+/up") == [1]
+        gw.close()
+        flood = Flooder(broker.port, *broker.device_credentials(A, KEY_A), "fq/v1/0000002a/up", count=5000, qos=1)
+        try:
+            wait_for(lambda: not flood.running(), 40, "the QoS 1 flooder to send its 5,000 messages")
+            assert flood.proc.returncode == 0
+        finally:
+            flood.stop()
+        back = clients(broker.port, *broker.gateway_credentials, clean=False)
+        assert back.connect() and back.session_present
+        # a last message after the backlog: once it is in, everything the broker kept is too
+        a = clients(broker.port, *broker.device_credentials(A, KEY_A))
+        assert a.connect()
+        a.publish("fq/v1/0000002a/up", b"end")
+        kept = 0
+        while back.messages.get(timeout=10)[1] != b"end":   # queue.Empty: the last message never came
+            kept += 1
+        assert 0 < kept <= 20 + 200, kept
+    finally:
+        broker.stop()
