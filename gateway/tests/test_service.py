@@ -202,3 +202,63 @@ def test_gateway_over_tls(running_gateway, project_broker, clients):
     wait_for(lambda: len(dev.acked()) == 200, 20, "200 acks through a TLS gateway connection")
     assert app.store.count() == 200
     assert app.service._client._sockpairW is None
+
+
+def _unread_bytes(sock):
+    """Bytes the kernel holds for this socket that nobody has read yet (FIONREAD)."""
+    import array
+    import fcntl
+    import termios
+
+    n = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, n, True)
+    return n[0]
+
+
+@pytest.mark.timeout(90)
+def test_an_alarm_is_stored_before_the_heartbeats_and_checkins_in_front_of_it(running_gateway, project_broker,
+                                                                                 clients, monkeypatch):
+    """Issue 13, the alarm lane: 300 heartbeats and check-ins reach the gateway before an alarm and
+    100 more after it, all waiting in its socket at once; the alarm is the next batch (stored and
+    acknowledged first), before every one of the 300 in front of it. Deterministic: the gateway's
+    MQTT thread is held in the commit of a first frame until the broker has passed all 401 to its
+    socket (counted with FIONREAD), so it finds them together."""
+    import threading
+
+    app = running_gateway(pipeline={"device_burst": 10000})   # the bucket is not what is tested
+    c = 0x2C
+    _provision(app, project_broker, (A, KEY_A), (B, KEY_B))
+    app.registry.add_device(c, "checkpoint", None, key=KEY_A)
+    project_broker.add_device(c, KEY_A)
+    beats, alarm, cards = (SimDevice(project_broker, d, k, clients).start() for d, k in ((A, KEY_A), (B, KEY_B),
+                                                                                        (c, KEY_A)))
+    gate, held = threading.Event(), threading.Event()
+    commit = app.store.append_device_events
+
+    def held_commit(events):
+        if not gate.is_set():
+            held.set()
+            gate.wait(30)
+        return commit(events)
+
+    monkeypatch.setattr(app.store, "append_device_events", held_commit)
+    beats.send(1, frame.UP_HEARTBEAT, (3700, 1, 0, None, 10000))
+    wait_for(held.is_set, 10, "the MQTT thread to hold in the first frame's commit")
+    sent, size = [], 0
+    heartbeat = (frame.UP_HEARTBEAT, (3700, 5, 0, None, 10000))
+    checkin = (frame.UP_CHECKIN, (7, b"\x01\x02\x03\x04"))
+    for i in range(400):
+        dev, (msg_type, body) = (cards, checkin) if i % 4 == 3 else (beats, heartbeat)
+        seq = 2 + i
+        if i == 300:
+            sent.append(alarm.send(1, wait=False))
+            size += 1 + 1 + 2 + 17 + 2 + len(alarm.frame(1))      # the PUBLISH the gateway gets (QoS 1)
+        sent.append(dev.send(seq, msg_type, body, wait=False))
+        size += 1 + 1 + 2 + 17 + 2 + len(dev.frame(seq, msg_type, body))
+    sock = app.service._client.socket()
+    wait_for(lambda: _unread_bytes(sock) >= size, 20, "the broker to pass all 401 uplinks to the gateway's socket")
+    gate.set()
+    wait_for(lambda: 1 in alarm.acked() and len(beats.acked()) + len(cards.acked()) == 401, 30, "every ack")
+    order = [(e.device_id, e.seq) for e in app.store.events_after(0, 1000)]
+    assert order[:2] == [(A, 1), (B, 1)], order[:5]
+    assert len(order) == 402
