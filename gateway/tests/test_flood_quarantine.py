@@ -12,6 +12,7 @@ import pytest
 
 from gateway import quarantine_cli
 from gateway.config import write_config
+from gateway.console import live
 from gateway.console.testing import Township
 from gateway.quarantine import Quarantine
 from protocol import frame as pframe
@@ -78,6 +79,8 @@ def test_flooder_quarantined_while_an_alarm_gets_through(township, tmp_path):
         assert not _can_connect(t)
         (ev,) = _events(t, "device_quarantined")
         assert ev.body["reason"] == "flood" and ev.body["offence"] == 1 and ev.body["msgs_per_s"] > 400
+        # the duty side: a device fault the console's live stream relays (with device_offline etc.)
+        assert live.relevant(ev) and live.summary(ev)["device"] == "%08x" % FLOODER
         wait_for(lambda: 1 in victim.acks.get(seq, []), 10, "the alarm's dispatched ack")
         wait_for(lambda: all(n.sirens for n in neighbours), 10, "the neighbours' sirens")
         ack_s = victim.ack_times[seq][0] - t0
@@ -105,6 +108,52 @@ def test_flooder_quarantined_while_an_alarm_gets_through(township, tmp_path):
     wait_for(lambda: len(_events(t, "device_released")) == 2, 10, "the operator's release to be seen")
     assert _events(t, "device_released")[1].body == {"by": "operator"}
     wait_for(lambda: _can_connect(t), 10, "the broker to take the released device back (SIGHUP)")
+
+
+@pytest.mark.timeout(90)
+def test_a_flood_right_after_a_gateway_reconnect_is_cut_off_in_the_backlog_grace(township):
+    """Issue 13: a flood that followed a gateway reconnect (which reopens backlog_grace_s: no
+    throttling while the broker hands over what it kept for us) once held 18 of 20 alarms. The
+    gateway's connection is cut (a network blip: it reconnects to its persistent session), the
+    flood starts while the grace is open, and the flood guard still names the flooder once it has
+    sent more than the broker could have kept (max_inflight + max_queued): cut off within 2 s,
+    the victim's alarm acknowledged and sounding the neighbours' sirens."""
+    import socket
+
+    t = township
+    svc = t.app.service
+    q = next(p for p in t.app._plugins if isinstance(p, Quarantine))
+    victim = t.sim_button(VICTIM)
+    neighbours = [t.sim_button(d) for d in NEIGHBOURS]
+    connects, present = svc._connects, []
+    on_connect = svc._client.on_connect
+
+    def watch(client, userdata, flags, reason_code, properties):
+        present.append(bool(flags.session_present))
+        on_connect(client, userdata, flags, reason_code, properties)
+
+    svc._client.on_connect = watch
+    svc._client.socket().shutdown(socket.SHUT_RDWR)     # the broker link drops under the gateway
+    wait_for(lambda: svc._connects > connects and svc.connected, 20, "the gateway to reconnect")
+    assert present == [True], "not a reconnect to the persistent session: %r" % present
+    t0 = time.monotonic()
+    assert svc._throttle_from > t0, "the backlog grace is not open"
+    flooder = Flooder(t.broker.port, *t.broker.device_credentials(FLOODER, t.keys[FLOODER]), pframe.uplink_topic(FLOODER))
+    try:
+        wait_for(lambda: pframe.uplink_topic(FLOODER) in svc._flood[0]._state or not flooder.running(), 10,
+                 "the flood to reach the gateway")
+        seq = victim.alarm()
+        wait_for(lambda: FLOODER in q.refused_at, 10, "the flooder to be cut off and refused at the broker")
+        to_quarantine_s = q.refused_at[FLOODER] - t0
+        wait_for(lambda: 1 in victim.acks.get(seq, []), 10, "the alarm's dispatched ack")
+        wait_for(lambda: all(n.sirens for n in neighbours), 10, "the neighbours' sirens")
+        print("after the reconnect: flood detected %.3f s, login refused %.3f s after it began; alarm acked at %.3f s"
+              % (q.detected_at[FLOODER] - t0, to_quarantine_s, victim.ack_times[seq][0] - t0))
+        assert to_quarantine_s < 2.0 and q.detected_at[FLOODER] < svc._throttle_from
+    finally:
+        flooder.stop()
+    (ev,) = _events(t, "device_quarantined")
+    assert ev.body["reason"] == "flood"
 
 
 class _Broker:
