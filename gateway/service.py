@@ -208,7 +208,9 @@ class GatewayContext:
         if key_id is None:
             key_id = self.registry.device(device_id).key_id
         now = int(self.clock.now())
-        return self._svc._publish_downlink(pipeline.DOWN_ACK, device_id, key_id, [acked_seq, stage, now])
+        # the same second in the header `time` as in the body's gateway_time (SPEC section 4): a
+        # second reading of the clock could cross a second boundary and differ by one
+        return self._svc._publish_downlink(pipeline.DOWN_ACK, device_id, key_id, [acked_seq, stage, now], now)
 
     def emit(self, kind, body, device_id=None, place_id=None, actor="system"):
         """Store a gateway event (handlers see it too) and return the StoredEvent."""

@@ -262,3 +262,34 @@ def test_an_alarm_is_stored_before_the_heartbeats_and_checkins_in_front_of_it(ru
     order = [(e.device_id, e.seq) for e in app.store.events_after(0, 1000)]
     assert order[:2] == [(A, 1), (B, 1)], order[:5]
     assert len(order) == 402
+
+
+def test_a_later_stage_ack_has_its_gateway_time_in_the_header_time_too():
+    """SPEC section 4: the gateway writes an ack's gateway_time in its header `time` as well. A
+    case's later-stage ack (ctx.send_ack) read the clock twice; with the second on the next
+    second the two differed by one. A clock that ticks a second per reading shows it."""
+    from gateway.service import GatewayContext
+
+    class Ticking:
+        t = 1_767_225_600.4
+
+        def now(self):
+            self.t += 1.0
+            return self.t
+
+    class Svc:
+        clock, store, metrics = Ticking(), None, None
+
+        class registry:
+            device = staticmethod(lambda d: type("Dev", (), {"key_id": 3}))
+
+        def _publish_downlink(self, msg_type, device_id, key_id, body, now_i=None):
+            if now_i is None:
+                now_i = int(self.clock.now())
+            self.sent = (msg_type, device_id, key_id, body, now_i)
+            return 7
+
+    svc = Svc()
+    assert GatewayContext(svc).send_ack(A, 12, 1) == 7
+    msg_type, device_id, key_id, body, header_time = svc.sent
+    assert (msg_type, device_id, key_id, body[:2]) == (0x81, A, 3, [12, 1]) and body[2] == header_time
