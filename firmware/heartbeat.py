@@ -9,7 +9,7 @@
 An event refused by a full outbox (OutboxFull) is logged and counted by the uplink, not retried.
 """
 
-import asyncio
+import gc
 import time
 
 import outbox
@@ -23,7 +23,8 @@ class Health:
         self.uplink = uplink
         self.settings = settings
         self.fw = fw
-        self._t0 = time.ticks_ms()  # start, for the uptime
+        self._t0 = self._hb = time.ticks_ms()  # start, for the uptime; _hb: the last heartbeat
+        self._b = self._t0 - 60000  # the last battery sample: the first step takes one
         self.tamper = tamper.Tamper(board.tamper)
         self.battery = battery.Battery(board.battery_mv, low_mv=settings.get("low_battery_mv", 3400))
 
@@ -37,27 +38,28 @@ class Health:
         except outbox.OutboxFull:
             return None
 
-    async def run(self, alive=None):
-        last_beat = time.ticks_ms()
-        last_batt = last_beat - 60000
+    def step(self):
+        """Tamper now, the battery once a second, the heartbeat when due. The board task calls
+        this every ~10 ms (app/runtime.py): no task of its own, which was ~0.5 KB of heap (its
+        Task, the supervisor's frame and its own). An event that meets MemoryError is lost, as
+        it was when the health task failed on one; the board task carries on."""
+        now = time.ticks_ms()
         b = self.battery
         emit = self.uplink.emit
-        while True:
-            if alive:
-                alive("health")
-            ev = self.tamper.poll()
-            now = time.ticks_ms()
+        try:
             try:
+                ev = self.tamper.poll()
                 if ev is not None:
                     emit(frame.UP_TAMPER, [ev == tamper.OPENED], outbox.PRIO_NORMAL)
-                if time.ticks_diff(now, last_batt) >= 1000:
-                    last_batt = now
+                if time.ticks_diff(now, self._b) >= 1000:
+                    self._b = now
                     b.low_mv = self.settings.get("low_battery_mv", b.low_mv)
                     if b.poll() == battery.LOW:
                         emit(frame.UP_BATTERY_LOW, [b.mv], outbox.PRIO_NORMAL)
             except outbox.OutboxFull:
                 pass  # logged by the uplink
-            if time.ticks_diff(now, last_beat) >= self.settings.get("heartbeat_interval_s", 300) * 1000:
-                last_beat = now
+            if time.ticks_diff(now, self._hb) >= self.settings.get("heartbeat_interval_s", 300) * 1000:
+                self._hb = now
                 self.heartbeat()
-            await asyncio.sleep_ms(50)
+        except MemoryError:
+            gc.collect()

@@ -44,13 +44,13 @@ write, _p the packet id of the newest PUBLISH, ack that of the newest PUBACK, tl
 SSLContext (or None). `topic` (our uplink topic) is public: the uplink signs frames for it.
 """
 
-import asyncio
 import random
 import time
 
 # const() is the compiler's: no `from micropython import const` (it would cost a global).
 
 import mqtt
+import tasks
 from protocol import frame
 
 LinkDown = mqtt.MqttError
@@ -100,7 +100,7 @@ class Link:
         while self.ack != pid:
             if not self.up or self.sessions != n:
                 raise LinkDown("Closed")
-            await asyncio.sleep_ms(_POLL_MS)
+            await tasks.sleep_ms(_POLL_MS)
 
     async def run(self):
         """Forever: connect, serve the session until it fails, back off, retry."""
@@ -170,7 +170,7 @@ class Link:
                         await mqtt.io(sock, b"\xc0\x00", True)  # PINGREQ
                         ping = now
                         ping_out = True
-                    await asyncio.sleep_ms(_POLL_MS)
+                    await tasks.sleep_ms(_POLL_MS)
             except (LinkDown, OSError) as e:
                 self.failures += 1
                 self.log("link: %r" % (e,))
@@ -191,5 +191,5 @@ class Link:
                 # A session that came up and lasted resets the backoff; one that the broker
                 # drops at once (a kick loop) keeps it growing.
                 backoff = self.backoff_min_ms
-            await asyncio.sleep_ms(backoff + random.getrandbits(16) * (backoff // 2) // 65536)
+            await tasks.sleep_ms(backoff + random.getrandbits(16) * (backoff // 2) // 65536)
             backoff = min(backoff * 2, self.backoff_max_ms)

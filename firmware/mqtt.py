@@ -23,11 +23,12 @@ remaining length). Each distinct name is a qstr (~11 bytes of heap for good), so
 argument names here are short or shared with other modules.
 """
 
-import asyncio
 import gc
 import socket
 import struct
 import time
+
+import tasks
 
 # const() is the compiler's: no `from micropython import const` (it would cost a global).
 
@@ -167,7 +168,7 @@ async def open(host, port, tls):
                 return sock
             if time.ticks_diff(time.ticks_ms(), t0) > _OP_MS:
                 raise MqttError("Timeout", "connect")
-            await asyncio.sleep_ms(_POLL_MS)
+            await tasks.sleep_ms(_POLL_MS)
     except BaseException:  # also cancellation: never leak the socket
         try:
             sock.close()
@@ -206,7 +207,7 @@ async def io(sock, buf, write):
         elif time.ticks_diff(time.ticks_ms(), t0) > _OP_MS:
             raise MqttError("Timeout", "write" if write else "read")
         else:
-            await asyncio.sleep_ms(_POLL_MS)
+            await tasks.sleep_ms(_POLL_MS)
 
 
 async def recv(sock, buf, n=0):

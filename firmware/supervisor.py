@@ -23,10 +23,11 @@ qstr): seen (task -> ticks of its last check-in), _w the watchdog, _q the task l
 stalled, _r the restart loop of one task.
 """
 
-import asyncio
 import gc
 import sys
 import time
+
+import tasks
 
 # const() is the compiler's: no `from micropython import const` (it would cost a global).
 
@@ -63,7 +64,7 @@ class Supervisor:
         self.restarts[name] = 0
         if watch:
             self.seen[name] = time.ticks_ms()
-        return asyncio.create_task(self._r(name, f))
+        return tasks.create_task(self._r(name, f))
 
     async def _r(self, name, f):
         fails = 0  # in a row
@@ -72,8 +73,7 @@ class Supervisor:
             try:
                 await f()
                 self.log("supervisor: %s %s" % (name, "returned"))
-            except asyncio.CancelledError:
-                raise
+            # (A cancelled task's GeneratorExit is no Exception: it ends the task, tasks.py.)
             except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
                 if type(e) is MemoryError:
                     gc.collect()  # what the task held is garbage now: room for the log line
@@ -91,7 +91,7 @@ class Supervisor:
                 fails = 0
             if name in self.seen:
                 self.seen[name] = time.ticks_ms()
-            await asyncio.sleep_ms(self.restart_delay_ms)
+            await tasks.sleep_ms(self.restart_delay_ms)
 
     def _boot(self, name):
         # The reboot a task failing in a row (or the watch itself) ends in. The log line may
@@ -119,7 +119,7 @@ class Supervisor:
                     self._boot("watch")
                     fails = 0
                 gc.collect()
-            await asyncio.sleep_ms(500)
+            await tasks.sleep_ms(500)
 
     def _check(self):
         now = time.ticks_ms()

@@ -74,7 +74,6 @@ CONSOLE_SESSIONS = 3  # spread over the sends: after the 1st, the 68th and the 1
 
 PREFILL = r'''
 import sys
-import asyncio
 import identity
 from app.uplink import Uplink
 from clock import Clock
@@ -613,7 +612,7 @@ gc.collect()
 base = gc.mem_alloc()
 # What a running board keeps imported (identity and the console's request handling are loaded
 # per use and dropped again: app/runtime.py, console/__init__.py).
-import asyncio, console, clock, supervisor, link, heartbeat, app.uplink, app.runtime
+import tasks, console, clock, supervisor, link, heartbeat, app.uplink, app.runtime
 from boards import load_board
 import boards.host, drivers.led, drivers.buzzer
 if sys.argv[1] == "alarm":
@@ -706,7 +705,7 @@ while True:
 gc.collect()
 print("pool", gc.mem_alloc() - base)
 micropython.qstr_info()
-ORDER = ("asyncio protocol.errors protocol.cbor protocol.crypto protocol.schema protocol.frame mqtt link outbox "
+ORDER = ("tasks protocol.errors protocol.cbor protocol.crypto protocol.schema protocol.frame mqtt link outbox "
          "seqcounter clock app.uplink supervisor drivers.battery drivers.tamper heartbeat drivers.led drivers.buzzer "
          "console boards boards.host app.runtime")
 ROLE = {"alarm": "drivers.button alarm_button", "checkin": "drivers.mfrc522 boards.sim_mfrc522 checkin_point"}

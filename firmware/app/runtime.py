@@ -5,19 +5,20 @@
         [--outbox-entries N] [--outbox-bytes N] [--heap-log]
 
 Unprovisioned (or an identity that fails its CRC): the console only, LED "unprovisioned" (or
-"error"). Provisioned: the role runs as asyncio tasks under the supervisor (restart on failure,
+"error"). Provisioned: the role runs as tasks (tasks.py) under the supervisor (restart on failure,
 watchdog fed only while every task checks in), and the console stays available so a technician
 can identify or read back a running unit; console writes take effect after a reboot.
 
-Tasks: board (board.poll, the console and the role's step, every 10 ms; it also checks in for the
-link, link_alive()), link (MQTT session),
-uplink (outbox -> link), health (heartbeat, tamper, battery), and the supervisor's watchdog.
+Tasks: board (board.poll, the console, the role's step and the health step (heartbeat, tamper,
+battery), every 10 ms; it also checks in for the link, link_alive()), link (MQTT session),
+uplink (outbox -> link), and the supervisor's watchdog.
 Logs go to stderr (the same UART on a board; kept off the console's stdout on the host board).
 
 RAM (64 KB heap goal, LINK.md "Memory"): the identity module is imported to read the identity
 and dropped from sys.modules before the role's modules are imported (the console and a `config`
-downlink import it again for a moment, console/__init__.py); the role is stepped by the board
-task (a task is a Task, a supervisor frame and its own frame, ~0.4 KB); one App object holds
+downlink import it again for a moment, console/__init__.py); the role and the health checks are
+stepped by the board task (a task is a Task, a supervisor frame and its own frame, ~0.5 KB);
+one App object holds
 what the board task and the settings listener need (no closures, no lambdas).
 """
 
@@ -38,6 +39,7 @@ _FAILING_S = const(3)
 _ENTRIES = const(4)
 _BYTES = const(5)
 _HEAP_LOG = const(6)
+_REQUEST_MODULES = const(5)  # the most modules a console request imports (rekey: console/__init__.py)
 
 heap_peak = 0
 live_peak = 0
@@ -111,7 +113,7 @@ class App:
         self.up = up  # up.link: the Link
         self.sup = sup
         self.role = role
-        self._h = health  # the Health object (its task: health() below)
+        self._h = health  # the Health object, stepped by run() as the role is
         self.heap_log = heap_log
         self.console = Console(board, board.flash_root, _FW, log, cfg)
 
@@ -133,7 +135,7 @@ class App:
             drop()
 
     async def run(self):
-        import asyncio
+        import tasks
 
         global live_peak
         sup, board, con, role, up = self.sup, self.board, self.console, self.role, self.up
@@ -144,6 +146,7 @@ class App:
             board.poll()
             con.poll()
             role.step()
+            self._h.step()
             n += 1
             if n % 50 == 0:
                 note_heap()
@@ -155,14 +158,11 @@ class App:
                     log("heap: live %d live_peak %d alloc_peak %d free %d outbox %d sent %d acks %d sessions %d" % (
                         live, live_peak, heap_peak, gc.mem_free(), len(up.outbox), up.sent, up.acks,
                         up.link.sessions))
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
 
     # The other watched tasks, as the supervisor starts them (a method, not a closure per task).
     def uplink(self):
         return self.up.run(self.sup.alive)
-
-    def health(self):
-        return self._h.run(self.sup.alive)
 
 
 def start(board, cfg, opts):
@@ -205,6 +205,16 @@ def start(board, cfg, opts):
         up.emit(frame.UP_BOOT, [board.reset_reason(), _FW], PRIO_NORMAL)
     except OutboxFull:
         pass
+    # sys.modules' table is one piece of the heap, and a console request makes it grow: its
+    # modules (up to 5, a rekey) take it past 29 entries, and the table of 37 slots (592 B on the
+    # 64-bit port) was then needed in a running heap, whose free space is in small pieces (seen:
+    # MemoryError allocating 592 bytes, a check-in point at 56 KB). Grown now, at boot, it is
+    # the size the first request would have left it anyway. (Small-int keys: nothing else made.)
+    m = sys.modules
+    for k in range(_REQUEST_MODULES):
+        m[k] = None
+    for k in range(_REQUEST_MODULES):
+        del m[k]
     gc.collect()
     global live_peak
     live_peak = gc.mem_alloc()
@@ -213,7 +223,6 @@ def start(board, cfg, opts):
     sup.spawn("board", app.run)
     sup.spawn("link", link.run)  # watched: checked in by the board task (link_alive)
     sup.spawn("uplink", app.uplink)
-    sup.spawn("health", app.health)
     return sup
 
 
@@ -236,10 +245,10 @@ def main(argv=None):
         console_only(board, "unprovisioned" if cfg.args[0] == "not_provisioned" else "error")
     opts = options(argv)  # a bad option is the caller's mistake: it ends here, no reboot
     gc.collect()
-    import asyncio
+    import tasks
 
     try:
-        asyncio.run(start(board, cfg, opts).watch())
+        tasks.run(start(board, cfg, opts).watch())
     except Exception as e:  # noqa: BLE001 - a unit must never stop at a prompt (issue 11)
         # Whatever ends the event loop (a MemoryError while the unit is built, a bug) ends in a
         # reset, as the watchdog would, never in a unit that looks on but is dead: the outbox

@@ -40,12 +40,12 @@ the first seq of this boot, hi the highest downlink seq accepted, _o the oldest 
 it has been (sent, unacked), _w how long it may stay so before everything is resent. Frames are signed for link.topic.
 """
 
-import asyncio
 import struct
 import time
 
 # const() is the compiler's: no `from micropython import const` (it would cost a global).
 
+import tasks
 from link import LinkDown
 from outbox import Outbox
 from protocol import cbor, frame
@@ -114,7 +114,7 @@ class Uplink:
                 alive("uplink")
             link = self.link
             if link is None or not link.up:
-                await asyncio.sleep_ms(100)
+                await tasks.sleep_ms(100)
                 continue
             if link.sessions != session:
                 session = link.sessions
@@ -139,7 +139,7 @@ class Uplink:
                     cursor = 0  # resend everything still waiting, oldest first
                     continue
                 # Polled, not woken by an Event: no Event/wait_for task per wait (see link.py).
-                await asyncio.sleep_ms(50)
+                await tasks.sleep_ms(50)
                 continue
             # The signed frame for the event; a time unknown when it was stored is taken from its
             # ticks if the clock is known now and it is still the same boot.

@@ -262,7 +262,7 @@ def test_a_unit_that_runs_out_of_heap_while_it_is_built_reboots_instead_of_stopp
     from tools.testing.procs import free_port
 
     outcomes = {}
-    for kb in (36, 38, 40, 42, 44):
+    for kb in (28, 30, 32, 34, 36, 38, 40, 42, 44):
         flash = tmp_path / str(kb)
         provision_dir(flash, {"device_id": 0x1234, "key": bytes(32), "key_id": 1, "role": "checkin",
                               "broker_host": "127.0.0.1", "broker_port": free_port()})

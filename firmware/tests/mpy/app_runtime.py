@@ -130,7 +130,7 @@ def test_mqtt_parse_publish_and_bad_packets():
 
 
 def test_mqtt_recv_reads_a_packet_and_polls_without_waiting():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
 
     class Sock:
         def __init__(self, data):
@@ -148,10 +148,10 @@ def test_mqtt_recv_reads_a_packet_and_polls_without_waiting():
     check(not mqtt.poll(Sock(b""), one), "nothing arrived: poll says so at once")
     sock = Sock(b"\x32\xcd\x01" + b"z" * 205)
     check(mqtt.poll(sock, one), "a packet has begun")
-    first, body = asyncio.run(mqtt.recv(sock, one, 1))
+    first, body = tasks.run(mqtt.recv(sock, one, 1))
     eq((first, len(body)), (0x32, 205), "two-byte remaining length, body read in pieces")
     try:
-        asyncio.run(mqtt.recv(Sock(b"\x30\xff\xff\x7f"), one))
+        tasks.run(mqtt.recv(Sock(b"\x30\xff\xff\x7f"), one))
         check(False, "accepted an oversize packet")
     except mqtt.MqttError as e:
         eq(e.args[0], "BadPacket", "oversize refused")
@@ -166,7 +166,7 @@ def test_tls_context_rejects_non_pem_ca():
 
 
 def test_link_backoff_doubles_with_jitter_up_to_the_cap():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from link import Link
 
     calls = []
@@ -181,11 +181,11 @@ def test_link_backoff_doubles_with_jitter_up_to_the_cap():
     link = Link(NoNet(), c, None, log=lambda m: None, backoff_min_ms=50, backoff_max_ms=400)
 
     async def scenario():
-        t = asyncio.create_task(link.run())
-        await asyncio.sleep_ms(2600)
-        t.cancel()
+        t = tasks.create_task(link.run())
+        await tasks.sleep_ms(2600)
+        tasks.cancel(t)
 
-    asyncio.run(scenario())
+    tasks.run(scenario())
     gaps = [time.ticks_diff(b, a) for a, b in zip(calls, calls[1:])]
     check(len(gaps) >= 5, "attempts: %r" % gaps)
     for i, want in enumerate((50, 100, 200, 400, 400)):
@@ -289,7 +289,7 @@ def test_seq_survives_uplink_restart():
 def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
     """Issue 14: seq 6-10 PUBACKed into a broker session lost by a kill -9, 11 acked by the
     gateway: 6-10 must still be resent (they are unacked) until each gets its own ack."""
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
 
     up = Uplink(cfg(), D, Clock(), ack_ms=150)
     seqs = [up.emit(frame.UP_CHECKIN, [5, bytes([4, i, 2, 3])], PRIO_NORMAL) for i in range(4)]
@@ -308,9 +308,9 @@ def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
     ack_seq = [10]
 
     async def scenario():
-        t = asyncio.create_task(up.run())
+        t = tasks.create_task(up.run())
         for _ in range(100):
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if len(got) >= 4:
                 break
         # The gateway acks only the newest (the older ones went to the lost session) ...
@@ -319,7 +319,7 @@ def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
         first_pass = list(got)
         # ... and keeps acking other things; the three older records are resent anyway.
         for _ in range(100):
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if len(got) >= 7:
                 break
         resent = got[len(first_pass):]
@@ -328,11 +328,11 @@ def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
             up.on_message(*downlink(ack_seq[0], frame.DOWN_ACK, [s, 0, NOW]))
             ack_seq[0] += 1
         n = len(got)
-        await asyncio.sleep_ms(600)
-        t.cancel()
+        await tasks.sleep_ms(600)
+        tasks.cancel(t)
         return first_pass, resent, len(got) - n
 
-    first_pass, resent, after = asyncio.run(scenario())
+    first_pass, resent, after = tasks.run(scenario())
     up.link = None
     eq(first_pass, seqs, "first pass, in order")
     eq(resent[:3], seqs[:3], "the three unacked records resent, in order, after a later ack")
@@ -342,7 +342,7 @@ def test_uplink_resends_each_record_until_its_own_ack_whatever_later_acks_say():
 
 def sent_frames(up, n):
     """The first n frames the sender task publishes (raw), through a capturing link."""
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
 
     got = []
 
@@ -357,14 +357,14 @@ def sent_frames(up, n):
     up.link = Capture()
 
     async def scenario():
-        t = asyncio.create_task(up.run())
+        t = tasks.create_task(up.run())
         for _ in range(300):
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if len(got) >= n:
                 break
-        t.cancel()
+        tasks.cancel(t)
 
-    asyncio.run(scenario())
+    tasks.run(scenario())
     up.link = None
     return got[:n]
 
@@ -575,32 +575,32 @@ def test_health_tamper_battery_heartbeat_events():
     eq(h.tamper.poll(), 2, "closed")
 
 
-def test_health_task_emits_tamper_and_one_battery_low_per_crossing():
-    import asyncio
+def test_health_step_emits_tamper_and_one_battery_low_per_crossing():
     from heartbeat import Health
 
     board = FakeBoard()
     up = Uplink(cfg(), D, Clock())
     h = Health(board, up, cfg()["settings"], 10000)
 
-    async def scenario():
-        t = asyncio.create_task(h.run())
-        await asyncio.sleep_ms(200)
-        board.open = 1
-        board.mv = 3300
-        await asyncio.sleep_ms(2600)  # battery sampled once a second; median of 5 samples
-        board.mv = 3350  # still low: no second event
-        await asyncio.sleep_ms(1200)
-        t.cancel()
+    def steps(ms):  # the board task steps it every 10 ms (app/runtime.py)
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < ms:
+            h.step()
+            time.sleep_ms(10)
 
-    asyncio.run(scenario())
+    steps(200)
+    board.open = 1
+    board.mv = 3300
+    steps(2600)  # battery sampled once a second; median of 5 samples
+    board.mv = 3350  # still low: no second event
+    steps(1200)
     types = [up.outbox.read(s)[1][0] for s in up.outbox.seqs()]
     eq(types.count(frame.UP_TAMPER), 1, "one tamper event: %r" % types)
     eq(types.count(frame.UP_BATTERY_LOW), 1, "one battery_low: %r" % types)
 
 
 def test_supervisor_restarts_a_failing_task_and_starves_the_watchdog_on_a_stall():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from supervisor import Supervisor
 
     class Wdt:
@@ -619,24 +619,24 @@ def test_supervisor_restarts_a_failing_task_and_starves_the_watchdog_on_a_stall(
 
     async def flaky():
         runs.append(1)
-        await asyncio.sleep_ms(10)
+        await tasks.sleep_ms(10)
         raise OSError("boom")
 
     async def stalls():
         sup.alive("stalls")
-        await asyncio.sleep_ms(100000)  # stops checking in
+        await tasks.sleep_ms(100000)  # stops checking in
 
     async def scenario():
         sup.spawn("flaky", flaky, watch=False)
         sup.spawn("stalls", stalls)
-        w = asyncio.create_task(sup.watch())
-        await asyncio.sleep_ms(400)
+        w = tasks.create_task(sup.watch())
+        await tasks.sleep_ms(400)
         fed_early = Wdt.feeds
-        await asyncio.sleep_ms(1500)
-        w.cancel()
+        await tasks.sleep_ms(1500)
+        tasks.cancel(w)
         return fed_early
 
-    fed_early = asyncio.run(scenario())
+    fed_early = tasks.run(scenario())
     check(len(runs) >= 3 and sup.restarts["flaky"] >= 3, "restarted: %r" % sup.restarts)
     check(fed_early >= 1, "fed while healthy")
     fed_total = Wdt.feeds
@@ -645,7 +645,7 @@ def test_supervisor_restarts_a_failing_task_and_starves_the_watchdog_on_a_stall(
 
 
 def test_supervisor_restarts_a_task_that_runs_out_of_memory_then_reboots_after_five_in_a_row():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from supervisor import Supervisor
 
     class B:
@@ -663,23 +663,23 @@ def test_supervisor_restarts_a_task_that_runs_out_of_memory_then_reboots_after_f
 
     async def greedy():
         runs.append(1)
-        await asyncio.sleep_ms(1)
+        await tasks.sleep_ms(1)
         bytearray(1 << 40)  # a real MemoryError from the VM's allocator
 
     async def healthy_then_fails():
-        await asyncio.sleep_ms(350)  # longer than healthy_ms before each failure
+        await tasks.sleep_ms(350)  # longer than healthy_ms before each failure
         raise MemoryError
 
     async def scenario():
         sup.spawn("greedy", greedy)
         sup.spawn("slow", healthy_then_fails)
         for _ in range(1000):
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if sup.restarts["slow"] >= 6:
                 break
         return sup.restarts["greedy"], B.reboots  # at one instant (no await between)
 
-    greedy_fails, reboots_n = asyncio.run(scenario())
+    greedy_fails, reboots_n = tasks.run(scenario())
     check(len(runs) >= 11, "restarted after each MemoryError: %d runs" % len(runs))
     check(sup.restarts["slow"] >= 6, "the healthy task was restarted: %r" % sup.restarts)
     reboots = [m for m in logs if "reboot" in m]
@@ -690,10 +690,10 @@ def test_supervisor_restarts_a_task_that_runs_out_of_memory_then_reboots_after_f
 
 
 def test_supervisor_watch_survives_memory_errors_and_reboots_after_max_fails_in_a_row():
-    """The watch is the main task: a MemoryError in its check used to end asyncio.run (exit 1,
+    """The watch is the main task: a MemoryError in its check used to end tasks.run (exit 1,
     a dead unit, no reboot). Now it is collected and checked again; max_fails in a row reboot.
     The reboot's own log line meeting MemoryError does not stop the reboot."""
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from supervisor import Supervisor
 
     class B:
@@ -723,16 +723,16 @@ def test_supervisor_watch_survives_memory_errors_and_reboots_after_max_fails_in_
     sup = S(B(), log, max_fails=3)
 
     async def scenario():
-        w = asyncio.create_task(sup.watch())
-        await asyncio.sleep_ms(1600)  # two failed checks, then good ones
+        w = tasks.create_task(sup.watch())
+        await tasks.sleep_ms(1600)  # two failed checks, then good ones
         eq(B.reboots, 0, "two MemoryErrors in a row: no reboot")
         fail[0] = 3
-        await asyncio.sleep_ms(1600)
+        await tasks.sleep_ms(1600)
         eq(B.reboots, 1, "three in a row: a reboot (its log line failed too)")
-        check(not w.done(), "the watch task is still running")
-        w.cancel()
+        check(not tasks.done(w), "the watch task is still running")
+        tasks.cancel(w)
 
-    asyncio.run(scenario())
+    tasks.run(scenario())
 
     # A task failing max_fails in a row reboots even when the reboot's log line fails.
     sup = Supervisor(B(), log, restart_delay_ms=1, max_fails=2)
@@ -744,16 +744,16 @@ def test_supervisor_watch_survives_memory_errors_and_reboots_after_max_fails_in_
     async def scenario2():
         sup.spawn("oom", oom)
         for _ in range(200):
-            await asyncio.sleep_ms(5)
+            await tasks.sleep_ms(5)
             if B.reboots:
                 break
 
-    asyncio.run(scenario2())
+    tasks.run(scenario2())
     check(B.reboots >= 1, "rebooted although the log line met MemoryError")
 
 
 def test_supervisor_reboot_on_the_host_board_leaves_the_event_loop_with_status_3():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from supervisor import Supervisor
 
     class B:
@@ -770,18 +770,18 @@ def test_supervisor_reboot_on_the_host_board_leaves_the_event_loop_with_status_3
 
     async def main():
         sup.spawn("oom", oom)
-        await asyncio.sleep_ms(2000)
+        await tasks.sleep_ms(2000)
         return "not rebooted"
 
     try:
-        got = asyncio.run(main())
+        got = tasks.run(main())
     except SystemExit as e:
         got = e.args[0]
-    eq(got, 3, "the reboot's SystemExit leaves asyncio.run (the process exits 3)")
+    eq(got, 3, "the reboot's SystemExit leaves tasks.run (the process exits 3)")
 
 
 def test_link_is_watched_through_a_long_backoff_and_stalls_on_a_socket_that_never_connects():
-    import asyncio
+    import tasks  # the firmware's scheduler drives its coroutines (firmware/tasks.py)
     from app.runtime import link_alive
     from link import Link
     from supervisor import Supervisor
@@ -807,26 +807,26 @@ def test_link_is_watched_through_a_long_backoff_and_stalls_on_a_socket_that_neve
         while True:
             sup.alive("board")
             link_alive(sup, link)
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
 
     async def scenario():
         sup.spawn("link", link.run)
         sup.spawn("board", board_task)
-        w = asyncio.create_task(sup.watch())
+        w = tasks.create_task(sup.watch())
         for _ in range(300):  # through the first back-off sleep (2 s, over 3 x stall_ms)
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if link.failures >= 2:
                 break
         in_backoff = list(logs)
         link.conn = Sock()  # a socket that never becomes a session (as if stuck before CONNACK)
         for _ in range(300):
-            await asyncio.sleep_ms(10)
+            await tasks.sleep_ms(10)
             if any("stalled" in m for m in logs):
                 break
-        w.cancel()
+        tasks.cancel(w)
         return in_backoff
 
-    in_backoff = asyncio.run(scenario())
+    in_backoff = tasks.run(scenario())
     check(link.failures >= 2, "two connect attempts, a 2 s back-off between: %d" % link.failures)
     check(not any("stalled" in m for m in in_backoff), "not a stall while backing off: %r" % in_backoff)
     check(any("link stalled" in m for m in logs), "stuck before the session: stalled: %r" % logs)
