@@ -12,7 +12,11 @@ a minute otherwise. So 400 messages in one second is never a device doing its jo
 device (tens of thousands of QoS 0 messages a second on loopback) crosses it in milliseconds. Not
 higher: the limit is judged on what reaches the gateway, and with ten flooders the broker drops
 most of each one's messages (bounded queues), so each arrives at ~1/10 of the gateway's read rate
-(measured: 1,000/s was not reached by 9 of 10 flooders).
+(measured when each message went through paho first: 1,000/s was not reached by 9 of 10
+flooders, and on a busier machine 400/s neither: 9 of 10 unnamed after 8 s, 2026-12-07). So the
+messages are counted as they are read, in the read buffer at ~1 us each (gateway.service
+_ReadAhead, which also cuts out QoS 0 uplinks: SPEC section 6 has none); measured then, ten
+flooders each reached the gateway at 5,000-9,000 msg/s and all were named within 0.21 s.
 After the gateway (re)connects, the broker hands over the backlog it kept for us at full speed:
 no device is judged then until it has sent more than the broker could have queued for us
 (max_inflight_messages + max_queued_messages), which only a flooder does.
@@ -22,7 +26,9 @@ Ten flooders at once (issue 13, measured with `fengqiao bench flood` on the 2-co
   (max_queued_messages) and, on loopback, up to 4 MB in the broker's socket send buffer (~60,000
   flood messages; Mosquitto has no option to bound it), read in arrival order. So a flooder is
   named when its messages come out of that pipe, and an alarm sent meanwhile waits behind them
-  (measured: one or two alarms of ~1-2 s at the start of a ten-device flood, none after);
+  (measured while each went through paho: one or two alarms of ~1-4 s at the start of a
+  ten-device flood, none after; with QoS 0 ones cut out of the read buffer the pipe drains at
+  ~1 us a message);
 - each cut-off is a broker reload, and a reload stalls the whole broker while it re-checks the
   password of every connected login (with the gateway's at 210,000 PBKDF2 iterations: 0.3-0.6 s
   per reload under the flood; now 10,000, and 0.57 ms per connected device at 1,000: see
@@ -31,8 +37,9 @@ Ten flooders at once (issue 13, measured with `fengqiao bench flood` on the 2-co
   and what is named meanwhile goes into the next one.
 
 Failure modes and answers:
-- a flood delays everyone's alarms: the service drops the flooder's messages on arrival (before any
-  queue; "Quarantined" in fengqiao_rejections_total) from the first message over the limit, and
+- a flood delays everyone's alarms: the service counts each device's messages as they are read
+  and drops the flooder's from the first read over the limit (before paho and any queue;
+  "Quarantined" in fengqiao_rejections_total; QoS 0 ones before that too, "WrongQoS"), and
   this module's thread cuts it off at the broker within ~0.2 s (`ProjectBroker.hold_devices`: the
   login leaves the password file, SIGHUP drops its connection and refuses it back);
 - nobody notices: `device_quarantined` (a gateway event: stored, forwarded, on the duty console
@@ -129,18 +136,21 @@ class FloodDetector:
         for st in self._state.values():
             st[2] = 0
 
-    def note(self, topic, now, in_grace):
-        """None, or the rate (msgs/s) of a device found flooding by this message."""
+    def note(self, topic, now, in_grace, n=1):
+        """None, or the rate (msgs/s) of a device found flooding by these n messages (the ones of
+        one read of the gateway's socket, gateway.service._ReadAhead)."""
         st = self._state.get(topic)
         if st is None:
             st = self._state[topic] = [now, 0, 0]
         elif now - st[0] >= self.window_s:
             st[0] = now
             st[1] = 0
-        st[1] += 1
-        st[2] += 1
+        st[1] += n
+        st[2] += n
         if st[1] > self.limit and (not in_grace or st[2] > self._allowance):
-            return round(st[1] / max(now - st[0], 1e-3))
+            # one 64 KiB read holds up to ~900 messages of a topic at the same `now`: no rate is
+            # taken over less than 50 ms
+            return round(st[1] / max(now - st[0], 0.05))
         return None
 
     def forget(self, topic):

@@ -163,6 +163,10 @@ def run(args):
             deadline = time.monotonic() + 5
             while set(ids) & q._at_broker and time.monotonic() < deadline:
                 time.sleep(0.05)
+            reasons = ("WrongQoS", "Quarantined", "Throttled", "UnsupportedVersion")
+            counted = lambda: {r: t.app.metrics.counter("fengqiao_rejections_total", {"reason": r})  # noqa: E731
+                               for r in reasons}
+            seen_before, events_before = counted(), t.app.store.head()[0]
             t0 = time.monotonic()
             fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d)) for d in ids]
             exited = {}
@@ -189,8 +193,17 @@ def run(args):
             rel = lambda m, d: round(m[d] - t0, 3) if d in m else None  # noqa: E731
             # per flooder: named by the gateway's flood guard, cut off at the broker (reload
             # confirmed), and its connection gone (mosquitto_pub exited)
+            # the rate the flood guard saw when it named each one (its device_quarantined event)
+            rate = {e.device_id: e.body.get("msgs_per_s") for e in t.app.store.gateway_events(
+                ("device_quarantined",), after=events_before)}
             run_["flooders_s"] = [{"device": "%08x" % d, "detected": rel(q.detected_at, d), "cut_off": rel(q.quarantined_at, d),
-                                   "refused": rel(q.refused_at, d), "disconnected": rel(exited, d)} for d in ids]
+                                   "refused": rel(q.refused_at, d), "disconnected": rel(exited, d),
+                                   "msgs_per_s_seen": rate.get(d)} for d in ids]
+            # how many flood messages reached the gateway, by what dropped them: QoS 0 (cut out of
+            # the read buffer, WrongQoS, or Quarantined once held), or (a QoS 1 flood) not a frame
+            # / over the device's rate
+            now_seen = counted()
+            run_["flood_msgs_at_gateway"] = {r: now_seen[r] - seen_before[r] for r in reasons}
             slow = [(round(s0 - t0, 3), None if a is None else round(a * 1000, 1)) for s0, a in trace
                     if a is None or a > 0.1]
             run_["during_slow_acks"] = slow[:20]

@@ -231,15 +231,20 @@ def _publish(topic, payload, qos=0):
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
-def test_read_buffer_cuts_out_held_qos0_publishes_at_packet_boundaries(chunk):
-    """gateway.service._ReadAhead: a held topic's QoS 0 PUBLISHes never reach paho (counted), QoS 1
-    ones and everyone else's do, whole; also when the topic is held between two reads (a buffer
-    passed on whole may end inside a packet: the stream once lost its framing there). 0.01 s."""
+def test_read_buffer_cuts_out_qos0_publishes_and_counts_every_topic_at_packet_boundaries(chunk):
+    """gateway.service._ReadAhead: QoS 0 PUBLISHes on device topics never reach paho (SPEC section 6:
+    uplinks are QoS 1; counted as Quarantined for a held topic, WrongQoS for another), QoS 1 ones
+    and other packets do, whole and in order; every PUBLISH on a topic not held is counted for the
+    flood guard, once per read; also when the topic is held between two reads (a buffer passed on
+    whole may end inside a packet: the stream once lost its framing there). 0.01 s."""
+    import collections
+
     from gateway.service import _ReadAhead
 
     held_t, other = pframe.uplink_topic(FLOODER), pframe.uplink_topic(VICTIM)
     one = [_publish(held_t, b"f" * 48), _publish(other, b"a" * 60, 1), _publish(held_t, b"x" * 300),
-           _publish(held_t, b"q", 1), _publish(other, b"b" * 200), b"\xd0\x00"]
+           _publish(held_t, b"q", 1), _publish(other, b"b" * 200), _publish("$SYS/broker/clients/connected", b"3"),
+           b"\xd0\x00"]
 
     class Sock:
         data = b"".join(one) * 3
@@ -250,8 +255,8 @@ def test_read_buffer_cuts_out_held_qos0_publishes_at_packet_boundaries(chunk):
             out, self.data = self.data[:chunk], self.data[chunk:]
             return out
 
-    held, dropped, got, reads = set(), [], [], 0
-    r = _ReadAhead(Sock(), held, dropped.append)
+    held, dropped, counted, got, reads = set(), [], collections.Counter(), [], 0
+    r = _ReadAhead(Sock(), held, lambda h, o: dropped.append((h, o)), counted.update)
     with pytest.raises(BlockingIOError):
         while True:
             got.append(r.recv(5))
@@ -266,7 +271,22 @@ def test_read_buffer_cuts_out_held_qos0_publishes_at_packet_boundaries(chunk):
         end = j + 1 + (length | stream[j] << shift)
         packets.append(stream[i:end])
         i = end
-    assert set(packets) <= set(one) and i == len(stream)
-    assert len(packets) + sum(dropped) == 3 * len(one)
-    if chunk < 1000:    # held before the last copy was read: cut out of it
-        assert sum(dropped) >= 2 and packets[-4:] == [one[1], one[3], one[4], one[5]]
+    assert packets == [one[1], one[3], one[5], one[6]] * 3 and i == len(stream)
+    assert sum(h + o for h, o in dropped) == 3 * 3                  # every QoS 0 one on a device topic
+    assert counted[other.encode()] == 3 * 2 and b"$SYS/broker/clients/connected" not in counted
+    if chunk < 1000:    # held before the last copy was read: cut out of it as Quarantined, no longer counted
+        assert sum(h for h, _ in dropped) >= 2 and counted[held_t.encode()] < 3 * 3
+    else:               # one read held all three copies: counted, cut as WrongQoS
+        assert dropped == [(0, 9)] and counted[held_t.encode()] == 3 * 3
+
+
+def test_the_flood_guard_judges_the_counts_of_one_read_at_once():
+    from gateway.quarantine import FloodDetector
+
+    d = FloodDetector(400, backlog_allowance=1000)
+    d.connected(session_present=False)
+    assert d.note("t", 10.0, False, 400) is None
+    assert d.note("t", 10.02, False, 500) == 900 / 0.05        # one read of many: no rate over < 50 ms
+    d.connected(session_present=True)                          # a backlog of up to 1,000 may come at once
+    assert d.note("u", 20.0, True, 999) is None and d.note("u", 20.1, True, 2) == 10010
+    assert d.note("v", 30.0, False, 401) == 401 / 0.05

@@ -293,3 +293,18 @@ def test_a_later_stage_ack_has_its_gateway_time_in_the_header_time_too():
     assert GatewayContext(svc).send_ack(A, 12, 1) == 7
     msg_type, device_id, key_id, body, header_time = svc.sent
     assert (msg_type, device_id, key_id, body[:2]) == (0x81, A, 3, [12, 1]) and body[2] == header_time
+
+
+@pytest.mark.timeout(60)
+def test_a_qos0_uplink_is_dropped_unread_as_wrong_qos(running_gateway, project_broker, clients):
+    """SPEC section 6: uplinks are QoS 1. A valid, signed alarm published at QoS 0 is cut out of the
+    gateway's read buffer (WrongQoS): not stored, not acknowledged; the same frame at QoS 1 is."""
+    app = running_gateway()
+    _provision(app, project_broker, (A, KEY_A))
+    dev = SimDevice(project_broker, A, KEY_A, clients).start()
+    dev.mqtt.client.publish(dev.topic, dev.frame(1), qos=0)
+    wait_for(lambda: app.metrics.counter("fengqiao_rejections_total", {"reason": "WrongQoS"}) == 1, 10,
+             "the QoS 0 uplink to be dropped")
+    dev.send(2)
+    wait_for(lambda: 2 in dev.acked(), 10, "the QoS 1 one acked")
+    assert 1 not in dev.acked() and app.store.find_device_event(A, 1, 1) is None
