@@ -290,3 +290,29 @@ def test_the_flood_guard_judges_the_counts_of_one_read_at_once():
     d.connected(session_present=True)                          # a backlog of up to 1,000 may come at once
     assert d.note("u", 20.0, True, 999) is None and d.note("u", 20.1, True, 2) == 10010
     assert d.note("v", 30.0, False, 401) == 401 / 0.05
+
+
+def test_a_read_that_a_flood_fills_read_after_read_gives_the_mqtt_thread_back_its_loop():
+    """gateway.service._ReadAhead.recv: a socket with nothing but QoS 0 flood messages, read after
+    read, makes recv raise BlockingIOError after MAX_EMPTIED_READS reads (the MQTT thread goes
+    back to its batches and queued sirens) instead of cutting for as long as the flood lasts; the
+    next recv goes on, and a kept packet comes out whole. No broker: 0.01 s."""
+    from gateway.service import MAX_EMPTIED_READS, _ReadAhead
+
+    flood = _publish(pframe.uplink_topic(FLOODER), b"f" * 48) * 900
+    alarm = _publish(pframe.uplink_topic(VICTIM), b"a" * 33, 1)
+
+    class Sock:
+        reads = 0
+
+        def recv(self, n):
+            self.reads += 1
+            return flood + (alarm if self.reads == MAX_EMPTIED_READS + 3 else b"")
+
+    sock, dropped = Sock(), []
+    r = _ReadAhead(sock, set(), lambda h, o: dropped.append(o))
+    with pytest.raises(BlockingIOError):
+        r.recv(5)
+    assert sock.reads == MAX_EMPTIED_READS and sum(dropped) == 900 * MAX_EMPTIED_READS
+    got = r.recv(len(alarm))
+    assert got == alarm and sock.reads == MAX_EMPTIED_READS + 3
