@@ -46,6 +46,8 @@ class Flooder:
 def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each flood (default 60)")
     parser.add_argument("--floods", default="1,10", help="numbers of flooding devices, comma-separated (default 1,10)")
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=0,
+                        help="QoS of the flood (default 0, the issue's; 1: every message needs a PUBACK)")
     parser.add_argument("--json", action="store_true", help="only the JSON object")
 
 
@@ -135,7 +137,7 @@ def run(args):
     t = Township(work.name, county=False, plugins=("gateway.cases", "gateway.quarantine"),
                  devices=(0x101, 0x102, 0x103, 0x104) + tuple(flooder_ids),
                  sections={"quarantine": {"cooldown_s": 3600.0}, "cases": {"tick_s": 0.05}})
-    result = {"bench": "flood", "seconds": args.seconds, "runs": []}
+    result = {"bench": "flood", "seconds": args.seconds, "qos": getattr(args, "qos", 0), "runs": []}
     t.start()
     try:
         q = next(p for p in t.app._plugins if isinstance(p, Quarantine))
@@ -168,7 +170,8 @@ def run(args):
                                for r in reasons}
             seen_before, events_before = counted(), t.app.store.head()[0]
             t0 = time.monotonic()
-            fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d)) for d in ids]
+            fl = [Flooder(t.broker.port, *t.broker.device_credentials(d, t.keys[d]), pframe.uplink_topic(d),
+                          qos=getattr(args, "qos", 0)) for d in ids]
             exited = {}
 
             def watch():
