@@ -36,6 +36,15 @@ Ten flooders at once (issue 13, measured with `fengqiao bench flood` on the 2-co
   (`_gather`), the reload waits until the broker has finished (a SIGHUP sent during one is lost),
   and what is named meanwhile goes into the next one.
 
+Measured with `fengqiao bench flood` (60 s floods, QoS 0, 2026-12-08 00:06-00:09, load average
+3.9, the shared 2-core machine): one flooder cut off at 0.06 s, refused at 0.35 s; ten cut off at
+0.06-0.30 s, refused at 0.73 s; the victim's alarm acks during the floods p50 37 ms, p99 62 / 53 ms
+(max 128 / 74 ms), its neighbours' sirens p99 114 / 119 ms; broker peak RSS 9.6 MB.
+Not as good: a flood at QoS 1 (`bench flood --qos 1`): each message needs a PUBACK, so it goes
+through paho (~14 us) and is not cut out of the read buffer; the ten-device case was named after
+0.7-3.5 s (load 4, each seen at 500-12,000 msg/s), with acks p99 425 ms and sirens up to 1.3 s
+meanwhile. The broker bounds it too (max_inflight_messages: it waits for our PUBACKs).
+
 Failure modes and answers:
 - a flood delays everyone's alarms: the service counts each device's messages as they are read
   and drops the flooder's from the first read over the limit (before paho and any queue;
