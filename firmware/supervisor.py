@@ -20,7 +20,7 @@ Failures it survives:
 Log lines: "supervisor: <task> <what>" from one format string (each distinct string constant
 costs heap). Private names are short and shared with other modules (each distinct name is a
 qstr): seen (task -> ticks of its last check-in), _w the watchdog, _q the task last reported
-stalled, _r the restart loop of one task.
+stalled, _end the restart loop of the tasks (tasks.py calls it when one ends).
 """
 
 import gc
@@ -64,34 +64,42 @@ class Supervisor:
         self.restarts[name] = 0
         if watch:
             self.seen[name] = time.ticks_ms()
-        return tasks.create_task(self._r(name, f))
+        # The task's data: its name, f, failures in a row, when this run started. The restart
+        # loop is _end, called by the task loop when f()'s coroutine ends (tasks.py).
+        return tasks.create_task(f(), self._end, [name, f, 0, time.ticks_ms()])
 
-    async def _r(self, name, f):
-        fails = 0  # in a row
-        while True:
-            t = time.ticks_ms()
-            try:
-                await f()
-                self.log("supervisor: %s %s" % (name, "returned"))
-            # (A cancelled task's GeneratorExit is no Exception: it ends the task, tasks.py.)
-            except Exception as e:  # noqa: BLE001 - the point of a supervisor: log, count, restart
-                if type(e) is MemoryError:
-                    gc.collect()  # what the task held is garbage now: room for the log line
-                try:
-                    self.log("supervisor: %s %s" % (name, repr(e)))
-                    sys.print_exception(e, sys.stderr)  # stdout may be the console
-                except MemoryError:
-                    gc.collect()  # the line is lost, the restart is not
-            if time.ticks_diff(time.ticks_ms(), t) >= self.healthy_ms:
-                fails = 0
-            fails += 1
-            self.restarts[name] += 1
-            if fails >= self.max_fails:
-                self._boot(name)
-                fails = 0
-            if name in self.seen:
-                self.seen[name] = time.ticks_ms()
-            await tasks.sleep_ms(self.restart_delay_ms)
+    def _end(self, t, e):
+        # Task t's coroutine returned (e None) or raised e: log and count it, reboot after
+        # max_fails failures in a row, and start f() again after restart_delay_ms. (A cancelled
+        # task's GeneratorExit is no Exception: it ends the task, tasks.py.)
+        d = t[3]
+        name = d[0]
+        if type(e) is MemoryError:
+            gc.collect()  # what the task held is garbage now: room for the log line
+        try:
+            self.log("supervisor: %s %s" % (name, "returned" if e is None else repr(e)))
+            if e is not None:
+                sys.print_exception(e, sys.stderr)  # stdout may be the console
+        except MemoryError:
+            gc.collect()  # the line is lost, the restart is not
+        now = time.ticks_ms()
+        if time.ticks_diff(now, d[3]) >= self.healthy_ms:
+            d[2] = 0
+        d[2] += 1
+        self.restarts[name] += 1
+        if d[2] >= self.max_fails:
+            self._boot(name)
+            d[2] = 0
+        if name in self.seen:
+            self.seen[name] = time.ticks_ms()
+        d[3] = time.ticks_add(time.ticks_ms(), self.restart_delay_ms)  # when the next run starts
+        try:
+            t[1] = d[1]()
+        except MemoryError:
+            # No heap for its new coroutine: the finished one stays, and its next turn ends at
+            # once (logged as "returned"), a failure counted as this one was; then again f().
+            gc.collect()
+        return self.restart_delay_ms
 
     def _boot(self, name):
         # The reboot a task failing in a row (or the watch itself) ends in. The log line may

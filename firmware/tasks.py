@@ -36,10 +36,14 @@ _MAX_IDLE_MS = const(1000)  # the loop looks again at least this often (a task c
 _all = []  # the tasks not finished yet, in the order they were created
 
 
-# A task is a list [due, coroutine]: due is the ticks_ms() at which it may run again, None once
-# it has ended (no class: a class and its methods were ~0.5 KB of heap, with CancelledError).
-def create_task(c):
-    t = [time.ticks_ms(), c]
+# A task is a list [due, coroutine, end, data]: due is the ticks_ms() at which it may run again,
+# None once it has ended (no class: a class and its methods were ~0.5 KB of heap, with
+# CancelledError). end(t, e), if given, is called when the coroutine returns (e None) or raises
+# e (an Exception): it may put a new coroutine in t[1] and return the ms to wait before running
+# it, or return None to let the task end; data is the caller's (the supervisor's restart loop,
+# supervisor.py: a restart without a wrapper coroutine, whose frame was 256 B per task).
+def create_task(c, end=None, data=None):
+    t = [time.ticks_ms(), c, end, data]
     _all.append(t)
     return t
 
@@ -70,6 +74,24 @@ def sleep_ms(ms):
     return iter(_ms)
 
 
+def _end(t, e):
+    # The task's coroutine has ended (e: None, or the Exception it raised): its end() decides.
+    # An end() that raises ends the task, as a task that raises does (printed; SystemExit, e.g.
+    # a reboot, goes on out of run()).
+    ms = None
+    try:
+        if t[2]:
+            ms = t[2](t, e)
+        elif e is not None:
+            sys.print_exception(e, sys.stderr)
+    except Exception as x:  # noqa: BLE001 - as a task's own exception
+        sys.print_exception(x, sys.stderr)
+    finally:
+        if ms is None:
+            t[0] = None
+    return ms
+
+
 def run(main):
     """Run every task until `main` (a coroutine) has finished; its value, or what it raised
     (None if it was cancelled)."""
@@ -89,19 +111,21 @@ def run(main):
             try:
                 ms = t[1].send(None)
             except StopIteration as e:  # the task returned
-                t[0] = None
-                _all.pop(i)
                 if t is m:
+                    t[0] = None
+                    _all.pop(i)
                     return e.value
-                continue
-            except Exception as e:  # noqa: BLE001 - the task has ended
+                ms = _end(t, None)
+            except Exception as e:  # noqa: BLE001 - the task has ended, or its end() restarts it
                 # (SystemExit and KeyboardInterrupt are not caught: they end run() as they end
                 # asyncio's, e.g. board.reboot() on the host board.)
-                t[0] = None
-                _all.pop(i)
                 if t is m:
+                    t[0] = None
+                    _all.pop(i)
                     raise
-                sys.print_exception(e, sys.stderr)
+                ms = _end(t, e)
+            if t[0] is None:
+                _all.pop(i)
                 continue
             t[0] = time.ticks_add(time.ticks_ms(), ms or 0)  # None: a bare yield, next turn
             i += 1

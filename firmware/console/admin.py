@@ -31,25 +31,30 @@ def _running(con):
 def _put(w, crc, obj):
     # obj as JSON through w, a dict a key and value at a time (no copy of the whole reply in
     # the heap); returns the CRC-32 of what was written, continuing from crc.
+    # [_put, d1, d2, ...] is written as one object: the keys of the dicts in turn, each once
+    # (where it comes first), with the value of the last dict that has it (_put: left out; a
+    # dict may be None). So a reply is its id and ok, then the command's fields, from their own
+    # dicts, and a running unit's identity is answered as [_put, identity, over] (over's keys
+    # replace the secrets), not copied: a copy, or a dict of 9 fields or more, needs one piece
+    # of ~300 B, which a running 64 KB heap may not have.
     import binascii
     import json
 
-    over = None
-    if type(obj) is list and obj and obj[0] is _put:
-        # [_put, d, over]: d with the keys of `over` replaced by its values (_put: left out), then
-        # over's other keys. A running unit's identity is answered this way, not copied: a copy
-        # needs one piece of ~300 B, which a running 64 KB heap over TLS may not have.
-        obj, over = obj[1], obj[2]
-    if type(obj) is dict:
+    ds = obj if type(obj) is list and obj and obj[0] is _put else None
+    if ds or type(obj) is dict:
+        n = len(ds) if ds else 2
         sep = "{"
-        for d in (obj, over):
+        for i in range(1, n):
+            d = ds[i] if ds else obj
             for k in d or ():
-                if d is obj and over and k in over:
-                    v = over[k]
-                elif d is over and k in obj:
-                    continue
-                else:
-                    v = d[k]
+                v = d[k]
+                for j in range(1, n):
+                    e = ds[j] if ds else None
+                    if j != i and e and k in e:
+                        if j < i:
+                            v = _put  # written already, where it came first
+                            break
+                        v = e[k]
                 if v is _put:
                     continue
                 b = (sep + json.dumps(k) + ": ").encode()
@@ -125,10 +130,10 @@ def handle(con, line):
             from console import change as m
         else:
             raise E("unknown_cmd", "unknown command %r" % (cmd,))
+        # The reply: id and ok, then the command's fields (a dict, or [_put, dicts ...]), not
+        # merged into one dict (_put).
         out = getattr(m, cmd)(con, req)
-        reply = {"id": rid, "ok": True}
-        if out:
-            reply.update(out)
+        reply = [_put, {"id": rid, "ok": True}] + (out[1:] if type(out) is list else [out])
     except Exception as e:  # noqa: BLE001 - a bug in a handler must not take the unit down
         i = sys.modules.get("identity")
         if type(e) is E or i and isinstance(e, i.IdentityError):

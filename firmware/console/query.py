@@ -23,28 +23,26 @@ def identify(con, req):
                 cfg = identity.load(con.root)
             except identity.IdentityError:
                 out["corrupt"] = True
-    if cfg is not None:
-        out["device_id"] = cfg["device_id"]
-        out["role"] = cfg["role"]
     # What `fengqiao deploy` needs to tell whether to flash: the image's hash (the file
     # firmware.sha that tools/flash.py puts at the code root), where the code runs from, and the
-    # bytecode version a .mpy for this MicroPython must have.
+    # bytecode version a .mpy for this MicroPython must have. In a second dict: one of all 13
+    # fields is a table of 272 B in one piece (console/admin.py _put writes the two as one).
     import sys
 
+    i = sys.implementation
+    more = {"code": None, "upy": "%d.%d.%d" % i.version[:3], "mpy": getattr(i, "_mpy", None)}
+    if cfg is not None:
+        more["device_id"] = cfg["device_id"]
+        more["role"] = cfg["role"]
     f = globals().get("__file__")  # none when frozen into the firmware
-    root = None
     if f:
-        root = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
+        root = more["code"] = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
         try:
             with open(root + "/firmware.sha") as h:
-                out["fw_hash"] = h.read(64).strip()
+                more["fw_hash"] = h.read(64).strip()
         except OSError:
             pass
-    out["code"] = root
-    i = sys.implementation
-    out["upy"] = "%d.%d.%d" % i.version[:3]
-    out["mpy"] = getattr(i, "_mpy", None)
-    return out
+    return [_put, out, more]
 
 
 def _fp(key):
@@ -80,7 +78,8 @@ def selftest(con, req):
     import selftest
 
     cfg = _running(con)  # a running alarm button has no reader to probe (selftest.run)
-    return selftest.run(con.board, cfg is None or cfg["role"] != "alarm")
+    out, more = selftest.run(con.board, cfg is None or cfg["role"] != "alarm")
+    return [_put, out, more]
 
 
 def reboot(con, req):
