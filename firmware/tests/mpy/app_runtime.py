@@ -24,6 +24,18 @@ def fresh(name):
     global D
     D = ROOT + "/" + name
     os.mkdir(D)
+    # Tasks a test left scheduled would run in the next test's tasks.run() (as with asyncio): the
+    # supervisor tests' always-failing tasks, restarted every few ms for ever, grew their logs in
+    # the later uplink tests until one met MemoryError at 256 KB (a CI failure, on a loaded
+    # machine only). Every test starts with no task of an earlier one.
+    import tasks
+
+    left = [t for t in tasks._all if not tasks.done(t)]
+    for t in left:
+        tasks.cancel(t)
+    del tasks._all[:]
+    if left:
+        print("setup %s: cancelled %d task(s) left by the previous test" % (name, len(left)))
 
 
 class FakeTicks:
