@@ -796,6 +796,8 @@ def console_beside_role(role, workdir, heap_kb=BUDGET_HEAP_KB, port=None):
                 info = con.identify()
                 if (info["provisioned"], info["device_id"], info["role"]) != (True, 0x1234, role):
                     raise ScenarioFailed("identify: %r" % info)
+                if info.get("time") != 0:  # a running unit's clock, never set: no gateway has acked
+                    raise ScenarioFailed("identify: time %r, want 0 (clock not set)" % info.get("time"))
                 got = con.read_config()["key_fingerprint"]
                 if got != fp:
                     raise ScenarioFailed("read_config: key fingerprint %s, want %s" % (got, fp))

@@ -116,6 +116,7 @@ class App:
         self._h = health  # the Health object, stepped by run() as the role is
         self.heap_log = heap_log
         self.console = Console(board, board.flash_root, _FW, log, cfg)
+        self.console.clock = up.clock  # `fengqiao device check` reads it through identify
 
     def on_ack(self, *args):
         pass  # acks and sirens are the role's business

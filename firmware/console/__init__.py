@@ -54,6 +54,7 @@ class Console:
         self.fw = fw
         self.log = log  # None: quiet (stdout may be the console itself)
         self.changed = False  # an identity was written or erased since boot (reboot to apply)
+        self.clock = None  # a running unit's Clock (app/runtime.py): identify reports its time
         self._buf = bytearray()
         self._skip = False  # inside an overlong line: drop bytes up to the next newline
 

@@ -34,6 +34,8 @@ def identify(con, req):
     if cfg is not None:
         more["device_id"] = cfg["device_id"]
         more["role"] = cfg["role"]
+    if con.clock is not None:  # a running unit: its time (Unix seconds; 0: not known yet)
+        more["time"] = con.clock.now()
     f = globals().get("__file__")  # none when frozen into the firmware
     if f:
         root = more["code"] = f[:f.rfind("console/")].rstrip("/") or ("/" if f[0] == "/" else ".")
