@@ -529,10 +529,14 @@ class CaseService:
                 "SELECT COUNT(*) FROM case_effects WHERE case_id = ? AND done_at IS NULL", (case_id,)).fetchone()[0]
             return case
 
-    def list_cases(self, status=None, since=None, until=None, limit=1000):
-        # One query, not one per case: the board refetches this on every case event while the
-        # pipeline thread waits on the same lock to open the next case.
+    def list_cases(self, status=None, since=None, until=None, limit=1000, after_id=None):
+        # One query, not one per case: the board refetches this on case events while the
+        # pipeline thread waits on the same lock to open the next case. after_id: only the cases
+        # opened after that one (ids only grow), what the board asks for when a case opens.
         sql, args = "SELECT * FROM cases WHERE 1=1", []
+        if after_id is not None:
+            sql += " AND case_id > ?"
+            args.append(after_id)
         if status == "open":
             sql += " AND status IN ('open', 'acknowledged')"
         elif status:

@@ -142,9 +142,10 @@ class Township:
             raise
         return self
 
-    def register(self, device_id, role="alarm_button"):
+    def register(self, device_id, role="alarm_button", place=None):
+        """A new device (place: a place id of the village file, or None), its key on the broker."""
         key = os.urandom(32)
-        self.app.registry.add_device(device_id, role, None, key=key)
+        self.app.registry.add_device(device_id, role, place, key=key)
         self.broker.add_device(device_id, key)
         self.keys[device_id] = key
         return key

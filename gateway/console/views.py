@@ -2,6 +2,7 @@
 
     v = Views(cases, patrol, list_devices, supervisor, clock)   # list_devices: registry.devices (no keys)
     v.board()              # open cases: unacknowledged first, then level (5 first), then oldest first
+    v.board(after=N)       # the same, only cases opened after case N (what the page fetches on case_opened)
     v.case(case_id)        # one case with its timeline of steps and the people one can dispatch to
     v.devices(filters)     # every registered device with online/offline, last seen, battery, tamper
     v.patrol_today(village)
@@ -70,9 +71,12 @@ class Views:
 
     # -- pages -----------------------------------------------------------------------------------
 
-    def board(self):
+    def board(self, after=None):
+        """The open cases in board order; after: only those with a case id above it (new ones).
+
+        static/console.js mirrors this order (boardKey) to place a new row without a full refetch."""
         d = self.directory()
-        rows = [self._row(d, c) for c in self.cases.list_cases(status="open", limit=1000)]
+        rows = [self._row(d, c) for c in self.cases.list_cases(status="open", limit=1000, after_id=after)]
         rows.sort(key=lambda r: (r["status"] != "open", -r["level"], r["opened_at"], r["case_id"]))
         return rows
 

@@ -589,3 +589,60 @@ def test_a_double_click_on_acknowledge_sends_it_once(township, context):
     steps = [s["step"] for s in t.cases.get(case["case_id"])["steps"]]
     assert steps.count("acknowledged") == 1
     t.cases.close(case["case_id"], "p-zhou-min", "test done")
+
+
+# -- a new case's row on its own, in board order (issue 12: 100 alarms/s) --------------------------------
+
+def _rows_of(text):
+    return [int(x) for x in re.findall(r'data-case="(\d+)"', text)]
+
+
+def test_board_rows_after_a_case_sends_only_the_newer_ones(township):
+    t = township
+    t.register(0x503)                    # its own device: a new sim for an earlier one would repeat its seq 1
+    new_case(t, 0x503)
+    h = Http(t)
+    h.login("guest")
+    status, headers, text = h.request("GET", "/board/rows")
+    ids = sorted(_rows_of(text))
+    assert status == 200 and ids
+    status, _, text = h.request("GET", "/board/rows?after=%d" % (ids[-2] if len(ids) > 1 else 0))
+    assert status == 200 and _rows_of(text) == ids[-1:]
+    status, headers, text = h.request("GET", "/board/rows?after=%d" % ids[-1])
+    assert status == 204 and text == "" and "default-src 'self'" in headers["content-security-policy"]
+    for bad in ("x", "", "1.5", "-1", str(2 ** 63)):
+        status, headers, _ = h.request("GET", "/board/rows?after=" + bad)
+        assert status == 400 and "default-src 'self'" in headers["content-security-policy"], bad
+
+
+def test_new_alarms_are_placed_in_board_order_as_they_come(township, context):
+    t = township
+    # Fresh devices whose alarms cannot join an open case (CaseService._case_to_join: the same
+    # device's open case, or an open case of the same joint-defence group within the window):
+    # one with no place, one at a grid (in no group). Each alarm opens its own case.
+    t.register(0x501)                             # emergency: level 3, the village's default
+    t.register(0x502, place="grid-west")          # fire: level 4 (level 5 only at the LPG store, in a group)
+    page = login(context, t)
+    live(page)
+    new0 = page.evaluate("window.__fq.fetches.new")
+    # no full refetch: a row can only come from the new-only fetch and its placement
+    page.route(lambda url: url.endswith("/board/rows"), lambda route: route.abort())
+    try:
+        opened = []
+        for device_id, kind in ((0x501, 0), (0x502, 1)):
+            t.sim_button(device_id).alarm(kind)
+            case = wait_for(lambda: case_with(t, device_id), 15, "a case for %08x" % device_id)
+            assert case["device_id"] == device_id, "the alarm of %08x joined case %d" % (device_id, case["case_id"])
+            page.wait_for_selector('#board-rows tr[data-case="%d"]' % case["case_id"], state="attached", timeout=5000)
+            opened.append(case)
+        emergency, fire = opened
+        assert (emergency["level"], fire["level"]) == (3, 4)
+        shown = page.eval_on_selector_all("#board-rows tr[data-case]", "rows => rows.map(r => +r.dataset.case)")
+        assert shown == [r["case_id"] for r in t.console.views.board()]
+        assert shown.index(fire["case_id"]) < shown.index(emergency["case_id"])
+        assert page.evaluate("window.__fq.fetches.new") > new0
+        assert page.locator("#open-count").inner_text() == str(len(shown))
+    finally:
+        page.unroute_all(behavior="wait")      # a handler still aborting ends before the page closes
+    for c in opened:
+        t.cases.close(c["case_id"], "p-zhou-min", "test done")

@@ -68,6 +68,18 @@ def test_board_unacknowledged_first_then_level_then_oldest(env):
     assert row["turn"] == "township" and row["deadline"] == c["township_deadline"]
 
 
+def test_board_after_a_case_has_only_the_newer_ones_in_board_order(env):
+    t0 = env.clock.now()
+    c1 = press(env, 0x9001, EMERGENCY, t0)
+    c2 = press(env, 0x9002, EMERGENCY, t0 + 10)
+    c3 = press(env, 0x9003, FIRE, t0 + 20)
+    c4 = press(env, 0x9004, EMERGENCY, t0 + 30)
+    env.cases.close(c2, "p-zhou-min", "closed", outcome="test")
+    assert [r["case_id"] for r in env.views.board(after=c1)] == [c3, c4]     # open only, level 4 first
+    assert env.views.board(after=c4) == []
+    assert env.views.board(after=0) == env.views.board() and len(env.views.board()) == 3
+
+
 def test_dispatch_to_a_whole_team_dispatches_each_member(env):
     case_id = press(env, 0x101, EMERGENCY, env.clock.now())
     teams = env.views.teams()
