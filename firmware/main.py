@@ -3,8 +3,10 @@
 # compiled app/runtime.py (options, start-up, tasks: read its docstring).
 import sys
 
+# Modules frozen into the firmware (fengqiao flash --manifest) are found there; MICROPYPATH may
+# omit it.
 if ".frozen" not in sys.path:
-    sys.path.append(".frozen")  # asyncio is frozen into the firmware; MICROPYPATH may omit it
+    sys.path.append(".frozen")
 
 from app.runtime import main  # noqa: E402
 
