@@ -35,7 +35,7 @@ DEFAULTS = {"host": "127.0.0.1", "port": 8470, "tls_cert": None, "tls_key": None
 
 class Console:
     def __init__(self, store, cases, patrol, list_devices, supervisor, clock, metrics,
-                 flush=None, session_ttl_s=DEFAULTS["session_ttl_s"], tls=False):
+                 flush=None, session_ttl_s=DEFAULTS["session_ttl_s"], tls=False, held=None):
         from gateway.console.accounts import Accounts
         from gateway.console.live import Hub
         from gateway.console.views import Views
@@ -45,7 +45,7 @@ class Console:
         self._flush = flush
         self.tls = tls
         self.accounts = Accounts(open_db(store.path), clock, session_ttl_s=session_ttl_s)
-        self.views = Views(cases, patrol, list_devices, supervisor, clock)
+        self.views = Views(cases, patrol, list_devices, supervisor, clock, held)
         self.hub = Hub(store)
         self.server = None
         metrics.gauge_fn("fengqiao_console_streams", lambda: self.hub.followers, "duty console live streams open")
@@ -137,7 +137,8 @@ def attach(app, **overrides):
         plugin.cases.flush(app.ctx)
 
     console = Console(app.store, plugin.cases, plugin.patrol, app.registry.devices, app.supervisor, app.clock, app.metrics,
-                      flush=flush, session_ttl_s=int(section["session_ttl_s"]), tls=bool(cert))
+                      flush=flush, session_ttl_s=int(section["session_ttl_s"]), tls=bool(cert),
+                      held=getattr(app.service, "held", None))
     console.start(section["host"], int(section["port"]), cert, key)
     app.console = console
     log.info("duty console running", extra={"fields": {"url": console.url}})

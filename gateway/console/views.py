@@ -1,10 +1,11 @@
 """What the console's pages show, as plain values (dicts and lists): no HTML, no HTTP.
 
-    v = Views(cases, patrol, list_devices, supervisor, clock)   # list_devices: registry.devices (no keys)
+    v = Views(cases, patrol, list_devices, supervisor, clock, held)   # list_devices: registry.devices (no keys);
+                           # held: () -> ids of the devices quarantined for flooding (service.held)
     v.board()              # open cases: unacknowledged first, then level (5 first), then oldest first
     v.board(after=N)       # the same, only cases opened after case N (what the page fetches on case_opened)
     v.case(case_id)        # one case with its timeline of steps and the people one can dispatch to
-    v.devices(filters)     # every registered device with online/offline, last seen, battery, tamper
+    v.devices(filters)     # every registered device with online/offline, last seen, battery, tamper, quarantined
     v.patrol_today(village)
     v.history(filters)     # cases in a local date range with response time per step
 
@@ -22,8 +23,11 @@ STEP_ORDER = ("received", "dispatched", "acknowledged", "feedback", "closed")
 
 
 class Views:
-    def __init__(self, cases, patrol, list_devices, supervisor, clock):
+    def __init__(self, cases, patrol, list_devices, supervisor, clock, held=None):
         self.cases = cases
+        # The flood guard's cut-off (gateway/quarantine.py): a quarantined device is a device fault
+        # the duty officer must see on the device page, not only as a line in the live feed.
+        self.held = held
         self.patrol = patrol
         self.list_devices = list_devices      # the registry's device list only: the console holds no key
         self.supervisor = supervisor
@@ -120,6 +124,7 @@ class Views:
     def devices(self, village=None, grid=None, state=None, role=None):
         d = self.directory()
         sup = self.supervisor
+        held = self.held() if self.held is not None else set()
         out = []
         for dev in self.list_devices():
             place = dev.place_id or (d.device_place(dev.device_id) if d else None)
@@ -133,13 +138,15 @@ class Views:
                    "revoked": dev.status != "active",
                    "battery_low": sup is not None and dev.device_id in sup.battery_low,
                    "tamper": sup is not None and dev.device_id in sup.tamper_open,
+                   "quarantined": dev.device_id in held,
                    "last_seen": sup.last_seen.get(dev.device_id) if sup is not None else None}
             if village and vil != village or grid and grd != grid or role and dev.role != role:
                 continue
             if state and not row.get(state):
                 continue
             out.append(row)
-        out.sort(key=lambda r: (not r["offline"], not (r["tamper"] or r["battery_low"]), r["revoked"], r["device"]))
+        out.sort(key=lambda r: (not r["offline"], not (r["tamper"] or r["battery_low"] or r["quarantined"]), r["revoked"],
+                                r["device"]))
         return out
 
     def areas(self):

@@ -136,6 +136,26 @@ def test_devices_states_filters_and_offline_first(env):
     assert env.views.devices(village="vil-elsewhere") == []
 
 
+def test_a_device_quarantined_for_flooding_is_a_fault_on_the_device_page(env):
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from gateway.console.app import HERE
+
+    held = set()
+    views = Views(env.cases, env.patrol, lambda: list(env.devices), env.sup, env.clock, held=lambda: set(held))
+    env.devices += [_device(0x101), _device(0x102), _device(0x103)]
+    assert not any(r["quarantined"] for r in views.devices())
+    held.add(0x103)     # the flood guard cut it off at the broker (gateway/quarantine.py)
+    rows = views.devices()
+    assert rows[0]["device"] == "00000103" and rows[0]["quarantined"]        # with the faults, first
+    assert [r["device"] for r in views.devices(state="quarantined")] == ["00000103"]
+    html = Environment(loader=FileSystemLoader(HERE + "/templates"), autoescape=select_autoescape(["html"])) \
+        .get_template("devices_rows.html").render(t=lambda k, *a: i18n.t("zh", k, *a), rows=rows)
+    assert html.count(i18n.t("zh", "quarantined")) == 1 and "已隔离" in html
+    held.clear()        # released (cool-down or `fengqiao device release`)
+    assert views.devices(state="quarantined") == []
+
+
 def test_history_filters_and_step_times(env):
     t0 = env.clock.now()
     east = press(env, 0x101, EMERGENCY, t0)
