@@ -224,10 +224,25 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
 
     busy_until = [0]  # the button is held until then (a new hold before it ends would not be a new press)
 
+    def answers():
+        # running AND its control socket up: right after a power-on the process runs some time
+        # before it listens (seen: three retries in a row refused within milliseconds, and the
+        # tap a person would have made once the unit was up counted as not stored)
+        if not unit.check_alive():
+            return False
+        try:
+            unit.hb.ping()
+            return True
+        except HostBoardError:
+            return False
+
     def act(action):
         """The action, True once made (False: the board went while we asked)."""
         try:
-            wait_for(unit.check_alive, 20, "the %s board to run" % role)
+            try:
+                wait_for(answers, 30, "the %s board to answer its control socket" % role, interval_s=0.1)
+            except WaitTimeout:
+                pass    # the request below names what is wrong
             if action[0] == "alarm":
                 unit.hb.hold(HOLD_MS)
                 busy_until[0] = time.monotonic() + HOLD_MS / 1000 + 0.3
