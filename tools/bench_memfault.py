@@ -28,7 +28,8 @@ Unix port in a 64 KB heap). Then, cycle after cycle:
 
 An injection counts as an injected failure when at least one MemoryError appeared in the
 board's log after it, or the board rebooted or crashed (a MemoryError whose own log line did not
-fit); cycles run until `--injections` of them have (at most 4 x as many cycles).
+fit), before the next injection (a reboot noticed only in the next cycle is still this
+injection's); cycles run until `--injections` of them have (at most 4 x as many cycles).
 
 At the end the hog is released and the outbox drains (the heap log says `outbox 0`); then:
 - `acked_events_lost`: events the unit took (acknowledged as stored: emit returned) that never
@@ -276,6 +277,17 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
         unit.power_on()
         cycle = 0
         hog_until = 0
+        # The last injection not yet seen to fail: (reboots, crashes, MemoryError lines) when it
+        # was made. Its reboot may be noticed only in the next cycle (a loaded machine: the unit
+        # dies after the cycle saw its action stored), before that cycle's own injection, or in
+        # a cycle whose injection could not be made: it is the earlier injection's failure.
+        pending = [None]
+
+        def attribute():
+            p = pending[0]
+            if p is not None and (unit.reboots > p[0] or len(unit.crashes) > p[1] or fig["memory_errors_in_log"] > p[2]):
+                fig["injected_failures"] += 1
+                pending[0] = None
         while fig["injected_failures"] < injections and cycle < max_cycles:
             cycle += 1
             # the previous hog is over (a request while it lasts may go unanswered), and so is the
@@ -285,15 +297,19 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             actions.append(action)
             fig["presses"] += 1
             unit.log_since_last()
-            reboots0, crashes0, starts0 = unit.reboots, len(unit.crashes), len(unit.boot_marks)
+            starts0 = len(unit.boot_marks)
             hold_ms = 0
             made = act(action)
             if made:
                 time.sleep(rng.uniform(0, 2.0))  # the injection's instant, at random (not a wait for a state)
                 hold_ms = rng.randint(6000, 8000) if long_every and cycle % long_every == 0 else rng.randint(300, 3000)
                 try:
+                    attribute()     # what the previous injection did, before this one
+                    pending[0] = None
+                    snapshot = (unit.reboots, len(unit.crashes), fig["memory_errors_in_log"])
                     unit.hb.request("hog", leave=rng.randint(0, margin), ms=hold_ms)
                     fig["injections"] += 1
+                    pending[0] = snapshot
                     # the board may take the request up to a board-task restart (1 s) late,
                     # and its deadline runs from then
                     hog_until = time.monotonic() + hold_ms / 1000 + 1.5
@@ -320,12 +336,13 @@ def run_role(role, injections, workdir, rng, port=None, prefill=PREFILL, margin=
             fig["memory_errors_in_log"] += errors
             fig["other_task_failures"] += sum(1 for ln in lines if _TASK_FAILED.search(ln)
                                               and not _MEMORY_ERROR.search(ln))
-            if hold_ms and (errors or unit.reboots > reboots0 or len(unit.crashes) > crashes0):
-                fig["injected_failures"] += 1
+            attribute()
             report("%s cycle %d: hog %d ms, %d MemoryErrors logged, reboots %d, crashes %d, %s" % (
                 role, cycle, hold_ms, errors, unit.reboots, len(unit.crashes), "stored" if ok else "NOT STORED"))
         # the end: nothing held, the outbox drains
         time.sleep(max(0, hog_until - time.monotonic()))
+        unit.check_alive()
+        attribute()
         try:
             unit.hb.request("hog", bytes=0)
         except HostBoardError:
